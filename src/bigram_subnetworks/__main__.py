@@ -1,0 +1,3 @@
+from bigram_subnetworks.cli import main
+
+raise SystemExit(main())

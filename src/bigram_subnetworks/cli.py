@@ -1,0 +1,163 @@
+"""The `bsn` command line: one subcommand per workflow stage, with explicit input/output paths.
+
+Snakemake rules and DVC stages are thin wrappers around these commands, so every stage can be run
+and tested on its own. Every command validates the whole config before doing any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bigram_subnetworks import __version__
+from bigram_subnetworks.config import Config, ConfigError, json_schema_text, load_config
+from bigram_subnetworks.errors import UserError
+
+log = logging.getLogger("bigram_subnetworks")
+
+
+def _setup_logging(stage: str, log_file: Path | None) -> None:
+    formatter = logging.Formatter(f"%(asctime)s [{stage}] %(levelname)s %(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w", encoding="utf-8"))
+    root = logging.getLogger("bigram_subnetworks")
+    root.handlers.clear()
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+
+
+# ------------------------------------------------------------------------------- commands
+
+
+def cmd_validate(args: argparse.Namespace, cfg: Config) -> None:
+    print(f"{args.config}: valid (run {cfg.run!r}, corpus {cfg.corpus.name!r}, "
+          f"tokenizer {cfg.tokenizer.name!r})")
+
+
+def cmd_schema(args: argparse.Namespace) -> None:
+    text = json_schema_text()
+    if args.check:
+        current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
+        if current != text:
+            raise ConfigError(f"{args.output}: out of date; run `bsn schema --output {args.output}`")
+        return
+    from bigram_subnetworks.io import atomic_outputs
+
+    with atomic_outputs(args.output) as (temp,):
+        temp.write_text(text, encoding="utf-8")
+
+
+def cmd_corpus(args: argparse.Namespace, cfg: Config) -> None:
+    from bigram_subnetworks.data.corpus import build_corpus
+
+    build_corpus(cfg.corpus, cfg.seed, args.output_dir)
+
+
+def cmd_tokenizer(args: argparse.Namespace, cfg: Config) -> None:
+    from bigram_subnetworks.data.tokenizer import build_tokenizer
+
+    build_tokenizer(cfg.tokenizer, args.documents, args.output_dir)
+
+
+def cmd_tokenize(args: argparse.Namespace, cfg: Config) -> None:
+    from bigram_subnetworks.data.tokenize import tokenize_corpus
+    from bigram_subnetworks.data.tokenizer import TOKENIZER_FILE, load_tokenizer
+
+    loaded = load_tokenizer(args.tokenizer)
+    tokenize_corpus(
+        args.documents,
+        loaded,
+        cfg.data,
+        cfg.seed,
+        args.output_dir,
+        tokenizer_path=args.tokenizer / TOKENIZER_FILE,
+    )
+
+
+def cmd_bigram_stats(args: argparse.Namespace, cfg: Config) -> None:
+    from bigram_subnetworks.data.bigrams import build_bigram_stats
+
+    build_bigram_stats(args.tokens, args.output_dir)
+
+
+# ------------------------------------------------------------------------------- parser
+
+
+def _stage(
+    sub: argparse._SubParsersAction,
+    name: str,
+    func: Callable[[argparse.Namespace, Config], None],
+    help_text: str,
+) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument("--config", type=Path, required=True, help="Run config (YAML).")
+    parser.add_argument("--log", type=Path, help="Also write the log to this file.")
+    parser.set_defaults(func=func, needs_config=True)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bsn", description="Bigram subnetworks workflow: run one stage."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _stage(sub, "validate", cmd_validate, "Validate a config file and exit.")
+
+    schema = sub.add_parser("schema", help="Write (or check) the config JSON schema.")
+    schema.add_argument("--output", type=Path, default=Path("config/schema.json"))
+    schema.add_argument("--check", action="store_true", help="Fail if the file is out of date.")
+    schema.set_defaults(func=cmd_schema, needs_config=False)
+
+    p = _stage(sub, "corpus", cmd_corpus, "Read and split the corpus.")
+    p.add_argument("--output-dir", type=Path, required=True, help="data/<corpus>/")
+
+    p = _stage(sub, "tokenizer", cmd_tokenizer, "Train or adopt the tokenizer.")
+    p.add_argument("--documents", type=Path, required=True, help="documents.parquet")
+    p.add_argument("--output-dir", type=Path, required=True, help="data/tokenizers/<name>/")
+
+    p = _stage(sub, "tokenize", cmd_tokenize, "Cut documents into fixed-length token sequences.")
+    p.add_argument("--documents", type=Path, required=True, help="documents.parquet")
+    p.add_argument("--tokenizer", type=Path, required=True, help="data/tokenizers/<name>/")
+    p.add_argument("--output-dir", type=Path, required=True, help="data/<corpus>__<tokenizer>/")
+
+    p = _stage(sub, "bigram-stats", cmd_bigram_stats, "Count bigrams of the train sequences.")
+    p.add_argument("--tokens", type=Path, required=True, help="tokens_train.parquet")
+    p.add_argument("--output-dir", type=Path, required=True, help="data/<corpus>__<tokenizer>/")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    expected_errors = (UserError, OSError)
+    try:
+        if not args.needs_config:
+            args.func(args)
+            return 0
+        cfg = load_config(args.config)
+        _setup_logging(args.command, args.log)
+        started = time.perf_counter()
+        args.func(args, cfg)
+        if args.command != "validate":
+            log.info("done in %.1f s", time.perf_counter() - started)
+    except expected_errors as exc:
+        message = str(exc) or type(exc).__name__
+        print("\n".join(f"bsn {args.command}: error: {line}" for line in message.splitlines()),
+              file=sys.stderr)
+        log.debug("failure details", exc_info=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Data stages: corpus -> tokenizer -> tokenized sequences -> bigram statistics."""

@@ -1,0 +1,194 @@
+"""Bigram statistics stage: vectorised (prev, next) counts over fixed-length sequences.
+
+The first token of every sequence is counted after the start context `prev = vocab_size`, which
+is never used as a prediction context later. Pairs are packed into one integer key
+(prev * vocab_size + next; uint32 when it fits, else uint64), sorted with numpy and run-length
+counted, so there is no Python loop over tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from bigram_subnetworks.data.tokenize import read_sequences
+from bigram_subnetworks.io import (
+    ArtifactError,
+    atomic_outputs,
+    read_json,
+    read_parquet,
+    sha256_file,
+    write_json,
+    write_parquet,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK_TOKENS = 1 << 25  # ~32M tokens per counting pass bounds the temporary memory
+
+
+@dataclass(frozen=True)
+class BigramCounts:
+    """Sorted unique (prev, next) pairs with their counts, plus unigram counts."""
+
+    prev: np.ndarray  # uint32, in [0, vocab_size]; vocab_size is the start context
+    next: np.ndarray  # uint32, in [0, vocab_size)
+    count: np.ndarray  # uint64
+    unigram: np.ndarray  # uint64, length vocab_size: occurrences of each token
+    vocab_size: int
+    n_sequences: int
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.unigram.sum())
+
+
+def _key_dtype(vocab_size: int) -> type[np.unsignedinteger]:
+    largest_key = vocab_size * vocab_size + vocab_size - 1  # prev = vocab_size, next = V - 1
+    return np.uint32 if largest_key < 2**32 else np.uint64
+
+
+def _count_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique values of `keys` and how often each occurs (sort + run lengths)."""
+    keys = np.sort(keys)
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    counts = np.diff(np.append(starts, keys.size)).astype(np.uint64)
+    return keys[starts], counts
+
+
+def _pair_keys(tokens: np.ndarray, vocab_size: int, dtype: type) -> np.ndarray:
+    prev = np.empty(tokens.shape, dtype=dtype)
+    prev[:, 0] = vocab_size
+    prev[:, 1:] = tokens[:, :-1]
+    return (prev * dtype(vocab_size) + tokens.astype(dtype, copy=False)).ravel()
+
+
+def count_bigrams(tokens: np.ndarray, vocab_size: int, progress: bool = False) -> BigramCounts:
+    """Count bigrams in a (n_sequences, seq_len) array of token ids."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or tokens.shape[1] < 1:
+        raise ValueError(f"expected a 2-D (sequences, positions) array, got shape {tokens.shape}")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(
+            f"token ids must lie in [0, {vocab_size}); found {tokens.min()}..{tokens.max()}"
+        )
+    dtype = _key_dtype(vocab_size)
+    rows_per_chunk = max(1, CHUNK_TOKENS // tokens.shape[1])
+    parts: list[tuple[np.ndarray, np.ndarray]] = []
+    unigram = np.zeros(vocab_size, dtype=np.uint64)
+    starts = range(0, tokens.shape[0], rows_per_chunk)
+    for start in tqdm(starts, desc="count bigrams", unit="chunk", disable=not progress):
+        chunk = tokens[start : start + rows_per_chunk]
+        parts.append(_count_keys(_pair_keys(chunk, vocab_size, dtype)))
+        unigram += np.bincount(chunk.ravel(), minlength=vocab_size).astype(np.uint64)
+    if len(parts) == 1:
+        keys, counts = parts[0]
+    elif parts:
+        keys, counts = _merge_counts(parts)
+    else:
+        keys, counts = np.empty(0, dtype=dtype), np.empty(0, dtype=np.uint64)
+    prev, nxt = np.divmod(keys, dtype(vocab_size))
+    return BigramCounts(
+        prev=prev.astype(np.uint32),
+        next=nxt.astype(np.uint32),
+        count=counts,
+        unigram=unigram,
+        vocab_size=vocab_size,
+        n_sequences=int(tokens.shape[0]),
+    )
+
+
+def _merge_counts(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    keys = np.concatenate([k for k, _ in parts])
+    counts = np.concatenate([c for _, c in parts])
+    order = np.argsort(keys, kind="stable")
+    keys, counts = keys[order], counts[order]
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    return keys[starts], np.add.reduceat(counts, starts).astype(np.uint64)
+
+
+def write_bigram_stats(
+    counts: BigramCounts, output_dir: Path, extra_meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Write bigrams.parquet, unigrams.parquet and bigrams.json atomically."""
+    bigrams = pa.table(
+        {
+            "prev": pa.array(counts.prev, pa.uint32()),
+            "next": pa.array(counts.next, pa.uint32()),
+            "count": pa.array(counts.count, pa.uint64()),
+        }
+    )
+    unigrams = pa.table(
+        {
+            "token": pa.array(np.arange(counts.vocab_size, dtype=np.uint32)),
+            "count": pa.array(counts.unigram, pa.uint64()),
+        }
+    )
+    meta = {
+        "vocab_size": counts.vocab_size,
+        "start_context_id": counts.vocab_size,
+        "n_tokens": counts.n_tokens,
+        "n_sequences": counts.n_sequences,
+        "n_bigram_types": int(counts.count.size),
+        "n_contexts_seen": int(np.unique(counts.prev[counts.prev < counts.vocab_size]).size),
+        **(extra_meta or {}),
+    }
+    files = [output_dir / name for name in ("bigrams.parquet", "unigrams.parquet", "bigrams.json")]
+    with atomic_outputs(*files) as (big, uni, js):
+        write_parquet(bigrams, big, row_group_size=1 << 20)
+        write_parquet(unigrams, uni)
+        write_json(meta, js)
+    return meta
+
+
+def read_bigram_counts(data_dir: Path | str) -> BigramCounts:
+    """Read the bigram statistics written by `write_bigram_stats`."""
+    data_dir = Path(data_dir)
+    meta = read_json(data_dir / "bigrams.json")
+    table = read_parquet(data_dir / "bigrams.parquet", columns=["prev", "next", "count"])
+    unigrams = read_parquet(data_dir / "unigrams.parquet", columns=["token", "count"])
+    if unigrams.num_rows != meta["vocab_size"]:
+        raise ArtifactError(
+            f"{data_dir / 'unigrams.parquet'}: {unigrams.num_rows} rows, expected "
+            f"{meta['vocab_size']}; rerun the bigram_stats stage"
+        )
+    return BigramCounts(
+        prev=table.column("prev").to_numpy(),
+        next=table.column("next").to_numpy(),
+        count=table.column("count").to_numpy(),
+        unigram=unigrams.column("count").to_numpy(),
+        vocab_size=int(meta["vocab_size"]),
+        n_sequences=int(meta["n_sequences"]),
+    )
+
+
+def build_bigram_stats(tokens_path: Path, output_dir: Path) -> dict[str, Any]:
+    """Run the bigram_stats stage on a tokens_train.parquet file."""
+    summary = read_json(tokens_path.parent / "tokens.json")
+    tokens = read_sequences(tokens_path)
+    vocab_size = int(summary["vocab_size"])
+    if tokens.size and int(tokens.max()) >= vocab_size:
+        raise ArtifactError(
+            f"{tokens_path}: token id {int(tokens.max())} is outside the vocabulary of "
+            f"{vocab_size}; rerun the tokenize stage"
+        )
+    counts = count_bigrams(tokens, vocab_size, progress=True)
+    meta = write_bigram_stats(
+        counts,
+        output_dir,
+        {"seq_len": int(tokens.shape[1]), "tokens_sha256": sha256_file(tokens_path)},
+    )
+    log.info(
+        "bigrams: %d types over %d tokens (%d sequences) -> %s",
+        meta["n_bigram_types"],
+        meta["n_tokens"],
+        meta["n_sequences"],
+        output_dir,
+    )
+    return meta

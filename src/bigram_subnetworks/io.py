@@ -1,0 +1,100 @@
+"""Atomic artifact I/O: Parquet tables, JSON metadata, checksums.
+
+Every artifact is written to a temporary file in its own folder and renamed into place, so a killed
+or failed stage never leaves a truncated file that a later stage would accept. Stages with several
+outputs stage them all and rename only once every one of them is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bigram_subnetworks.errors import UserError
+
+
+class ArtifactError(UserError):
+    """An input artifact is missing or malformed; the message names the file and the fix."""
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def atomic_outputs(*paths: Path | str) -> Iterator[list[Path]]:
+    """Yield temporary paths for `paths`; rename them all into place only if the block succeeds."""
+    finals = [Path(p) for p in paths]
+    temps = [_temp_name(p) for p in finals]
+    for path in finals:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield temps
+        for temp in temps:
+            if not temp.exists():
+                raise RuntimeError(f"internal error: {temp} was not written")
+            _fsync(temp)
+        for temp, final in zip(temps, finals, strict=True):
+            os.replace(temp, final)
+    finally:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+
+
+def write_parquet(table: pa.Table, path: Path, **kwargs: Any) -> None:
+    """Write a zstd Parquet file (no statistics-dependent randomness: byte-stable for equal input)."""
+    pq.write_table(table, path, compression="zstd", **kwargs)
+
+
+def write_json(obj: Any, path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(obj, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+
+
+def read_json(path: Path | str) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: file not found; run the stage that makes it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ArtifactError(f"{path}: not valid JSON; delete it and rerun its stage") from None
+
+
+def read_parquet(path: Path | str, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet table, refusing missing files, damaged files and missing columns by name."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: file not found; run the stage that makes it")
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError):
+        raise ArtifactError(f"{path}: not a readable Parquet file; delete it and rerun") from None
+    missing = [c for c in columns or [] if c not in schema.names]
+    if missing:
+        raise ArtifactError(
+            f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(schema.names)})"
+        )
+    return pq.read_table(path, columns=columns)
+
+
+def sha256_file(path: Path | str, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()

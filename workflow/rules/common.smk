@@ -1,0 +1,43 @@
+# Config loading and path helpers shared by every rule file.
+#
+# The package validates the config (and fills its defaults) before any rule is defined, so an
+# invalid value stops Snakemake with one line naming the field. Rules pass the same file to `bsn`.
+import os
+import sys
+from pathlib import Path
+
+from bigram_subnetworks.config import ConfigError, load_config
+
+
+def _config_file():
+    """The one complete config this run uses: the --configfile given, else params.yaml."""
+    files = [os.path.relpath(f) for f in workflow.overwrite_configfiles]
+    if len(files) > 1:
+        sys.exit(f"snakemake: pass one complete --configfile, got {len(files)}: {files}")
+    if workflow.config_settings.config:
+        sys.exit(
+            "snakemake: --config overrides are not passed to the stages; copy the config file, "
+            "edit it and pass it with --configfile"
+        )
+    return files[0] if files else "params.yaml"
+
+
+CONFIG_FILE = _config_file()
+try:
+    CFG = load_config(CONFIG_FILE)
+except ConfigError as error:
+    sys.exit(str(error))
+
+CORPUS_DIR = CFG.corpus_dir.as_posix()
+TOKENIZER_DIR = CFG.tokenizer_dir.as_posix()
+DATA_DIR = CFG.data_dir.as_posix()
+RUN_DIR = CFG.run_dir.as_posix()
+
+
+def corpus_inputs(wildcards):
+    """Files of a local corpus folder, so editing one reruns the corpus stage."""
+    if CFG.corpus.source != "local":
+        return []
+    root = Path(CFG.corpus.path)
+    suffixes = (".txt", ".jsonl", ".parquet")
+    return sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix in suffixes)
