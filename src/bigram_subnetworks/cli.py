@@ -39,8 +39,10 @@ def _setup_logging(stage: str, log_file: Path | None) -> None:
 
 
 def cmd_validate(args: argparse.Namespace, cfg: Config) -> None:
-    print(f"{args.config}: valid (run {cfg.run!r}, corpus {cfg.corpus.name!r}, "
-          f"tokenizer {cfg.tokenizer.name!r})")
+    print(
+        f"{args.config}: valid (run {cfg.run!r}, corpus {cfg.corpus.name!r}, "
+        f"tokenizer {cfg.tokenizer.name!r})"
+    )
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
@@ -48,7 +50,9 @@ def cmd_schema(args: argparse.Namespace) -> None:
     if args.check:
         current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
         if current != text:
-            raise ConfigError(f"{args.output}: out of date; run `bsn schema --output {args.output}`")
+            raise ConfigError(
+                f"{args.output}: out of date; run `bsn schema --output {args.output}`"
+            )
         return
     from bigram_subnetworks.io import atomic_outputs
 
@@ -152,8 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("done in %.1f s", time.perf_counter() - started)
     except expected_errors as exc:
         message = str(exc) or type(exc).__name__
-        print("\n".join(f"bsn {args.command}: error: {line}" for line in message.splitlines()),
-              file=sys.stderr)
+        print(
+            "\n".join(f"bsn {args.command}: error: {line}" for line in message.splitlines()),
+            file=sys.stderr,
+        )
         log.debug("failure details", exc_info=True)
         return 1
     return 0

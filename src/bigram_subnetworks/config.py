@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from bigram_subnetworks.errors import UserError
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -22,6 +21,8 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+
+from bigram_subnetworks.errors import UserError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -99,9 +100,7 @@ class HuggingFaceCorpus(_CorpusBase):
     streaming: bool = Field(False, description="Stream instead of downloading the whole split.")
 
 
-Corpus = Annotated[
-    SotuCorpus | LocalCorpus | HuggingFaceCorpus, Field(discriminator="source")
-]
+Corpus = Annotated[SotuCorpus | LocalCorpus | HuggingFaceCorpus, Field(discriminator="source")]
 
 
 class TrainedTokenizer(_Section):
@@ -272,7 +271,7 @@ def validate_config(raw: Any, source: str = "config") -> Config:
     """Validate a parsed config mapping; raise ConfigError with one line per problem."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of keys to values, got {raw!r}")
-    _reject_nonfinite(raw, ())
+    _reject_nonfinite(raw, (), source)
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
@@ -280,13 +279,16 @@ def validate_config(raw: Any, source: str = "config") -> Config:
         raise ConfigError(f"{source}: " + f"\n{source}: ".join(lines)) from None
 
 
-def _reject_nonfinite(node: Any, path: tuple[str, ...]) -> None:
+def _reject_nonfinite(node: Any, path: tuple[str, ...], source: str) -> None:
     """NaN is never a meaningful setting; catch it before pydantic's comparisons let it through."""
     if isinstance(node, dict):
         for key, value in node.items():
-            _reject_nonfinite(value, (*path, str(key)))
+            _reject_nonfinite(value, (*path, str(key)), source)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            _reject_nonfinite(value, (*path, str(index)), source)
     elif isinstance(node, float) and math.isnan(node):
-        raise ConfigError(f"{'.'.join(path)}: expected a number, got nan")
+        raise ConfigError(f"{source}: {'.'.join(path)}: expected a number, got nan")
 
 
 def load_config(path: str | Path) -> Config:

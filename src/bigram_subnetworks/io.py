@@ -55,7 +55,7 @@ def atomic_outputs(*paths: Path | str) -> Iterator[list[Path]]:
 
 
 def write_parquet(table: pa.Table, path: Path, **kwargs: Any) -> None:
-    """Write a zstd Parquet file (no statistics-dependent randomness: byte-stable for equal input)."""
+    """Write a zstd Parquet file; equal tables give byte-identical files."""
     pq.write_table(table, path, compression="zstd", **kwargs)
 
 

@@ -13,7 +13,9 @@ def _config_file():
     """The one complete config this run uses: the --configfile given, else params.yaml."""
     files = [os.path.relpath(f) for f in workflow.overwrite_configfiles]
     if len(files) > 1:
-        sys.exit(f"snakemake: pass one complete --configfile, got {len(files)}: {files}")
+        sys.exit(
+            f"snakemake: pass one complete --configfile, got {len(files)}: {files}"
+        )
     if workflow.config_settings.config:
         sys.exit(
             "snakemake: --config overrides are not passed to the stages; copy the config file, "
@@ -32,6 +34,13 @@ CORPUS_DIR = CFG.corpus_dir.as_posix()
 TOKENIZER_DIR = CFG.tokenizer_dir.as_posix()
 DATA_DIR = CFG.data_dir.as_posix()
 RUN_DIR = CFG.run_dir.as_posix()
+# One environment for the whole workflow (used with --software-deployment-method conda).
+ENVIRONMENT = "../../environment.yml"
+
+
+def output_dir(wildcards, output):
+    """The folder a stage writes into (the folder of its first output)."""
+    return os.path.dirname(output[0])
 
 
 def corpus_inputs(wildcards):
@@ -40,4 +49,6 @@ def corpus_inputs(wildcards):
         return []
     root = Path(CFG.corpus.path)
     suffixes = (".txt", ".jsonl", ".parquet")
-    return sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix in suffixes)
+    return sorted(
+        str(p) for p in root.rglob("*") if p.is_file() and p.suffix in suffixes
+    )

@@ -1,4 +1,5 @@
 # Data stages: corpus -> tokenizer -> tokenize -> bigram_stats (no torch, no transformers).
+# `params.settings` holds the config section a rule reads, so editing it reruns the rule.
 
 
 rule corpus:
@@ -7,15 +8,19 @@ rule corpus:
     output:
         documents=f"{CORPUS_DIR}/documents.parquet",
         manifest=f"{CORPUS_DIR}/manifest.json",
-    params:
-        settings=CFG.corpus.model_dump(),
-        seed=CFG.seed,
     log:
         f"{CORPUS_DIR}/logs/corpus.log",
     benchmark:
         f"{CORPUS_DIR}/logs/corpus.benchmark.tsv"
+    conda:
+        ENVIRONMENT
+    params:
+        config=CONFIG_FILE,
+        out=output_dir,
+        settings=CFG.corpus.model_dump(),
+        seed=CFG.seed,
     shell:
-        "bsn corpus --config {CONFIG_FILE} --output-dir {CORPUS_DIR} --log {log}"
+        "bsn corpus --config {params.config} --output-dir {params.out} --log {log}"
 
 
 rule tokenizer:
@@ -24,16 +29,20 @@ rule tokenizer:
     output:
         tokenizer=f"{TOKENIZER_DIR}/tokenizer.json",
         meta=f"{TOKENIZER_DIR}/meta.json",
-    params:
-        settings=CFG.tokenizer.model_dump(),
     log:
         f"{TOKENIZER_DIR}/logs/tokenizer.log",
     benchmark:
         f"{TOKENIZER_DIR}/logs/tokenizer.benchmark.tsv"
+    conda:
+        ENVIRONMENT
     threads: workflow.cores
+    params:
+        config=CONFIG_FILE,
+        out=output_dir,
+        settings=CFG.tokenizer.model_dump(),
     shell:
-        "bsn tokenizer --config {CONFIG_FILE} --documents {input.documents}"
-        " --output-dir {TOKENIZER_DIR} --log {log}"
+        "bsn tokenizer --config {params.config} --documents {input.documents}"
+        " --output-dir {params.out} --log {log}"
 
 
 rule tokenize:
@@ -45,17 +54,22 @@ rule tokenize:
         train=f"{DATA_DIR}/tokens_train.parquet",
         eval=f"{DATA_DIR}/tokens_eval.parquet",
         summary=f"{DATA_DIR}/tokens.json",
-    params:
-        settings=CFG.data.model_dump(),
-        seed=CFG.seed,
     log:
         f"{DATA_DIR}/logs/tokenize.log",
     benchmark:
         f"{DATA_DIR}/logs/tokenize.benchmark.tsv"
+    conda:
+        ENVIRONMENT
     threads: workflow.cores
+    params:
+        config=CONFIG_FILE,
+        tokenizer_dir=lambda wildcards, input: os.path.dirname(input.tokenizer),
+        out=output_dir,
+        settings=CFG.data.model_dump(),
+        seed=CFG.seed,
     shell:
-        "bsn tokenize --config {CONFIG_FILE} --documents {input.documents}"
-        " --tokenizer {TOKENIZER_DIR} --output-dir {DATA_DIR} --log {log}"
+        "bsn tokenize --config {params.config} --documents {input.documents}"
+        " --tokenizer {params.tokenizer_dir} --output-dir {params.out} --log {log}"
 
 
 rule bigram_stats:
@@ -70,9 +84,14 @@ rule bigram_stats:
         f"{DATA_DIR}/logs/bigram_stats.log",
     benchmark:
         f"{DATA_DIR}/logs/bigram_stats.benchmark.tsv"
+    conda:
+        ENVIRONMENT
+    params:
+        config=CONFIG_FILE,
+        out=output_dir,
     shell:
-        "bsn bigram-stats --config {CONFIG_FILE} --tokens {input.tokens}"
-        " --output-dir {DATA_DIR} --log {log}"
+        "bsn bigram-stats --config {params.config} --tokens {input.tokens}"
+        " --output-dir {params.out} --log {log}"
 
 
 rule data:

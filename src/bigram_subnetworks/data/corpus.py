@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.config import HuggingFaceCorpus, LocalCorpus, SotuCorpus
+from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import atomic_outputs, sha256_file, write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,9 @@ def build_corpus(
     counts = {
         split: {
             "documents": splits.count(split),
-            "characters": sum(len(d.text) for d, s in zip(documents, splits) if s == split),
+            "characters": sum(
+                len(d.text) for d, s in zip(documents, splits, strict=True) if s == split
+            ),
         }
         for split in ("train", "eval")
     }

@@ -61,7 +61,9 @@ def sample_rows(n: int, cap: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
 
 
-def sequences_table(sequences: np.ndarray, seq_ids: np.ndarray, chunk_rows: int = 1 << 20) -> pa.Table:
+def sequences_table(
+    sequences: np.ndarray, seq_ids: np.ndarray, chunk_rows: int = 1 << 20
+) -> pa.Table:
     """A (seq_id, input_ids list<uint32>) table, built in chunks so list offsets fit in int32."""
     seq_len = sequences.shape[1]
     chunks = []

@@ -15,8 +15,8 @@ from typing import Any
 import pyarrow.compute as pc
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.config import PretrainedTokenizer, TrainedTokenizer
+from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import (
     ArtifactError,
     atomic_outputs,
@@ -170,5 +170,7 @@ def load_tokenizer(tokenizer_dir: Path | str) -> LoadedTokenizer:
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception:
-        raise ArtifactError(f"{path}: not a valid tokenizer file; rerun the tokenizer stage") from None
+        raise ArtifactError(
+            f"{path}: not a valid tokenizer file; rerun the tokenizer stage"
+        ) from None
     return LoadedTokenizer(tokenizer, meta["eos_token"], meta["eos_id"], meta["vocab_size"])

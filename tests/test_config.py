@@ -1,0 +1,185 @@
+"""The config is validated before any work, with one line per problem naming field, value, fix."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bigram_subnetworks.cli import main
+from bigram_subnetworks.config import (
+    ConfigError,
+    LocalCorpus,
+    PretrainedTokenizer,
+    json_schema_text,
+    load_config,
+    validate_config,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = [ROOT / "params.yaml", *sorted((ROOT / "config").glob("*.yaml"))]
+
+
+def default() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.run
+
+
+def test_default_is_the_embedded_default() -> None:
+    cfg = load_config(ROOT / "params.yaml")
+    assert cfg.run == "default"
+    assert cfg.corpus.source == "sotu"
+    assert cfg.tokenizer.source == "train" and cfg.tokenizer.vocab_size == 4096
+    assert cfg.data.seq_len == 128
+    assert load_config(ROOT / "config" / "smoke.yaml").run == "smoke"
+
+
+def test_schema_file_is_fresh() -> None:
+    assert (ROOT / "config" / "schema.json").read_text() == json_schema_text(), (
+        "config/schema.json is stale: run `bsn schema`"
+    )
+
+
+def test_derived_paths_follow_the_artifact_layout() -> None:
+    cfg = load_config(ROOT / "params.yaml")
+    assert cfg.corpus_dir == Path("data/sotu")
+    assert cfg.tokenizer_dir == Path("data/tokenizers/sotu-bpe4096")
+    assert cfg.data_dir == Path("data/sotu__sotu-bpe4096")
+    assert cfg.run_dir == Path("results/default")
+
+
+def mutate(path: str, value: Any) -> dict[str, Any]:
+    raw = copy.deepcopy(default())
+    *parents, last = path.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return raw
+
+
+def drop(path: str) -> dict[str, Any]:
+    raw = copy.deepcopy(default())
+    *parents, last = path.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    del node[last]
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (mutate("seed", "not-a-number"), "seed: expected an integer, got 'not-a-number'"),
+        (mutate("seed", -1), "seed: expected greater than or equal to 0, got -1"),
+        (mutate("seed", 1.5), "seed: expected an integer, got 1.5"),
+        (mutate("run", "bad name"), "run: expected a name of letters, digits, '.', '_' or '-'"),
+        (drop("run"), "run: required key is missing"),
+        (
+            mutate("corpus.source", "sotuu"),
+            "corpus.source: expected one of 'sotu', 'local', 'huggingface', got 'sotuu'",
+        ),
+        (mutate("corpus.eval_fraction", 1.5), "corpus.eval_fraction: expected less than 1"),
+        (mutate("corpus.eval_fraction", "much"), "corpus.eval_fraction: expected a number"),
+        (mutate("corpus.eval_fraction", float("nan")), "corpus.eval_fraction: expected a number"),
+        (mutate("corpus.split", "by_month"), "corpus.split: expected one of 'random' or 'by_year'"),
+        (mutate("corpus.splitt", "random"), "corpus.splitt: unknown key; did you mean 'split'?"),
+        (mutate("sed", 0), "sed: unknown key; did you mean 'seed'?"),
+        (mutate("tokenizer.vocab_size", 12), "tokenizer.vocab_size: expected greater than"),
+        (mutate("tokenizer.source", "bpe"), "tokenizer.source: expected one of 'train'"),
+        (drop("tokenizer.source"), "tokenizer.source: required key is missing"),
+        (mutate("data.seq_len", 1), "data.seq_len: expected greater than or equal to 2"),
+        (mutate("data.max_train_sequences", 0), "data.max_train_sequences: expected greater"),
+        (mutate("corpus.strip_editorial_notes", "yes"), "expected true or false, got 'yes'"),
+        (mutate("corpus.name", "a__b"), "must not contain '__'"),
+    ],
+)
+def test_invalid_values_give_one_line_naming_field_and_value(
+    raw: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        validate_config(raw, source="params.yaml")
+    text = str(error.value)
+    assert len(text.splitlines()) == 1, text
+    assert text.startswith("params.yaml: ")
+    assert message in text
+
+
+def test_several_problems_give_one_line_each() -> None:
+    raw = mutate("seed", "x")
+    raw["corpus"]["eval_fraction"] = 2.0
+    with pytest.raises(ConfigError) as error:
+        validate_config(raw, source="c.yaml")
+    lines = str(error.value).splitlines()
+    assert len(lines) == 2
+    assert all(line.startswith("c.yaml: ") for line in lines)
+
+
+def test_local_source_needs_its_path_and_rejects_other_sources_keys() -> None:
+    raw = mutate("corpus", {"name": "mine", "source": "local"})
+    with pytest.raises(ConfigError, match=r"corpus\.path: required key is missing"):
+        validate_config(raw)
+    raw = mutate("corpus", {"name": "mine", "source": "local", "path": "x", "split": "by_year"})
+    with pytest.raises(ConfigError, match=r"corpus\.split: unknown key"):
+        validate_config(raw)
+    raw = mutate("corpus", {"name": "mine", "source": "local", "path": "texts"})
+    cfg = validate_config(raw)
+    assert isinstance(cfg.corpus, LocalCorpus)
+    assert cfg.corpus.encoding_errors == "strict"
+
+
+def test_numbers_written_as_yaml_strings_are_read() -> None:
+    # PyYAML reads 5e-2 as a string (YAML 1.1 needs a dot); accept it as the number it is.
+    raw = yaml.safe_load("x: 5e-2")
+    assert raw["x"] == "5e-2"
+    cfg = validate_config(mutate("corpus.eval_fraction", raw["x"]))
+    assert cfg.corpus.eval_fraction == pytest.approx(0.05)
+
+
+def test_pretrained_tokenizer_config() -> None:
+    raw = mutate(
+        "tokenizer", {"name": "pythia", "source": "pretrained", "model": "EleutherAI/pythia-70m"}
+    )
+    cfg = validate_config(raw)
+    assert isinstance(cfg.tokenizer, PretrainedTokenizer)
+    assert cfg.data_dir == Path("data/sotu__pythia")
+
+
+def test_config_must_be_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(path)
+    path.write_text("run: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_cli_reports_config_errors_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(mutate("seed", "not-a-number")))
+    assert main(["corpus", "--config", str(path), "--output-dir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"bsn corpus: error: {path}: seed: expected an integer, got 'not-a-number'"
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_schema_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "schema.json"
+    assert main(["schema", "--output", str(target), "--check"]) == 1
+    assert "out of date" in capsys.readouterr().err
+    assert main(["schema", "--output", str(target)]) == 0
+    assert main(["schema", "--output", str(target), "--check"]) == 0

@@ -1,0 +1,157 @@
+"""Snakemake and DVC describe the same DAG and produce the same artifacts on the smoke config."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.workflow
+
+PROJECT_FILES = ["Snakefile", "workflow", "dvc.yaml", "config", ".dvcignore", "environment.yml"]
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def make_project(where: Path, config: str = "config/smoke.yaml") -> Path:
+    """A copy of the workflow with `config` as its params.yaml, in a fresh git repository."""
+    where.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, where / name)
+        else:
+            shutil.copy2(source, where / name)
+    (where / ".dvc").mkdir()
+    shutil.copy2(ROOT / ".dvc" / "config", where / ".dvc" / "config")
+    shutil.copy2(ROOT / config, where / "params.yaml")
+    run(["git", "init", "-q"], where)
+    return where
+
+
+def snakemake_jobs(project: Path, target: str) -> dict[str, dict[str, object]]:
+    """Rule name -> shell command, outputs (incl. log) and inputs, parsed from a dry run."""
+    text = run(["snakemake", target, "--forceall", "-n", "-p", "--cores", "1"], project).stdout
+    jobs: dict[str, dict[str, object]] = {}
+    current: dict[str, object] | None = None
+    for line in text.splitlines():
+        header = re.match(r"^(?:local)?rule (\w+):$", line)
+        if header:
+            current = jobs.setdefault(header.group(1), {"outs": set(), "deps": set()})
+            continue
+        if current is None:
+            continue
+        field = re.match(r"^\s+(input|output|log): (.*)$", line)
+        if field:
+            key = "deps" if field.group(1) == "input" else "outs"
+            current[key] |= set(field.group(2).split(", "))
+        elif line.startswith("Shell command: ") and line != "Shell command: None":
+            current["cmd"] = line.removeprefix("Shell command: ").strip()
+    return {name: job for name, job in jobs.items() if "cmd" in job}
+
+
+DVC_STAGES = """
+import json
+from dvc.dependency.param import ParamsDependency
+from dvc.repo import Repo
+stages = {}
+for stage in Repo(".").index.stages:
+    stages[stage.name] = {
+        "cmd": stage.cmd,
+        "outs": sorted(str(o.def_path) for o in stage.outs),
+        "deps": sorted(
+            str(d.def_path) for d in stage.deps if not isinstance(d, ParamsDependency)
+        ),
+    }
+print(json.dumps(stages))
+"""
+
+
+def dvc_stages(project: Path) -> dict[str, dict[str, object]]:
+    return json.loads(run([sys.executable, "-c", DVC_STAGES], project).stdout)
+
+
+def artifact_digests(project: Path) -> dict[str, str]:
+    files = sorted(p for p in (project / "data").rglob("*") if p.suffix in (".parquet", ".json"))
+    return {
+        p.relative_to(project).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files
+    }
+
+
+def test_snakemake_and_dvc_describe_the_same_stages(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    snake = snakemake_jobs(project, "data")
+    dvc = dvc_stages(project)
+    assert set(snake) == set(dvc) == {"corpus", "tokenizer", "tokenize", "bigram_stats"}
+    for name, stage in dvc.items():
+        assert snake[name]["cmd"] == stage["cmd"], name
+        assert sorted(snake[name]["outs"]) == stage["outs"], name
+        # DVC deps are the data files; Snakemake may list the same files (no extras).
+        assert sorted(snake[name]["deps"]) == stage["deps"], name
+
+
+def test_both_front_ends_build_identical_data(tmp_path: Path) -> None:
+    by_snakemake = make_project(tmp_path / "snakemake")
+    by_dvc = make_project(tmp_path / "dvc")
+    run(["snakemake", "data", "--cores", "2"], by_snakemake)
+    run(["dvc", "repro", "bigram_stats"], by_dvc)
+    digests = artifact_digests(by_snakemake)
+    assert len(digests) == 10
+    assert digests == artifact_digests(by_dvc)
+
+    # A finished run schedules nothing in either front-end.
+    assert "Nothing to be done" in run(["snakemake", "data", "-n"], by_snakemake).stdout
+    assert "up to date" in run(["dvc", "status"], by_dvc).stdout
+
+
+def test_invalid_config_stops_every_front_end_with_one_line(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("seed: 0", "seed: not-a-number"))
+    expected = "params.yaml: seed: expected an integer, got 'not-a-number'"
+
+    snake = run(["snakemake", "data", "-n"], project, check=False)
+    assert snake.returncode != 0
+    assert snake.stderr.strip().splitlines()[-1] == expected
+
+    dvc = run(["dvc", "repro", "bigram_stats"], project, check=False)
+    assert dvc.returncode != 0
+    assert f"bsn corpus: error: {expected}" in dvc.stdout + dvc.stderr
+    assert not (project / "data" / "sotu-smoke" / "documents.parquet").exists()
+
+    bsn = run(["bsn", "validate", "--config", "params.yaml"], project, check=False)
+    assert bsn.returncode == 1
+    assert bsn.stderr.strip() == f"bsn validate: error: {expected}"
+
+
+def test_snakemake_refuses_config_overrides_it_cannot_pass_on(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    result = run(["snakemake", "data", "-n", "--config", "seed=3"], project, check=False)
+    assert result.returncode != 0
+    assert "--config overrides are not passed to the stages" in result.stderr
+
+
+def test_snakemake_uses_the_configfile_given(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", config="params.yaml")
+    jobs = snakemake_jobs(project, "data")
+    assert "data/sotu/documents.parquet" in jobs["corpus"]["outs"]
+    result = run(
+        ["snakemake", "data", "--forceall", "-n", "-p", "--configfile", "config/smoke.yaml"],
+        project,
+    )
+    assert "bsn corpus --config config/smoke.yaml --output-dir data/sotu-smoke" in result.stdout
