@@ -144,7 +144,9 @@ def _read_local_file(path: Path, rel: str, cfg: LocalCorpus) -> list[Document]:
 def _read_jsonl(path: Path, rel: str, cfg: LocalCorpus) -> list[Document]:
     text = _decode(path.read_bytes(), path, cfg.encoding_errors)
     documents = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() also breaks at U+2028, U+0085 etc., which JSON allows
+    # raw inside strings, and would cut such records in half.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -212,7 +214,15 @@ def read_huggingface(cfg: HuggingFaceCorpus) -> SourceReading:
                 f"{cfg.dataset}: no field {cfg.text_field!r} (has {', '.join(row)}); "
                 "set corpus.text_field"
             )
-        documents.append(Document(f"{cfg.split}:{index}", row[cfg.text_field], f"{index:012d}"))
+        value = row[cfg.text_field]
+        if value is None:  # a missing text, as in local Parquet files: skip the row
+            continue
+        if not isinstance(value, str):
+            raise CorpusError(
+                f"{cfg.dataset}: row {index}: field {cfg.text_field!r} is "
+                f"{type(value).__name__}, not text; set corpus.text_field"
+            )
+        documents.append(Document(f"{cfg.split}:{index}", value, f"{index:012d}"))
     source = {
         "source": "huggingface",
         "dataset": cfg.dataset,

@@ -61,11 +61,22 @@ def sample_rows(n: int, cap: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
 
 
+def batch_order(n_sequences: int, steps: int, batch_size: int, seed: int | list[int]) -> np.ndarray:
+    """Sequence indices for every training step: seeded epoch permutations, concatenated."""
+    rng = np.random.default_rng(seed)
+    needed = steps * batch_size
+    epochs = -(-needed // n_sequences)
+    order = np.concatenate([rng.permutation(n_sequences) for _ in range(epochs)])
+    return order[:needed].reshape(steps, batch_size)
+
+
 def sequences_table(
     sequences: np.ndarray, seq_ids: np.ndarray, chunk_rows: int = 1 << 20
 ) -> pa.Table:
     """A (seq_id, input_ids list<uint32>) table, built in chunks so list offsets fit in int32."""
     seq_len = sequences.shape[1]
+    # List offsets are int32: a chunk must hold fewer than 2**31 ids or they wrap around silently.
+    chunk_rows = max(1, min(chunk_rows, (2**31 - 1) // max(seq_len, 1)))
     chunks = []
     for start in range(0, max(len(sequences), 1), chunk_rows):
         block = np.ascontiguousarray(sequences[start : start + chunk_rows], dtype=np.uint32)

@@ -50,7 +50,9 @@ def vocab_size_of(tokenizer: Tokenizer) -> int:
     return max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1
 
 
-def train_bpe(texts: list[str], vocab_size: int, min_frequency: int) -> Tokenizer:
+def train_bpe(
+    texts: list[str], vocab_size: int, min_frequency: int, show_progress: bool = True
+) -> Tokenizer:
     """Train a GPT-2-style byte-level BPE; id 0 is the end-of-text token."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -61,7 +63,7 @@ def train_bpe(texts: list[str], vocab_size: int, min_frequency: int) -> Tokenize
         min_frequency=min_frequency,
         special_tokens=[EOS_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=True,
+        show_progress=show_progress,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
     return tokenizer
@@ -107,7 +109,13 @@ def _pretrained_files(cfg: PretrainedTokenizer) -> tuple[Path, Path | None]:
 def _configured_eos(config_path: Path | None) -> str | None:
     if config_path is None:
         return None
-    value = json.loads(config_path.read_text(encoding="utf-8")).get("eos_token")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise TokenizerError(
+            f"{config_path}: not valid JSON; fix it or set tokenizer.eos_token"
+        ) from None
+    value = config.get("eos_token") if isinstance(config, dict) else None
     if isinstance(value, dict):
         value = value.get("content")
     return value if isinstance(value, str) else None
