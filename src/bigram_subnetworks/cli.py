@@ -93,6 +93,14 @@ def cmd_bigram_stats(args: argparse.Namespace, cfg: Config) -> None:
     build_bigram_stats(args.tokens, args.output_dir)
 
 
+def cmd_pretrain(args: argparse.Namespace, cfg: Config) -> None:
+    from bigram_subnetworks.models.loading import tune_cpu
+    from bigram_subnetworks.models.pretrain import prepare_model
+
+    tune_cpu(args.threads)
+    prepare_model(args.model, cfg, args.data_dir, args.tokenizer, args.output_dir)
+
+
 # ------------------------------------------------------------------------------- parser
 
 
@@ -138,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _stage(sub, "bigram-stats", cmd_bigram_stats, "Count bigrams of the train sequences.")
     p.add_argument("--tokens", type=Path, required=True, help="tokens_train.parquet")
     p.add_argument("--output-dir", type=Path, required=True, help="data/<corpus>__<tokenizer>/")
+
+    p = _stage(sub, "pretrain", cmd_pretrain, "Pretrain an embedded model (or resolve a Hub one).")
+    p.add_argument("--model", required=True, help="Model name from the config's models.")
+    p.add_argument("--data-dir", type=Path, required=True, help="data/<corpus>__<tokenizer>/")
+    p.add_argument("--tokenizer", type=Path, required=True, help="data/tokenizers/<name>/")
+    p.add_argument("--output-dir", type=Path, required=True, help="results/<run>/models/<name>/")
+    p.add_argument("--threads", type=int, default=None, help="Torch threads (default: all).")
     return parser
 
 

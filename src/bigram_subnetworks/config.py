@@ -9,11 +9,14 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -145,19 +148,175 @@ class DataSettings(_Section):
     )
 
 
+# ------------------------------------------------------------------------------- models
+
+_LAMBDA_LABEL = re.compile(r"^(neginf|inf|0|[1-9](e[1-9][0-9]*)?)$")
+
+
+def lambda_value(label: str) -> float:
+    """The λ a label stands for: '0', '5', '1e1' (10), '5e2' (500), 'inf', 'neginf'."""
+    if label == "neginf":
+        return -math.inf
+    return float(label)
+
+
+def _check_lambda_label(label: Any) -> Any:
+    if isinstance(label, str) and not _LAMBDA_LABEL.match(label):
+        raise ValueError(
+            f"λ label {label!r} is not canonical: write a digit 1-9 with an optional exponent "
+            "('5', '1e1', '5e2'), '0', 'inf' or 'neginf', quoted"
+        )
+    return label
+
+
+LambdaLabel = Annotated[str, AfterValidator(_check_lambda_label)]
+
+
+class PretrainSettings(_Section):
+    """Pretraining of embedded models (AdamW, linear warmup then cosine decay, seeded)."""
+
+    steps: Annotated[int, Field(ge=1)] = Field(5000, description="Optimizer steps.")
+    batch_size: Annotated[int, Field(ge=1)] = Field(16, description="Sequences per step.")
+    lr: Annotated[Number, Field(gt=0)] = Field(2e-3, description="Peak learning rate.")
+    warmup_steps: Annotated[int, Field(ge=0)] = Field(200, description="Linear warmup steps.")
+    min_lr_ratio: Annotated[Number, Field(ge=0, le=1)] = Field(
+        0.1, description="Final learning rate as a fraction of the peak (cosine decay)."
+    )
+    weight_decay: Annotated[Number, Field(ge=0)] = Field(0.1, description="AdamW weight decay.")
+    checkpoints: Annotated[int, Field(ge=6)] = Field(
+        8, description="Log-spaced checkpoints saved as step-<N>/ (step 0 included)."
+    )
+    eval_every: Annotated[int, Field(ge=1)] = Field(
+        250, description="Steps between eval-loss measurements."
+    )
+    eval_sequences: Annotated[int, Field(ge=1)] = Field(
+        512, description="Eval sequences used for each eval-loss measurement."
+    )
+
+
+class EmbeddedModel(_Section):
+    """A GPT-NeoX (Pythia architecture) model trained from scratch by the pretrain stage."""
+
+    source: Literal["embedded"]
+    layers: Annotated[int, Field(ge=1)] = Field(description="Transformer blocks.")
+    d_model: Annotated[int, Field(ge=4)] = Field(description="Residual stream width.")
+    heads: Annotated[int, Field(ge=1)] = Field(description="Attention heads.")
+    d_ff: Annotated[int, Field(ge=1)] | None = Field(None, description="MLP width; 4·d_model.")
+    rotary_pct: Annotated[Number, Field(gt=0, le=1)] = Field(
+        0.25, description="Fraction of each head's dimensions with rotary embeddings (Pythia)."
+    )
+    rotary_base: Annotated[Number, Field(gt=0)] = Field(10000.0, description="Rotary base.")
+    pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> EmbeddedModel:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by heads {self.heads}")
+        return self
+
+
+class HuggingFaceModel(_Section):
+    """A model from the Hugging Face Hub, by id and revision."""
+
+    source: Literal["huggingface"]
+    id: str = Field(description="Hub id, e.g. EleutherAI/pythia-160m.")
+    revision: str = Field("main", description="Branch, tag or commit (e.g. step143000).")
+    trust_remote_code: bool = Field(
+        False, description="Allow the model's own code from the Hub (off unless you trust it)."
+    )
+
+
+class LocalModel(_Section):
+    """A directory written by `save_pretrained` (GPT-NeoX or GPT-2)."""
+
+    source: Literal["local"]
+    path: str = Field(description="The model directory.")
+
+
+Model = Annotated[EmbeddedModel | HuggingFaceModel | LocalModel, Field(discriminator="source")]
+
+
+# -------------------------------------------------------------------------------- masks
+
+
+class TargetSettings(_Section):
+    lambdas: Annotated[list[LambdaLabel], Field(min_length=1)] = Field(
+        description="λ labels to train, e.g. ['0', '1', '1e1', 'inf']."
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> TargetSettings:
+        if len(set(self.lambdas)) != len(self.lambdas):
+            raise ValueError("lambdas: each label may appear once")
+        return self
+
+
+class StabilitySettings(_Section):
+    """The paper's loss-stability check: a loss spike must be recovered before training ends."""
+
+    window: Annotated[int, Field(ge=1)] = Field(10, description="Steps in the reference mean.")
+    abs_jump: Annotated[Number, Field(gt=0)] = Field(0.25, description="Spike: loss > mean + this.")
+    rel_jump: Annotated[Number, Field(gt=1)] = Field(1.25, description="Spike: loss > mean × this.")
+    recovery_margin: Annotated[int, Field(ge=0)] = Field(
+        100, description="The loss must be back at the mean this many steps before the end."
+    )
+    attempts: Annotated[int, Field(ge=1)] = Field(
+        3, description="Training attempts (each on a new shuffle) before giving up."
+    )
+
+
+class MaskSettings(_Section):
+    """Continuous-sparsification mask training (model × target × λ)."""
+
+    bigram: TargetSettings = Field(description="λ grid for masks trained towards bigram outputs.")
+    full: TargetSettings = Field(
+        description="λ grid for 'optimal pruning' masks trained towards the full model."
+    )
+    lr: Annotated[Number, Field(gt=0)] = Field(5e-5, description="AdamW learning rate.")
+    weight_decay: Annotated[Number, Field(ge=0)] = Field(0.01, description="AdamW weight decay.")
+    temp_increase: Annotated[Number, Field(ge=1)] = Field(
+        1.001, description="The sigmoid temperature is multiplied by this after every step."
+    )
+    batch_size: Annotated[int, Field(ge=1)] = Field(32, description="Sequences per step.")
+    grad_accumulation: Annotated[int, Field(ge=1)] = Field(
+        1, description="Micro-batches per step (the batch is split into this many)."
+    )
+    max_steps: Annotated[int, Field(ge=1)] = Field(15000, description="Step cap per attempt.")
+    stop_fraction: Annotated[Number, Field(gt=0, lt=1)] = Field(
+        0.01, description="Stop once undecided entries (σ in [0.1, 0.9]) < this × entries > 0.9."
+    )
+    max_sequences: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Use at most this many train sequences (the paper: 500K)."
+    )
+    save_every: Annotated[int, Field(ge=1)] = Field(
+        200, description="Steps between resumable training states."
+    )
+    stability: StabilitySettings = Field(default_factory=StabilitySettings)
+    bf16: bool = Field(False, description="bf16 autocast on CUDA (ignored on CPU).")
+
+
 class Config(_Section):
     """One run of the workflow."""
 
     run: Name = Field(description="Run name: outputs go to results/<run>/.")
     seed: Annotated[int, Field(ge=0, lt=2**32)] = Field(0, description="Seed for every stage.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where torch stages run; auto: CUDA when available, else CPU."
+    )
     corpus: Corpus
     tokenizer: Tokenizer
     data: DataSettings = Field(default_factory=DataSettings)
+    models: dict[Name, Model] = Field(
+        default_factory=dict, description="Models by name: embedded, huggingface or local."
+    )
+    masks: MaskSettings | None = Field(None, description="Mask training; required with models.")
 
     @model_validator(mode="after")
     def _names_do_not_collide(self) -> Config:
         if "__" in self.corpus.name or "__" in self.tokenizer.name:
             raise ValueError("corpus and tokenizer names must not contain '__'")
+        if self.models and self.masks is None:
+            raise ValueError("masks: required when models are configured")
         return self
 
     # Derived paths: the fixed artifact layout of design.md §4.
@@ -180,48 +339,63 @@ class Config(_Section):
 
 # --------------------------------------------------------------------------- error messages
 
-_DISCRIMINATED = {"corpus", "tokenizer"}
+_UNION_TAGS = {"sotu", "local", "huggingface", "train", "pretrained", "embedded"}
 
 
 def _field_path(loc: tuple[Any, ...]) -> tuple[str, ...]:
     """Drop the union tags pydantic inserts after discriminated fields (corpus.<tag>.path)."""
     parts: list[str] = []
-    skip_next = False
     for item in loc:
-        if skip_next:
-            skip_next = False
+        at_union = parts in (["corpus"], ["tokenizer"]) or (
+            len(parts) == 2 and parts[0] == "models"
+        )
+        if at_union and item in _UNION_TAGS:
             continue
         parts.append(str(item))
-        if len(parts) == 1 and item in _DISCRIMINATED:
-            skip_next = True
     return tuple(parts)
 
 
+def _members(annotation: Any) -> list[Any]:
+    """The types inside Annotated/Union/Optional annotations."""
+    if get_origin(annotation) is Annotated:
+        return _members(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, UnionType):
+        return [m for arg in get_args(annotation) for m in _members(arg)]
+    return [annotation]
+
+
+def _section_of(annotation: Any, raw: Any) -> type[BaseModel] | None:
+    """The section model an annotation stands for, choosing union members by `source`."""
+    models = [m for m in _members(annotation) if isinstance(m, type) and issubclass(m, BaseModel)]
+    if len(models) == 1:
+        return models[0]
+    source = raw.get("source") if isinstance(raw, dict) else None
+    for model in models:
+        field = model.model_fields.get("source")
+        if field is not None and source in get_args(field.annotation):
+            return model
+    return None
+
+
 def _model_at(path: tuple[str, ...], raw: Any) -> type[BaseModel] | None:
-    """The section model at a dotted path, choosing union members by the raw `source` value."""
-    model: type[BaseModel] = Config
-    for part in path:
-        field = model.model_fields.get(part)
+    """The section model at a dotted path of the raw config (None where unknown)."""
+    model: type[BaseModel] | None = Config
+    index = 0
+    while index < len(path):
+        field = model.model_fields.get(path[index]) if model else None
         if field is None:
             return None
-        raw = raw.get(part) if isinstance(raw, dict) else None
-        model = _section_class(part, raw)
-        if model is None:
-            return None
+        raw = raw.get(path[index]) if isinstance(raw, dict) else None
+        annotation = field.annotation
+        if get_origin(annotation) is dict:  # models: {name: entry}
+            index += 1
+            if index == len(path):
+                return None
+            raw = raw.get(path[index]) if isinstance(raw, dict) else None
+            annotation = get_args(annotation)[1]
+        model = _section_of(annotation, raw)
+        index += 1
     return model
-
-
-def _section_class(field: str, raw: Any) -> type[BaseModel] | None:
-    source = raw.get("source") if isinstance(raw, dict) else None
-    if field == "corpus":
-        return {"sotu": SotuCorpus, "local": LocalCorpus, "huggingface": HuggingFaceCorpus}.get(
-            source
-        )
-    if field == "tokenizer":
-        return {"train": TrainedTokenizer, "pretrained": PretrainedTokenizer}.get(source)
-    if field == "data":
-        return DataSettings
-    return None
 
 
 _EXPECTED = {
@@ -264,7 +438,8 @@ def _describe(error: dict[str, Any], raw: dict[str, Any]) -> str:
     if kind in _EXPECTED:
         return f"{where}: {_EXPECTED[kind]}{got}"
     message = error["msg"].replace("Input should be", "expected").replace("Value error, ", "")
-    return f"{where}: {message[0].lower()}{message[1:]}{got if path else ''}"
+    scalar = not isinstance(error["input"], dict | list)
+    return f"{where}: {message[0].lower()}{message[1:]}{got if path and scalar else ''}"
 
 
 def validate_config(raw: Any, source: str = "config") -> Config:

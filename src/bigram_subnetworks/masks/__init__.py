@@ -1,0 +1,1 @@
+"""Subnetwork masks: mask algebra and files, losses and the continuous-sparsification trainer."""

@@ -1,0 +1,127 @@
+"""Mask-training losses: the exact bigram cross-entropy without a dense target, and distillation.
+
+For a position with current token c and final hidden state h (after the final norm), the logits
+are z = W_U h (+ b), cut to the tokenizer's vocabulary. The soft-target cross-entropy against the
+bigram row P[c] is
+
+    CE(P[c], softmax(z)) = logsumexp(z) − Σ_j P[c, j] z_j = logsumexp(z) − h · M[c] − (P b)[c]
+
+with M = P W_U, computed once because W_U is frozen. No (batch, seq, vocab) target is ever built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bigram_subnetworks.data.bigrams import BigramCounts, context_totals
+
+
+def bigram_matrix(counts: BigramCounts) -> torch.Tensor:
+    """P(next | current) as a sparse CSR (V × V) matrix of the contexts seen in training.
+
+    Rows of contexts never seen are empty here; `BigramTarget` backs them off to the unigram.
+    """
+    vocab = counts.vocab_size
+    real = counts.prev < vocab
+    prev = counts.prev[real].astype(np.int64)
+    nxt = counts.next[real].astype(np.int64)
+    totals = context_totals(counts)
+    values = counts.count[real].astype(np.float64) / totals[prev]
+    crow = np.zeros(vocab + 1, dtype=np.int64)
+    np.cumsum(np.bincount(prev, minlength=vocab), out=crow[1:])
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(crow),
+        torch.from_numpy(nxt),
+        torch.from_numpy(values),
+        size=(vocab, vocab),
+        dtype=torch.float64,
+    )
+
+
+def unigram_distribution(counts: BigramCounts) -> torch.Tensor:
+    unigram = torch.from_numpy(counts.unigram.astype(np.float64))
+    return unigram / unigram.sum()
+
+
+def dense_bigram_matrix(counts: BigramCounts) -> torch.Tensor:
+    """The full (V × V) bigram distribution with unigram back-off: the slow reference."""
+    dense = bigram_matrix(counts).to_dense()
+    unseen = torch.from_numpy(context_totals(counts) == 0)
+    dense[unseen] = unigram_distribution(counts)
+    return dense
+
+
+@dataclass
+class BigramTarget:
+    """Precomputed M = P W_U (and P b) for one frozen unembedding."""
+
+    m: torch.Tensor  # (V, d)
+    bias_term: torch.Tensor | None  # (V,) = P b, when the unembedding has a bias
+
+    @classmethod
+    def build(
+        cls, counts: BigramCounts, unembed: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> BigramTarget:
+        """`unembed` is the LM head weight cut to the tokenizer's vocabulary, shape (V, d)."""
+        vocab = counts.vocab_size
+        if unembed.shape[0] != vocab:
+            raise ValueError(f"unembedding has {unembed.shape[0]} rows, bigram table {vocab}")
+        weight = unembed.detach().to("cpu", torch.float64)
+        p = bigram_matrix(counts)
+        unseen = torch.from_numpy(context_totals(counts) == 0)
+        unigram = unigram_distribution(counts)
+        m = torch.sparse.mm(p, weight)
+        m[unseen] = unigram @ weight
+        bias_term = None
+        if bias is not None:
+            b = bias.detach().to("cpu", torch.float64)
+            bias_term = torch.sparse.mm(p, b[:, None]).squeeze(1)
+            bias_term[unseen] = unigram @ b
+        dtype, device = unembed.dtype, unembed.device
+        return cls(
+            m=m.to(device, dtype),
+            bias_term=None if bias_term is None else bias_term.to(device, dtype),
+        )
+
+    def to(self, device: torch.device) -> BigramTarget:
+        bias = None if self.bias_term is None else self.bias_term.to(device)
+        return BigramTarget(self.m.to(device), bias)
+
+
+def logits_from_hidden(
+    hidden: torch.Tensor, unembed: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    logits = hidden @ unembed.T
+    return logits if bias is None else logits + bias
+
+
+def bigram_cross_entropy(
+    hidden: torch.Tensor,
+    current: torch.Tensor,
+    unembed: torch.Tensor,
+    target: BigramTarget,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean over positions of CE(P[current], softmax(W_U h + b)), in nats."""
+    logits = logits_from_hidden(hidden, unembed, bias)
+    expected = (hidden * target.m[current]).sum(-1)
+    if target.bias_term is not None:
+        expected = expected + target.bias_term[current]
+    return (torch.logsumexp(logits.float(), dim=-1) - expected.float()).mean()
+
+
+def dense_bigram_cross_entropy(
+    logits: torch.Tensor, current: torch.Tensor, dense: torch.Tensor
+) -> torch.Tensor:
+    """The reference: soft-target cross-entropy with the dense target rows P[current]."""
+    target = dense[current].to(logits.dtype)
+    return -(target * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+def distillation_cross_entropy(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean CE(softmax(teacher), softmax(student)): the 'optimal pruning' target."""
+    target = torch.softmax(teacher.float(), dim=-1)
+    return -(target * torch.log_softmax(student.float(), dim=-1)).sum(-1).mean()

@@ -1,0 +1,289 @@
+"""Binary masks as data: algebra, random baselines, head/unit/layer edits, counts, files, use.
+
+A mask is a dict from the model's own parameter names (exactly `Layout.masked`) to bool tensors
+shaped like those weights; True keeps an entry. Functions here never modify a mask in place: edits
+return a new dict, whose untouched tensors may be shared with the input.
+
+Mask files are safetensors with one bool tensor per parameter. Their metadata (str → str in the
+format) holds JSON-encoded values, plus "kept", "total" and "params_sha256": a sha256 over the
+sorted "name:shape" list, so a mask made for another model is recognised before it is applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from bigram_subnetworks.errors import UserError
+from bigram_subnetworks.io import atomic_outputs
+from bigram_subnetworks.models.layout import Block, Layout, layout_of
+
+Mask = dict[str, torch.Tensor]
+RESERVED_METADATA = ("kept", "total", "params_sha256")
+
+
+def keep_all(layout: Layout) -> Mask:
+    return {name: torch.ones(layout.shapes[name], dtype=torch.bool) for name in layout.masked}
+
+
+def keep_none(layout: Layout) -> Mask:
+    return {name: torch.zeros(layout.shapes[name], dtype=torch.bool) for name in layout.masked}
+
+
+def kept(mask: Mapping[str, torch.Tensor]) -> int:
+    return sum(int(t.count_nonzero()) for t in mask.values())
+
+
+def total(mask: Mapping[str, torch.Tensor]) -> int:
+    return sum(t.numel() for t in mask.values())
+
+
+def params_sha256(shapes: Mapping[str, Sequence[int]]) -> str:
+    """Fingerprint of a set of parameter names and shapes (order-independent)."""
+    lines = sorted(f"{name}:{'x'.join(str(n) for n in shape)}" for name, shape in shapes.items())
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def check_mask(mask: Mapping[str, torch.Tensor], layout: Layout, source: str) -> None:
+    """Refuse a mask whose names, shapes or dtypes do not fit the model with `layout`."""
+    if set(mask) != set(layout.masked):
+        extra = sorted(set(mask) - set(layout.masked))
+        missing = sorted(set(layout.masked) - set(mask))
+        name = (extra or missing)[0]
+        what = "not a masked parameter of" if extra else "missing, but a masked parameter of"
+        raise UserError(
+            f"{source}: mask from another model ({name} is {what} this {layout.arch} model); "
+            "use a mask made for this model"
+        )
+    for name in layout.masked:
+        if tuple(mask[name].shape) != layout.shapes[name]:
+            raise UserError(
+                f"{source}: mask from another model ({name} has shape {tuple(mask[name].shape)}, "
+                f"the model {layout.shapes[name]}); use a mask made for this model"
+            )
+        if mask[name].dtype != torch.bool:
+            raise UserError(f"{source}: {name} has dtype {mask[name].dtype}; masks must be bool")
+
+
+def _same_params(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> None:
+    if {k: tuple(v.shape) for k, v in a.items()} != {k: tuple(v.shape) for k, v in b.items()}:
+        raise UserError("masks cover different parameters or shapes; combine masks of one model")
+
+
+def complement(mask: Mapping[str, torch.Tensor]) -> Mask:
+    return {name: ~t for name, t in mask.items()}
+
+
+def union(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> Mask:
+    _same_params(a, b)
+    return {name: a[name] | b[name] for name in a}
+
+
+def intersection(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> Mask:
+    _same_params(a, b)
+    return {name: a[name] & b[name] for name in a}
+
+
+def _random_positions(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """A flat bool tensor of length n with k True entries at uniformly random positions."""
+    flat = torch.zeros(n, dtype=torch.bool)
+    flat[torch.randperm(n, generator=generator)[:k]] = True
+    return flat
+
+
+def random_like(mask: Mapping[str, torch.Tensor], seed: int) -> Mask:
+    """Same kept count in every parameter matrix, positions uniform within each whole matrix."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for name in sorted(mask):
+        t = mask[name]
+        flat = _random_positions(t.numel(), int(t.count_nonzero()), generator)
+        out[name] = flat.reshape(t.shape)
+    return {name: out[name] for name in mask}
+
+
+def random_within_blocks(mask: Mapping[str, torch.Tensor], layout: Layout, seed: int) -> Mask:
+    """Same kept count in every Block (Q/K/V/O/MLP-in/MLP-out per layer), uniform within each."""
+    check_mask(mask, layout, "random_within_blocks")
+    generator = torch.Generator().manual_seed(seed)
+    out = {name: torch.zeros_like(mask[name], device="cpu") for name in layout.masked}
+    for block in layout.blocks():
+        entries = block.select(mask[block.param].cpu())
+        flat = _random_positions(block.size, int(entries.count_nonzero()), generator)
+        out[block.param][block.index()] = flat.reshape(entries.shape)
+    return out
+
+
+def _set_blocks(mask: Mapping[str, torch.Tensor], blocks: Iterable[Block], keep: bool) -> Mask:
+    out = dict(mask)
+    copied: set[str] = set()
+    for block in blocks:
+        if block.param not in copied:
+            out[block.param] = out[block.param].clone()
+            copied.add(block.param)
+        out[block.param][block.index()] = keep
+    return out
+
+
+def set_head(
+    mask: Mapping[str, torch.Tensor], layout: Layout, layer: int, head: int, keep: bool
+) -> Mask:
+    """A copy of `mask` with every Q, K, V and O entry of one head kept (or dropped)."""
+    return _set_blocks(mask, layout.head_blocks(layer, head), keep)
+
+
+def set_mlp_units(
+    mask: Mapping[str, torch.Tensor], layout: Layout, layer: int, units: Sequence[int], keep: bool
+) -> Mask:
+    """A copy of `mask` with the MLP-in and MLP-out entries of `units` kept (or dropped)."""
+    return _set_blocks(mask, layout.mlp_unit_blocks(layer, units), keep)
+
+
+def set_layer(mask: Mapping[str, torch.Tensor], layout: Layout, layer: int, keep: bool) -> Mask:
+    """A copy of `mask` with every masked weight of one layer kept (or dropped)."""
+    out = dict(mask)
+    for name in layout.layer_params(layer):
+        out[name] = torch.full_like(mask[name], keep)
+    return out
+
+
+def block_counts(mask: Mapping[str, torch.Tensor], layout: Layout) -> list[dict[str, Any]]:
+    """Kept entries and size of every (layer, kind) block."""
+    return [
+        {
+            "layer": block.layer,
+            "kind": block.kind,
+            "kept": int(block.select(mask[block.param]).count_nonzero()),
+            "size": block.size,
+        }
+        for block in layout.blocks()
+    ]
+
+
+def head_counts(mask: Mapping[str, torch.Tensor], layout: Layout) -> list[dict[str, Any]]:
+    """Kept entries and size of the Q, K, V and O blocks of every attention head."""
+    return [
+        {
+            "layer": layer,
+            "head": head,
+            "kind": block.kind,
+            "kept": int(block.select(mask[block.param]).count_nonzero()),
+            "size": block.size,
+        }
+        for layer in range(layout.n_layers)
+        for head in range(layout.n_heads)
+        for block in layout.head_blocks(layer, head)
+    ]
+
+
+def save_mask(path: Path | str, mask: Mapping[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """Write a mask file atomically; "kept", "total" and "params_sha256" are always recomputed."""
+    for name, t in mask.items():
+        if t.dtype != torch.bool:
+            raise UserError(f"{path}: {name} has dtype {t.dtype}; masks must be bool")
+    encoded = {k: json.dumps(v, sort_keys=True) for k, v in metadata.items()}
+    encoded |= {
+        "kept": json.dumps(kept(mask)),
+        "total": json.dumps(total(mask)),
+        "params_sha256": json.dumps(params_sha256({k: v.shape for k, v in mask.items()})),
+    }
+    tensors = {name: t.detach().cpu().contiguous() for name, t in mask.items()}
+    with atomic_outputs(path) as (temp,):
+        save_file(tensors, temp, metadata=encoded)
+
+
+def load_mask(path: Path | str, layout: Layout | None = None) -> tuple[Mask, dict[str, Any]]:
+    """Read a mask file and its decoded metadata; with `layout`, refuse a mask of another model."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: mask file not found; run the stage that makes it")
+    try:
+        with safe_open(path, framework="pt") as handle:
+            raw = handle.metadata() or {}
+            mask = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(
+            f"{path}: not a readable safetensors file ({reason}); delete it and rerun"
+        ) from None
+    try:
+        metadata = {key: json.loads(value) for key, value in raw.items()}
+    except json.JSONDecodeError:
+        raise UserError(f"{path}: metadata is not JSON; not a mask written by bsn") from None
+    if any(key not in metadata for key in RESERVED_METADATA):
+        raise UserError(f"{path}: no kept/total/params_sha256 metadata; not a mask written by bsn")
+    for name, t in mask.items():
+        if t.dtype != torch.bool:
+            raise UserError(f"{path}: {name} has dtype {t.dtype}; a mask file holds bool tensors")
+    fingerprint = params_sha256({k: v.shape for k, v in mask.items()})
+    if (kept(mask), total(mask), fingerprint) != tuple(metadata[k] for k in RESERVED_METADATA):
+        raise UserError(f"{path}: tensors disagree with its metadata; delete it and rerun")
+    if layout is not None:
+        check_mask(mask, layout, str(path))
+    return mask, metadata
+
+
+def apply_mask(model: torch.nn.Module, mask: Mapping[str, torch.Tensor]) -> None:
+    """Multiply each masked weight of `model` by its mask, in place."""
+    check_mask(mask, layout_of(model), "apply_mask")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, keep in mask.items():
+            params[name].mul_(keep.to(params[name].device))
+
+
+@contextlib.contextmanager
+def masked(model: torch.nn.Module, mask: Mapping[str, torch.Tensor]) -> Iterator[torch.nn.Module]:
+    """Apply `mask` for the duration of the block, then restore the original weights exactly."""
+    params = dict(model.named_parameters())
+    originals = {name: params[name].detach().clone() for name in mask}
+    try:
+        apply_mask(model, mask)
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, weight in originals.items():
+                params[name].copy_(weight)
+
+
+def generate(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Continue (batch, seq) or (seq,) prompts; returns only the new token ids, same rank.
+
+    Greedy when temperature == 0, else sampling from softmax(logits / temperature) with a
+    generator seeded by `seed`. Put the model in eval mode first (dropout would add randomness).
+    """
+    if temperature < 0:
+        raise UserError(f"temperature {temperature}: must be >= 0 (0 = greedy)")
+    if max_new_tokens < 0:
+        raise UserError(f"max_new_tokens {max_new_tokens}: must be >= 0")
+    device = next(model.parameters()).device
+    ids = (input_ids[None] if input_ids.dim() == 1 else input_ids).to(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    new, past, step = [], None, ids
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            out = model(input_ids=step, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            logits = out.logits[:, -1].float()
+            if temperature == 0:
+                step = logits.argmax(dim=-1, keepdim=True)
+            else:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                step = torch.multinomial(probs, 1, generator=generator)
+            new.append(step)
+    result = torch.cat(new, dim=1) if new else ids.new_empty((ids.shape[0], 0))
+    return result[0] if input_ids.dim() == 1 else result

@@ -1,0 +1,1 @@
+"""Language models: architecture layouts, loading, and pretraining of small models."""

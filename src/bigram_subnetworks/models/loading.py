@@ -1,0 +1,136 @@
+"""Model loading: embedded models built here, Hub models by id and revision, local directories.
+
+Every model stage writes `results/<run>/models/<name>/model.json`, which says how to load the model
+again (and, for Hub models, which commit a revision resolved to). Weights are read from safetensors
+only; `trust_remote_code` stays off unless the config turns it on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bigram_subnetworks.config import EmbeddedModel, HuggingFaceModel, LocalModel
+from bigram_subnetworks.errors import UserError
+from bigram_subnetworks.io import read_json
+
+MODEL_FILE = "model.json"
+
+
+def pick_device(requested: str) -> torch.device:
+    """`auto` picks CUDA when available, else the CPU; `cuda` without a GPU is an error."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda requested but no CUDA device is visible; use auto or cpu")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def tune_cpu(threads: int | None) -> None:
+    """Give torch the stage's threads and raise glibc's mmap threshold (faster CPU training)."""
+    if threads:
+        torch.set_num_threads(threads)
+    if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+        except OSError:
+            return
+        m_mmap_threshold, m_trim_threshold = -3, -1
+        libc.mallopt(m_mmap_threshold, 1 << 30)
+        libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+def neox_config(spec: EmbeddedModel, vocab_size: int, max_positions: int, eos_id: int) -> Any:
+    """A Pythia-style GPT-NeoX config for an embedded model."""
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec.d_model,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        intermediate_size=spec.d_ff or 4 * spec.d_model,
+        max_position_embeddings=max_positions,
+        rotary_pct=spec.rotary_pct,
+        rotary_emb_base=spec.rotary_base,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+    )
+
+
+def load_pretrained_dir(path: Path | str, trust_remote_code: bool = False, **kwargs: Any) -> Any:
+    """Load a causal LM saved with `save_pretrained` (safetensors only), in float32, eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise UserError(f"{path}: not a model directory (no config.json); check the model path")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=torch.float32,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            **kwargs,
+        )
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: cannot load the model ({first})") from None
+    return model.eval()
+
+
+def resolve_hub_model(spec: HuggingFaceModel) -> dict[str, Any]:
+    """Record the commit a Hub revision points to (needs network access)."""
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().model_info(spec.id, revision=spec.revision)
+    except Exception as exc:
+        raise UserError(
+            f"model {spec.id}@{spec.revision}: cannot resolve on the Hub ({type(exc).__name__}); "
+            "check the id, the revision and the network"
+        ) from None
+    return {"source": "huggingface", "id": spec.id, "revision": spec.revision, "commit": info.sha}
+
+
+def describe_local_model(spec: LocalModel) -> dict[str, Any]:
+    """Check a local model directory loads and record where it is."""
+    model = load_pretrained_dir(spec.path)
+    return {
+        "source": "local",
+        "path": str(Path(spec.path)),
+        "model_type": model.config.model_type,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def load_model(model_dir: Path | str, trust_remote_code: bool = False) -> tuple[Any, dict]:
+    """Load the model a model stage described in `<model_dir>/model.json`."""
+    model_dir = Path(model_dir)
+    info = read_json(model_dir / MODEL_FILE)
+    source = info.get("source")
+    if source == "embedded":
+        return load_pretrained_dir(model_dir / "final"), info
+    if source == "local":
+        return load_pretrained_dir(info["path"]), info
+    if source == "huggingface":
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            info["id"],
+            revision=info["commit"],
+            dtype=torch.float32,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+        return model.eval(), info
+    raise UserError(f"{model_dir / MODEL_FILE}: unknown source {source!r}; rerun its model stage")

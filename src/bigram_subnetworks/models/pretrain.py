@@ -1,0 +1,212 @@
+"""The model stage: pretrain embedded GPT-NeoX models here; resolve Hub models; check local ones.
+
+Embedded models are trained from scratch on tokens_train (AdamW, linear warmup then cosine decay,
+seeded data order) and saved as `final/` plus log-spaced checkpoints `step-<N>/` (step 0 included),
+each a `save_pretrained` directory with safetensors weights and the tokenizer. Train and eval loss
+go to `train_log.parquet`; `model.json` records the run, the final eval loss and the smoothed
+bigram model's eval loss, which a real language model of the corpus must beat.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+
+from bigram_subnetworks.config import Config, EmbeddedModel, HuggingFaceModel
+from bigram_subnetworks.data.bigrams import bigram_baseline_cross_entropy, read_bigram_counts
+from bigram_subnetworks.data.tokenize import batch_order, read_sequences
+from bigram_subnetworks.data.tokenizer import META_FILE, TOKENIZER_FILE, load_tokenizer
+from bigram_subnetworks.errors import UserError
+from bigram_subnetworks.io import read_json, write_json, write_parquet
+from bigram_subnetworks.models.loading import (
+    MODEL_FILE,
+    describe_local_model,
+    neox_config,
+    pick_device,
+    resolve_hub_model,
+)
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_steps(total: int, count: int) -> list[int]:
+    """`count` log-spaced steps from 0 to `total` (0 and `total` included, all distinct)."""
+    count = min(count, total + 1)
+    steps = {0, total, *(int(s) for s in np.round(np.geomspace(1, total, num=count - 1)))}
+    candidate = 1
+    while len(steps) < count:  # rounding merged some small steps: fill with the smallest unused
+        steps.add(candidate)
+        candidate += 1
+    return sorted(steps)
+
+
+def learning_rate(step: int, spec: EmbeddedModel) -> float:
+    """Linear warmup to the peak, then cosine decay to min_lr_ratio × peak."""
+    settings = spec.pretrain
+    if step < settings.warmup_steps:
+        return settings.lr * (step + 1) / settings.warmup_steps
+    span = max(settings.steps - settings.warmup_steps, 1)
+    progress = min((step - settings.warmup_steps) / span, 1.0)
+    floor = settings.min_lr_ratio
+    return settings.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def eval_loss(model: Any, sequences: torch.Tensor, batch_size: int) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(sequences), batch_size):
+        batch = sequences[start : start + batch_size]
+        loss = model(input_ids=batch, labels=batch).loss
+        n = batch.shape[0] * (batch.shape[1] - 1)
+        total += float(loss) * n
+        count += n
+    model.train()
+    return total / count
+
+
+def _save(model: Any, tokenizer_dir: Path, eos: str, path: Path) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(tokenizer_dir / TOKENIZER_FILE), eos_token=eos, bos_token=eos
+    )
+    tokenizer.save_pretrained(path)
+
+
+def pretrain_embedded(
+    name: str,
+    spec: EmbeddedModel,
+    cfg: Config,
+    data_dir: Path,
+    tokenizer_dir: Path,
+    output_dir: Path,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Train an embedded model from scratch; writes output_dir atomically (temp dir + rename)."""
+    from transformers import GPTNeoXForCausalLM
+
+    settings = spec.pretrain
+    loaded = load_tokenizer(tokenizer_dir)
+    train = read_sequences(data_dir / "tokens_train.parquet")
+    evaluation = read_sequences(data_dir / "tokens_eval.parquet")[: settings.eval_sequences]
+    baseline = bigram_baseline_cross_entropy(read_bigram_counts(data_dir), evaluation)
+
+    torch.manual_seed(cfg.seed)
+    config = neox_config(spec, loaded.vocab_size, train.shape[1], loaded.eos_id)
+    model = GPTNeoXForCausalLM(config).to(device)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": settings.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=settings.lr,
+        betas=(0.9, 0.95),
+    )
+    order = batch_order(len(train), settings.steps, settings.batch_size, cfg.seed)
+    train_tokens = torch.from_numpy(train.astype(np.int64))
+    eval_tokens = torch.from_numpy(evaluation.astype(np.int64)).to(device)
+    saves = set(checkpoint_steps(settings.steps, settings.checkpoints))
+
+    staging = output_dir.with_name(f".{output_dir.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    rows: dict[str, list] = {"step": [], "lr": [], "train_loss": [], "eval_loss": []}
+    started = time.perf_counter()
+    if 0 in saves:
+        _save(model, tokenizer_dir, loaded.eos_token, staging / "step-0")
+    progress = tqdm(range(1, settings.steps + 1), desc=f"pretrain {name}", unit="step")
+    for step in progress:
+        lr = learning_rate(step - 1, spec)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = train_tokens[order[step - 1]].to(device)
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        evaluated = step % settings.eval_every == 0 or step == settings.steps
+        current_eval = eval_loss(model, eval_tokens, 64) if evaluated else None
+        rows["step"].append(step)
+        rows["lr"].append(lr)
+        rows["train_loss"].append(float(loss))
+        rows["eval_loss"].append(current_eval)
+        if current_eval is not None:
+            progress.set_postfix(train=f"{float(loss):.3f}", eval=f"{current_eval:.3f}")
+        if step in saves:
+            _save(model, tokenizer_dir, loaded.eos_token, staging / f"step-{step}")
+    _save(model, tokenizer_dir, loaded.eos_token, staging / "final")
+
+    final_eval = rows["eval_loss"][-1]
+    info = {
+        "source": "embedded",
+        "name": name,
+        "architecture": "gpt_neox",
+        "spec": spec.model_dump(),
+        "seed": cfg.seed,
+        "vocab_size": loaded.vocab_size,
+        "seq_len": int(train.shape[1]),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "checkpoints": sorted(saves),
+        "final_eval_loss": final_eval,
+        "bigram_baseline": baseline,
+        "beats_bigram_baseline": final_eval < baseline["cross_entropy"],
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "tokenizer_sha256": read_json(tokenizer_dir / META_FILE).get("sha256"),
+    }
+    write_parquet(pa.table(rows), staging / "train_log.parquet")
+    write_json(info, staging / MODEL_FILE)
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    staging.rename(output_dir)
+    log.info(
+        "%s: eval loss %.3f nats vs smoothed bigram %.3f (%s) -> %s",
+        name,
+        final_eval,
+        baseline["cross_entropy"],
+        "beats it" if info["beats_bigram_baseline"] else "DOES NOT beat it",
+        output_dir,
+    )
+    return info
+
+
+def prepare_model(
+    name: str, cfg: Config, data_dir: Path, tokenizer_dir: Path, output_dir: Path
+) -> dict[str, Any]:
+    """Run the model stage for one configured model."""
+    if name not in cfg.models:
+        known = ", ".join(cfg.models) or "none"
+        raise UserError(f"model {name!r} is not in the config (models: {known})")
+    spec = cfg.models[name]
+    if isinstance(spec, EmbeddedModel):
+        return pretrain_embedded(
+            name, spec, cfg, data_dir, tokenizer_dir, output_dir, pick_device(cfg.device)
+        )
+    info = (
+        resolve_hub_model(spec)
+        if isinstance(spec, HuggingFaceModel)
+        else describe_local_model(spec)
+    )
+    info["name"] = name
+    staging = output_dir.with_name(f".{output_dir.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    write_json(info, staging / MODEL_FILE)
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    staging.rename(output_dir)
+    return info
