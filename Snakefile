@@ -11,9 +11,12 @@ configfile: "params.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/masks.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.data.input,
+        rules.masks.input,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -31,7 +33,7 @@ def loaded_bpe(small_bpe: Tokenizer) -> LoadedTokenizer:
     return LoadedTokenizer(small_bpe, EOS_TOKEN, 0, vocab_size_of(small_bpe))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def write_documents() -> Callable[[Path, list[tuple[str, str]]], Path]:
     """Write a documents.parquet as the corpus stage does, from (split, text) rows."""
 
@@ -48,3 +50,132 @@ def write_documents() -> Callable[[Path, list[tuple[str, str]]], Path]:
         return path
 
     return write
+
+
+# --- Tiny random causal LMs (layout, mask toolkit and loss tests) --------------------------------
+
+TINY_VOCAB = 50
+# Exact parameter counts of the tiny models below (GPT-2 ties its LM head to the token embedding).
+TINY_PARAMS = {"gpt_neox": 6608, "gpt_neox_norope": 6608, "gpt2": 5776}
+
+
+def _tiny_config(kind: str) -> Any:
+    """Configs with d=16, 4 heads (head size 4), 2 layers and an MLP width that is not 4·d."""
+    from transformers import GPT2Config, GPTNeoXConfig
+
+    if kind == "gpt2":
+        return GPT2Config(
+            vocab_size=TINY_VOCAB,
+            n_embd=16,
+            n_layer=2,
+            n_head=4,
+            n_inner=24,
+            n_positions=64,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    return GPTNeoXConfig(
+        vocab_size=TINY_VOCAB,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=40,
+        max_position_embeddings=64,
+        rotary_pct=0.0 if kind == "gpt_neox_norope" else 0.5,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+
+
+def _build_tiny(kind: str, seed: int) -> Any:
+    """A model of `kind` whose every parameter (biases and norms too) is seeded N(0, 0.5²)."""
+    import torch
+    from transformers import GPT2LMHeadModel, GPTNeoXForCausalLM
+
+    torch.manual_seed(seed)
+    cls = GPT2LMHeadModel if kind == "gpt2" else GPTNeoXForCausalLM
+    model = cls(_tiny_config(kind))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(0.5 * torch.randn(param.shape, generator=generator))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def torch_single_thread() -> Iterator[None]:
+    """Run a module's tiny-tensor torch work on one thread (much faster on a busy, small CPU)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def _tiny_built() -> dict[str, Any]:
+    models = {}
+    for seed, kind in enumerate(TINY_PARAMS):
+        models[kind] = _build_tiny(kind, seed)
+        n_params = sum(p.numel() for p in models[kind].parameters())
+        assert n_params == TINY_PARAMS[kind], (kind, n_params)
+    return models
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(
+    _tiny_built: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """The tiny models, written with `save_pretrained` (safetensors) into temporary directories."""
+    dirs = {}
+    for kind, model in _tiny_built.items():
+        dirs[kind] = tmp_path_factory.mktemp(f"tiny_{kind}")
+        model.save_pretrained(dirs[kind])
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def _tiny_loaded(tiny_model_dirs: dict[str, Path]) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    models = {}
+    for kind, path in tiny_model_dirs.items():
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, use_safetensors=True, attn_implementation="eager"
+        )
+        assert sum(p.numel() for p in model.parameters()) == TINY_PARAMS[kind]
+        models[kind] = model.eval()
+    return models
+
+
+@pytest.fixture
+def tiny_neox(_tiny_loaded: dict[str, Any]) -> Any:
+    """A fresh copy of the tiny GPT-NeoX (rotary on half of each head), loaded back from disk."""
+    return copy.deepcopy(_tiny_loaded["gpt_neox"])
+
+
+@pytest.fixture
+def tiny_neox_norope(_tiny_loaded: dict[str, Any]) -> Any:
+    """A fresh copy of a tiny GPT-NeoX without rotary embeddings (q·k has no position term)."""
+    return copy.deepcopy(_tiny_loaded["gpt_neox_norope"])
+
+
+@pytest.fixture
+def tiny_gpt2(_tiny_loaded: dict[str, Any]) -> Any:
+    """A fresh copy of the tiny GPT-2, loaded back from disk."""
+    return copy.deepcopy(_tiny_loaded["gpt2"])
+
+
+@pytest.fixture(params=["gpt_neox", "gpt2"])
+def tiny_model(request: pytest.FixtureRequest, _tiny_loaded: dict[str, Any]) -> Any:
+    """A fresh copy of each tiny architecture in turn."""
+    return copy.deepcopy(_tiny_loaded[request.param])

@@ -45,14 +45,14 @@ def make_project(where: Path, config: str = "config/smoke.yaml") -> Path:
 
 
 def snakemake_jobs(project: Path, target: str) -> dict[str, dict[str, object]]:
-    """Rule name -> shell command, outputs (incl. log) and inputs, parsed from a dry run."""
+    """Shell command -> rule, outputs (incl. log) and inputs of every job, from a dry run."""
     text = run(["snakemake", target, "--forceall", "-n", "-p", "--cores", "1"], project).stdout
     jobs: dict[str, dict[str, object]] = {}
     current: dict[str, object] | None = None
     for line in text.splitlines():
         header = re.match(r"^(?:local)?rule (\w+):$", line)
         if header:
-            current = jobs.setdefault(header.group(1), {"outs": set(), "deps": set()})
+            current = {"rule": header.group(1), "outs": set(), "deps": set()}
             continue
         if current is None:
             continue
@@ -61,8 +61,9 @@ def snakemake_jobs(project: Path, target: str) -> dict[str, dict[str, object]]:
             key = "deps" if field.group(1) == "input" else "outs"
             current[key] |= set(field.group(2).split(", "))
         elif line.startswith("Shell command: ") and line != "Shell command: None":
-            current["cmd"] = line.removeprefix("Shell command: ").strip()
-    return {name: job for name, job in jobs.items() if "cmd" in job}
+            jobs[line.removeprefix("Shell command: ").strip()] = current
+            current = None
+    return jobs
 
 
 DVC_STAGES = """
@@ -71,8 +72,8 @@ from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 stages = {}
 for stage in Repo(".").index.stages:
-    stages[stage.name] = {
-        "cmd": stage.cmd,
+    stages[stage.cmd] = {
+        "name": stage.name,
         "outs": sorted(str(o.def_path) for o in stage.outs),
         "deps": sorted(
             str(d.def_path) for d in stage.deps if not isinstance(d, ParamsDependency)
@@ -83,6 +84,7 @@ print(json.dumps(stages))
 
 
 def dvc_stages(project: Path) -> dict[str, dict[str, object]]:
+    """Command -> stage name, outputs and (file) dependencies of every DVC stage."""
     return json.loads(run([sys.executable, "-c", DVC_STAGES], project).stdout)
 
 
@@ -95,14 +97,21 @@ def artifact_digests(project: Path) -> dict[str, str]:
 
 def test_snakemake_and_dvc_describe_the_same_stages(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p")
-    snake = snakemake_jobs(project, "data")
+    snake = snakemake_jobs(project, "all")
     dvc = dvc_stages(project)
-    assert set(snake) == set(dvc) == {"corpus", "tokenizer", "tokenize", "bigram_stats"}
-    for name, stage in dvc.items():
-        assert snake[name]["cmd"] == stage["cmd"], name
-        assert sorted(snake[name]["outs"]) == stage["outs"], name
+    assert set(snake) == set(dvc)  # the same commands, one job per stage
+    rules = {job["rule"] for job in snake.values()}
+    assert rules == {"corpus", "tokenizer", "tokenize", "bigram_stats", "pretrain", "train_mask"}
+    for cmd, stage in dvc.items():
+        job = snake[cmd]
+        # DVC names a stage after its rule (train_mask_<target>@<model>-<λ> for train_mask).
+        base = str(stage["name"]).split("@")[0].removesuffix("_bigram").removesuffix("_full")
+        assert base == job["rule"], cmd
+        assert sorted(job["outs"]) == stage["outs"], cmd
         # DVC deps are the data files; Snakemake may list the same files (no extras).
-        assert sorted(snake[name]["deps"]) == stage["deps"], name
+        assert sorted(job["deps"]) == stage["deps"], cmd
+    masks = [job for job in snake.values() if job["rule"] == "train_mask"]
+    assert len(masks) == 5  # smoke: one model × (4 bigram + 1 full) λ labels
 
 
 def test_both_front_ends_build_identical_data(tmp_path: Path) -> None:
@@ -155,3 +164,29 @@ def test_snakemake_uses_the_configfile_given(tmp_path: Path) -> None:
         project,
     )
     assert "bsn corpus --config config/smoke.yaml --output-dir data/sotu-smoke" in result.stdout
+
+
+def test_smoke_run_trains_its_models_and_every_mask(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    run(["snakemake", "--cores", "2"], project)
+    model_dir = project / "results" / "smoke" / "models" / "neox-2x16"
+    checkpoints = sorted(p.name for p in model_dir.glob("step-*"))
+    assert len(checkpoints) >= 6 and "step-0" in checkpoints
+    for folder in [model_dir / "final", *(model_dir / c for c in checkpoints)]:
+        assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    info = json.loads((model_dir / "model.json").read_text())
+    assert info["final_eval_loss"] > 0 and info["bigram_baseline"]["cross_entropy"] > 0
+
+    masks = sorted((project / "results" / "smoke" / "masks").rglob("*.safetensors"))
+    assert [m.relative_to(project / "results" / "smoke" / "masks").as_posix() for m in masks] == [
+        f"neox-2x16/bigram/lambda-{lam}.safetensors" for lam in ("0", "1e1", "inf", "neginf")
+    ] + ["neox-2x16/full/lambda-1e1.safetensors"]
+    for mask in masks:
+        log = json.loads(mask.with_suffix(".json").read_text())
+        assert log["model"] == "neox-2x16" and log["weights_sha256"]
+        assert len(log["history"]) == log["attempts"]
+    benchmarks = list((project / "results" / "smoke" / "benchmarks").rglob("*.tsv"))
+    assert len(benchmarks) == 6  # one pretrain + five masks
+
+    # A finished run schedules nothing.
+    assert "Nothing to be done" in run(["snakemake", "-n"], project).stdout

@@ -14,7 +14,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bigram_subnetworks import __version__
-from bigram_subnetworks.config import Config, ConfigError, json_schema_text, load_config
+from bigram_subnetworks.config import (
+    Config,
+    ConfigError,
+    check_lambda_label,
+    json_schema_text,
+    load_config,
+)
 from bigram_subnetworks.errors import UserError
 
 log = logging.getLogger("bigram_subnetworks")
@@ -101,6 +107,38 @@ def cmd_pretrain(args: argparse.Namespace, cfg: Config) -> None:
     prepare_model(args.model, cfg, args.data_dir, args.tokenizer, args.output_dir)
 
 
+def cmd_train_mask(args: argparse.Namespace, cfg: Config) -> None:
+    from bigram_subnetworks.data.bigrams import read_bigram_counts
+    from bigram_subnetworks.data.tokenize import read_sequences
+    from bigram_subnetworks.masks.train import MaskRun, train_mask
+    from bigram_subnetworks.models.loading import load_model, model_identity, pick_device, tune_cpu
+
+    tune_cpu(args.threads)
+    model, info = load_model(args.model_dir, trust_remote_code=_trusts_remote_code(cfg, args))
+    run = MaskRun(
+        target=args.target,
+        lambda_label=args.lam,
+        settings=cfg.masks,
+        seed=cfg.seed,
+        model_info=model_identity(args.model_dir, info),
+    )
+    counts = read_bigram_counts(args.data_dir)
+    sequences = read_sequences(args.data_dir / "tokens_train.parquet")
+    train_mask(model, run, sequences, counts, args.output, pick_device(cfg.device))
+
+
+def _trusts_remote_code(cfg: Config, args: argparse.Namespace) -> bool:
+    spec = cfg.models.get(args.model)
+    return bool(getattr(spec, "trust_remote_code", False))
+
+
+def _lambda_label(text: str) -> str:
+    try:
+        return check_lambda_label(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 # ------------------------------------------------------------------------------- parser
 
 
@@ -152,6 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, required=True, help="data/<corpus>__<tokenizer>/")
     p.add_argument("--tokenizer", type=Path, required=True, help="data/tokenizers/<name>/")
     p.add_argument("--output-dir", type=Path, required=True, help="results/<run>/models/<name>/")
+    p.add_argument("--threads", type=int, default=None, help="Torch threads (default: all).")
+
+    p = _stage(sub, "train-mask", cmd_train_mask, "Train one mask (model × target × λ).")
+    p.add_argument("--model", required=True, help="Model name from the config's models.")
+    p.add_argument("--model-dir", type=Path, required=True, help="results/<run>/models/<name>/")
+    p.add_argument("--data-dir", type=Path, required=True, help="data/<corpus>__<tokenizer>/")
+    p.add_argument("--target", required=True, choices=["bigram", "full"])
+    p.add_argument("--lambda", dest="lam", required=True, type=_lambda_label, help="e.g. 1e1, inf")
+    p.add_argument("--output", type=Path, required=True, help="lambda-<label>.safetensors")
     p.add_argument("--threads", type=int, default=None, help="Torch threads (default: all).")
     return parser
 

@@ -160,7 +160,7 @@ def lambda_value(label: str) -> float:
     return float(label)
 
 
-def _check_lambda_label(label: Any) -> Any:
+def check_lambda_label(label: Any) -> Any:
     if isinstance(label, str) and not _LAMBDA_LABEL.match(label):
         raise ValueError(
             f"λ label {label!r} is not canonical: write a digit 1-9 with an optional exponent "
@@ -169,7 +169,7 @@ def _check_lambda_label(label: Any) -> Any:
     return label
 
 
-LambdaLabel = Annotated[str, AfterValidator(_check_lambda_label)]
+LambdaLabel = Annotated[str, AfterValidator(check_lambda_label)]
 
 
 class PretrainSettings(_Section):
@@ -239,16 +239,27 @@ Model = Annotated[EmbeddedModel | HuggingFaceModel | LocalModel, Field(discrimin
 # -------------------------------------------------------------------------------- masks
 
 
-class TargetSettings(_Section):
-    lambdas: Annotated[list[LambdaLabel], Field(min_length=1)] = Field(
-        description="λ labels to train, e.g. ['0', '1', '1e1', 'inf']."
-    )
+def _unique_labels(labels: list[str]) -> list[str]:
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ValueError(f"each λ label may appear once; repeated: {', '.join(repeated)}")
+    return labels
 
-    @model_validator(mode="after")
-    def _unique(self) -> TargetSettings:
-        if len(set(self.lambdas)) != len(self.lambdas):
-            raise ValueError("lambdas: each label may appear once")
-        return self
+
+LambdaGrid = Annotated[list[LambdaLabel], Field(min_length=1), AfterValidator(_unique_labels)]
+
+
+class LambdaSettings(_Section):
+    """The λ grid of each target; one mask is trained per model × target × λ."""
+
+    bigram: LambdaGrid = Field(
+        description="λ labels for masks trained towards bigram outputs ('neginf' keeps all, "
+        "'inf' keeps nothing: the baselines)."
+    )
+    full: LambdaGrid = Field(
+        description="λ labels for 'optimal pruning' masks trained towards the full model "
+        "(the paper leaves out 0)."
+    )
 
 
 class StabilitySettings(_Section):
@@ -268,10 +279,6 @@ class StabilitySettings(_Section):
 class MaskSettings(_Section):
     """Continuous-sparsification mask training (model × target × λ)."""
 
-    bigram: TargetSettings = Field(description="λ grid for masks trained towards bigram outputs.")
-    full: TargetSettings = Field(
-        description="λ grid for 'optimal pruning' masks trained towards the full model."
-    )
     lr: Annotated[Number, Field(gt=0)] = Field(5e-5, description="AdamW learning rate.")
     weight_decay: Annotated[Number, Field(ge=0)] = Field(0.01, description="AdamW weight decay.")
     temp_increase: Annotated[Number, Field(ge=1)] = Field(
@@ -309,14 +316,17 @@ class Config(_Section):
     models: dict[Name, Model] = Field(
         default_factory=dict, description="Models by name: embedded, huggingface or local."
     )
-    masks: MaskSettings | None = Field(None, description="Mask training; required with models.")
+    masks: MaskSettings = Field(
+        default_factory=MaskSettings, description="Mask-training hyperparameters (the paper's)."
+    )
+    lambdas: LambdaSettings | None = Field(None, description="λ grids; required with models.")
 
     @model_validator(mode="after")
     def _names_do_not_collide(self) -> Config:
         if "__" in self.corpus.name or "__" in self.tokenizer.name:
             raise ValueError("corpus and tokenizer names must not contain '__'")
-        if self.models and self.masks is None:
-            raise ValueError("masks: required when models are configured")
+        if self.models and self.lambdas is None:
+            raise ValueError("lambdas: required when models are configured")
         return self
 
     # Derived paths: the fixed artifact layout of design.md §4.

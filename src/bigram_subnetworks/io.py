@@ -92,6 +92,19 @@ def read_parquet(path: Path | str, columns: list[str] | None = None) -> pa.Table
     return pq.read_table(path, columns=columns)
 
 
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header key-sorted.
+
+    The library keeps metadata in a hash map, so two saves of equal tensors and metadata may order
+    the header differently; sorting makes equal content give byte-identical files.
+    """
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format pads the header to a multiple of 8 bytes
+    return len(text).to_bytes(8, "little") + text + data[8 + length :]
+
+
 def sha256_file(path: Path | str, chunk_size: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

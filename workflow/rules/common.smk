@@ -52,3 +52,26 @@ def corpus_inputs(wildcards):
     return sorted(
         str(p) for p in root.rglob("*") if p.is_file() and p.suffix in suffixes
     )
+
+
+MODELS = list(CFG.models)
+# (model, target, λ label) of every mask the config asks for.
+MASK_JOBS = [
+    (model, target, label)
+    for model in MODELS
+    for target in ("bigram", "full")
+    for label in (getattr(CFG.lambdas, target) if CFG.lambdas else [])
+]
+# Torch stages take every core (two torch jobs sharing the cores each run ~4x slower) and one GPU
+# when the config runs on CUDA.
+GPUS = 0 if CFG.device == "cpu" else 1
+
+
+wildcard_constraints:
+    model="[A-Za-z0-9][A-Za-z0-9._-]*",
+    target="bigram|full",
+    lam="neginf|inf|0|[1-9](e[1-9][0-9]*)?",
+
+
+def mask_path(model, target, lam):
+    return f"{RUN_DIR}/masks/{model}/{target}/lambda-{lam}.safetensors"

@@ -42,8 +42,16 @@ def bigram_matrix(counts: BigramCounts) -> torch.Tensor:
 
 
 def unigram_distribution(counts: BigramCounts) -> torch.Tensor:
+    """Token frequencies; uniform when there are no tokens at all (the last back-off)."""
     unigram = torch.from_numpy(counts.unigram.astype(np.float64))
+    if unigram.sum() == 0:
+        return torch.full((counts.vocab_size,), 1.0 / counts.vocab_size, dtype=torch.float64)
     return unigram / unigram.sum()
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half types, else the dtype itself (float64 stays float64)."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def dense_bigram_matrix(counts: BigramCounts) -> torch.Tensor:
@@ -107,10 +115,11 @@ def bigram_cross_entropy(
 ) -> torch.Tensor:
     """Mean over positions of CE(P[current], softmax(W_U h + b)), in nats."""
     logits = logits_from_hidden(hidden, unembed, bias)
+    acc = _accumulation_dtype(logits.dtype)
     expected = (hidden * target.m[current]).sum(-1)
     if target.bias_term is not None:
         expected = expected + target.bias_term[current]
-    return (torch.logsumexp(logits.float(), dim=-1) - expected.float()).mean()
+    return (torch.logsumexp(logits.to(acc), dim=-1) - expected.to(acc)).mean()
 
 
 def dense_bigram_cross_entropy(
@@ -123,5 +132,6 @@ def dense_bigram_cross_entropy(
 
 def distillation_cross_entropy(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Mean CE(softmax(teacher), softmax(student)): the 'optimal pruning' target."""
-    target = torch.softmax(teacher.float(), dim=-1)
-    return -(target * torch.log_softmax(student.float(), dim=-1)).sum(-1).mean()
+    acc = _accumulation_dtype(torch.promote_types(student.dtype, teacher.dtype))
+    target = torch.softmax(teacher.to(acc), dim=-1)
+    return -(target * torch.log_softmax(student.to(acc), dim=-1)).sum(-1).mean()

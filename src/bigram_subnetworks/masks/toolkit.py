@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from bigram_subnetworks.errors import UserError
-from bigram_subnetworks.io import atomic_outputs
+from bigram_subnetworks.io import atomic_outputs, canonical_safetensors
 from bigram_subnetworks.models.layout import Block, Layout, layout_of
 
 Mask = dict[str, torch.Tensor]
@@ -197,7 +197,7 @@ def save_mask(path: Path | str, mask: Mapping[str, torch.Tensor], metadata: dict
     }
     tensors = {name: t.detach().cpu().contiguous() for name, t in mask.items()}
     with atomic_outputs(path) as (temp,):
-        save_file(tensors, temp, metadata=encoded)
+        temp.write_bytes(canonical_safetensors(save(tensors, metadata=encoded)))
 
 
 def load_mask(path: Path | str, layout: Layout | None = None) -> tuple[Mask, dict[str, Any]]:
@@ -243,6 +243,7 @@ def apply_mask(model: torch.nn.Module, mask: Mapping[str, torch.Tensor]) -> None
 @contextlib.contextmanager
 def masked(model: torch.nn.Module, mask: Mapping[str, torch.Tensor]) -> Iterator[torch.nn.Module]:
     """Apply `mask` for the duration of the block, then restore the original weights exactly."""
+    check_mask(mask, layout_of(model), "masked")  # before touching (or indexing) any weight
     params = dict(model.named_parameters())
     originals = {name: params[name].detach().clone() for name in mask}
     try:

@@ -8,6 +8,7 @@ only; `trust_remote_code` stays off unless the config turns it on.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 
 from bigram_subnetworks.config import EmbeddedModel, HuggingFaceModel, LocalModel
 from bigram_subnetworks.errors import UserError
-from bigram_subnetworks.io import read_json
+from bigram_subnetworks.io import read_json, sha256_file
 
 MODEL_FILE = "model.json"
 
@@ -67,25 +68,32 @@ def neox_config(spec: EmbeddedModel, vocab_size: int, max_positions: int, eos_id
     )
 
 
-def load_pretrained_dir(path: Path | str, trust_remote_code: bool = False, **kwargs: Any) -> Any:
-    """Load a causal LM saved with `save_pretrained` (safetensors only), in float32, eval mode."""
+def _from_pretrained(
+    name_or_path: str | Path, revision: str | None = None, trust_remote_code: bool = False
+) -> Any:
+    """A causal LM from a folder or the Hub (safetensors only), in float32 and eval mode."""
     from transformers import AutoModelForCausalLM
 
-    path = Path(path)
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise UserError(f"{path}: not a model directory (no config.json); check the model path")
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path,
+            name_or_path,
+            revision=revision,
             dtype=torch.float32,
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
-            **kwargs,
         )
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: cannot load the model ({first})") from None
+        raise UserError(f"{name_or_path}: cannot load the model ({first})") from None
     return model.eval()
+
+
+def load_pretrained_dir(path: Path | str, trust_remote_code: bool = False) -> Any:
+    """Load a causal LM saved with `save_pretrained` into a local folder."""
+    path = Path(path)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise UserError(f"{path}: not a model directory (no config.json); check the model path")
+    return _from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def resolve_hub_model(spec: HuggingFaceModel) -> dict[str, Any]:
@@ -123,14 +131,21 @@ def load_model(model_dir: Path | str, trust_remote_code: bool = False) -> tuple[
     if source == "local":
         return load_pretrained_dir(info["path"]), info
     if source == "huggingface":
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(
-            info["id"],
-            revision=info["commit"],
-            dtype=torch.float32,
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-        )
-        return model.eval(), info
+        return _from_pretrained(info["id"], info["commit"], trust_remote_code), info
     raise UserError(f"{model_dir / MODEL_FILE}: unknown source {source!r}; rerun its model stage")
+
+
+def model_identity(model_dir: Path | str, info: dict[str, Any]) -> dict[str, Any]:
+    """What identifies the weights a mask was trained on: the Hub commit, or a sha256 of the
+    safetensors files (embedded and local models). Stored in every mask's metadata."""
+    identity: dict[str, Any] = {"model": info.get("name"), "source": info.get("source")}
+    if info.get("source") == "huggingface":
+        return identity | {k: info[k] for k in ("id", "revision", "commit")}
+    weights_dir = (
+        Path(model_dir) / "final" if info.get("source") == "embedded" else Path(info["path"])
+    )
+    files = sorted(weights_dir.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"{weights_dir}: no safetensors weights; save the model with safetensors")
+    digest = hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
+    return identity | {"revision": weights_dir.name, "weights_sha256": digest}

@@ -1,0 +1,1 @@
+"""Analyses of trained masks: evaluation, selection, ablations, overlap, residual stream."""

@@ -1,0 +1,490 @@
+"""Continuous-sparsification mask training (Savarese et al. 2020, as used by Chang & Bergen 2025).
+
+The model stays frozen. Every masked weight w gets a logit s (init 0); the forward pass uses
+w · σ(T·s), with the temperature T multiplied by `temp_increase` after every optimizer step, and
+the loss is CE(target, masked model) + λ · Σσ(T·s) / N_masked. Weights that are exactly 0 are
+forced out.
+Training stops once the undecided entries (σ in [0.1, 0.9]) are fewer than `stop_fraction` of the
+entries above 0.9, or at `max_steps`; the mask is s > 0. A loss spike that is not recovered
+`recovery_margin` steps before the end triggers a new attempt on a new shuffle of the data.
+
+Targets: `bigram` (the exact soft-target cross-entropy against P(next | current), via M = P·W_U,
+see losses.py) and `full` (the unmasked model's own output distribution: "optimal pruning").
+
+Training is resumable: every `save_every` steps the mask logits, the AdamW state and the loss log
+are written (safetensors + JSON, atomically) next to the output; a restarted run continues from
+there and ends with the same mask as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from bigram_subnetworks.config import MaskSettings, StabilitySettings, lambda_value
+from bigram_subnetworks.data.bigrams import BigramCounts
+from bigram_subnetworks.data.tokenize import batch_order
+from bigram_subnetworks.errors import UserError
+from bigram_subnetworks.io import atomic_outputs, write_json
+from bigram_subnetworks.masks.losses import (
+    BigramTarget,
+    bigram_cross_entropy,
+    distillation_cross_entropy,
+)
+from bigram_subnetworks.masks.toolkit import Mask, keep_all, keep_none, save_mask
+from bigram_subnetworks.models.layout import Layout, body, layout_of, unembedding
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("bigram", "full")
+UNDECIDED_LOW, UNDECIDED_HIGH = 0.1, 0.9
+
+
+@dataclass
+class TrainingLog:
+    """Per-step records of one attempt (plain lists, JSON-ready)."""
+
+    loss: list[float] = field(default_factory=list)  # target cross-entropy (nats)
+    penalty: list[float] = field(default_factory=list)  # Σσ(T·s) / N_masked
+    kept: list[float] = field(default_factory=list)  # fraction with s > 0
+    undecided: list[float] = field(default_factory=list)  # fraction with σ in [0.1, 0.9]
+    temperature: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {
+            "loss": self.loss,
+            "penalty": self.penalty,
+            "kept": self.kept,
+            "undecided": self.undecided,
+            "temperature": self.temperature,
+        }
+
+
+@dataclass
+class MaskRun:
+    """Everything that identifies one mask-training job (its fingerprint guards resumption)."""
+
+    target: str
+    lambda_label: str
+    settings: MaskSettings
+    seed: int
+    model_info: dict[str, Any]
+
+    @property
+    def lam(self) -> float:
+        return lambda_value(self.lambda_label)
+
+    def fingerprint(self) -> str:
+        payload = {
+            "target": self.target,
+            "lambda": self.lambda_label,
+            "settings": self.settings.model_dump(mode="json"),
+            "seed": self.seed,
+            "model": self.model_info,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------ the loss
+
+
+class MaskedLM:
+    """A frozen causal LM whose block weights are multiplied by soft masks σ(T·s)."""
+
+    def __init__(self, model: torch.nn.Module, vocab_size: int) -> None:
+        self.model = model
+        self.layout: Layout = layout_of(model)
+        self.body = body(model)
+        prefix = next(n for n, m in model.named_modules() if m is self.body) + "."
+        self.body_names = {name: name.removeprefix(prefix) for name in self.layout.masked}
+        params = dict(model.named_parameters())
+        self.weights = {name: params[name].detach() for name in self.layout.masked}
+        # Entries that are already zero cannot carry anything: they are forced out.
+        self.allowed = {name: w != 0 for name, w in self.weights.items()}
+        self.n_masked = self.layout.n_masked
+        if unembedding(model).shape[0] < vocab_size:
+            raise UserError(
+                f"the tokenizer has {vocab_size} tokens but the model only "
+                f"{unembedding(model).shape[0]} embedding rows; use the model's own tokenizer"
+            )
+        self.unembed = unembedding(model).detach()[:vocab_size]
+        head_bias = getattr(model.get_output_embeddings(), "bias", None)
+        self.unembed_bias = None if head_bias is None else head_bias.detach()[:vocab_size]
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+    def soft_masks(self, logits: dict[str, torch.Tensor], temperature: float) -> Mask:
+        return {
+            name: torch.sigmoid(temperature * s) * self.allowed[name] for name, s in logits.items()
+        }
+
+    def hidden(self, input_ids: torch.Tensor, masks: Mask) -> torch.Tensor:
+        """Final hidden states (after the final norm) with each masked weight times its mask."""
+        overrides = {self.body_names[n]: self.weights[n] * m for n, m in masks.items()}
+        out = functional_call(self.body, overrides, args=(), kwargs={"input_ids": input_ids})
+        return out.last_hidden_state
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = hidden @ self.unembed.T
+        return logits if self.unembed_bias is None else logits + self.unembed_bias
+
+    @torch.no_grad()
+    def teacher_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The unmasked model's logits (the `full` target)."""
+        return self.logits(self.body(input_ids=input_ids).last_hidden_state)
+
+
+def target_loss(
+    lm: MaskedLM, target: str, input_ids: torch.Tensor, masks: Mask, bigram: BigramTarget | None
+) -> torch.Tensor:
+    """Mean cross-entropy of the masked model against the target at every position (nats)."""
+    hidden = lm.hidden(input_ids, masks)
+    if target == "bigram":
+        assert bigram is not None
+        return bigram_cross_entropy(hidden, input_ids, lm.unembed, bigram, lm.unembed_bias)
+    return distillation_cross_entropy(lm.logits(hidden), lm.teacher_logits(input_ids))
+
+
+# ------------------------------------------------------------------------- stopping, checks
+
+
+def undecided_and_high(soft: Mask) -> tuple[int, int]:
+    """Entries with σ in [0.1, 0.9] and entries with σ > 0.9."""
+    undecided = sum(
+        int(((m >= UNDECIDED_LOW) & (m <= UNDECIDED_HIGH)).sum()) for m in soft.values()
+    )
+    high = sum(int((m > UNDECIDED_HIGH).sum()) for m in soft.values())
+    return undecided, high
+
+
+def should_stop(undecided: int, high: int, stop_fraction: float) -> bool:
+    """The paper's rule: undecided < stop_fraction × decided-in. An empty mask counts as 1 so that
+    masks driven to nothing stop too."""
+    return undecided < stop_fraction * max(high, 1)
+
+
+def unrecovered_spike(losses: list[float], settings: StabilitySettings) -> int | None:
+    """The first step whose loss spiked (> mean of the previous `window` + abs_jump, or × rel_jump)
+    and did not fall back to that mean at least `recovery_margin` steps before the end; None if
+    the curve is stable."""
+    values = np.asarray(losses, dtype=np.float64)
+    n, window = len(values), settings.window
+    if n <= window:
+        return None
+    means = np.convolve(values, np.ones(window) / window, mode="valid")[:-1]  # mean of [i-w, i)
+    current = values[window:]
+    spikes = np.flatnonzero(
+        (current > means + settings.abs_jump) | (current > means * settings.rel_jump)
+    )
+    deadline = n - settings.recovery_margin  # recovery must happen at a step < deadline
+    for spike in spikes:
+        step = spike + window
+        recovered = np.flatnonzero(values[step + 1 :] <= means[spike])
+        if recovered.size == 0 or step + 1 + recovered[0] >= deadline:
+            return int(step)
+    return None
+
+
+# ------------------------------------------------------------------------------- resumption
+
+
+def _state_dir(output: Path) -> Path:
+    return output.with_name(f".{output.name}.state")
+
+
+def _save_state(
+    path: Path,
+    logits: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    meta: dict[str, Any],
+) -> None:
+    tensors = {f"logit/{name}": s.detach().cpu().contiguous() for name, s in logits.items()}
+    for index, param in enumerate(logits.values()):
+        for key, value in optimizer.state.get(param, {}).items():
+            tensors[f"adam/{index}/{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    path.mkdir(parents=True, exist_ok=True)
+    with atomic_outputs(path / "state.safetensors", path / "state.json") as (
+        tensor_file,
+        meta_file,
+    ):
+        save_file(tensors, tensor_file, metadata={"step": str(meta["step"])})
+        write_json(meta, meta_file)
+
+
+def _load_state(
+    path: Path,
+    fingerprint: str,
+    logits: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+) -> dict[str, Any] | None:
+    """Restore a saved state of the same job in place; None when there is none (or a stale one)."""
+    meta_file, tensor_file = path / "state.json", path / "state.safetensors"
+    if not (meta_file.is_file() and tensor_file.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        with safe_open(tensor_file, framework="pt") as handle:
+            tensor_step = (handle.metadata() or {}).get("step")
+        tensors = load_file(tensor_file)
+    except (json.JSONDecodeError, OSError, RuntimeError, ValueError, SafetensorError) as error:
+        log.warning("ignoring unreadable training state in %s (%s)", path, error)
+        return None
+    if meta.get("fingerprint") != fingerprint or tensor_step != str(meta.get("step")):
+        log.info("training state in %s is stale or from other settings; starting over", path)
+        return None
+    with torch.no_grad():
+        for index, (name, s) in enumerate(logits.items()):
+            s.copy_(tensors[f"logit/{name}"])
+            prefix = f"adam/{index}/"
+            state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+            if state:
+                device = s.device
+                optimizer.state[s] = {
+                    k: v.to(device) if k != "step" else v for k, v in state.items()
+                }
+    return meta
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+@dataclass
+class Attempt:
+    """The outcome of one training attempt."""
+
+    logits: dict[str, torch.Tensor]
+    log: TrainingLog
+    steps: int
+    stopped_early: bool
+    spike: int | None
+    seconds: float
+
+
+def _peek_state(state_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The saved state's metadata if it belongs to this job (it is loaded in full later)."""
+    try:
+        meta = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return meta if meta.get("fingerprint") == fingerprint else None
+
+
+def train_attempt(
+    lm: MaskedLM,
+    run: MaskRun,
+    sequences: torch.Tensor,
+    bigram: BigramTarget | None,
+    attempt: int,
+    state_dir: Path,
+    device: torch.device,
+    previous: list[dict[str, Any]],
+) -> Attempt:
+    """One attempt of continuous sparsification, resuming from `state_dir` when it holds this
+    attempt. `previous` (the records of earlier attempts) is saved with the state."""
+    settings = run.settings
+    logits = {
+        name: torch.zeros(lm.layout.shapes[name], device=device, requires_grad=True)
+        for name in lm.layout.masked
+    }
+    optimizer = torch.optim.AdamW(
+        logits.values(), lr=settings.lr, weight_decay=settings.weight_decay
+    )
+    order = batch_order(
+        len(sequences), settings.max_steps, settings.batch_size, [run.seed, attempt]
+    )
+    fingerprint = run.fingerprint()
+    history, start, seconds = TrainingLog(), 0, 0.0
+    saved = _peek_state(state_dir, fingerprint)
+    if (
+        saved is not None
+        and saved["attempt"] == attempt
+        and _load_state(state_dir, fingerprint, logits, optimizer) is not None
+    ):
+        history = TrainingLog(**saved["log"])
+        start, seconds = saved["step"], saved["seconds"]
+        log.info("resuming attempt %d at step %d from %s", attempt + 1, start, state_dir)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if settings.bf16 and device.type == "cuda"
+        else nullcontext()
+    )
+    penalize = math.isfinite(run.lam) and run.lam != 0
+    began = time.perf_counter() - seconds
+    progress = tqdm(
+        total=settings.max_steps,
+        initial=start,
+        desc=f"mask {run.target} λ={run.lambda_label} attempt {attempt + 1}",
+        unit="step",
+    )
+    step, stopped = start, False
+    while not stopped and step < settings.max_steps:
+        temperature = settings.temp_increase**step
+        batch = sequences[order[step]].to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for micro in torch.tensor_split(batch, settings.grad_accumulation):
+            soft = lm.soft_masks(logits, temperature)
+            with autocast:
+                loss = target_loss(lm, run.target, micro, soft, bigram)
+            penalty = sum(m.sum() for m in soft.values()) / lm.n_masked
+            objective = loss + run.lam * penalty if penalize else loss
+            (objective * (micro.shape[0] / batch.shape[0])).backward()
+            loss_sum += float(loss.detach()) * micro.shape[0] / batch.shape[0]
+        with torch.no_grad():
+            undecided, high = undecided_and_high(soft)
+            kept = sum(int(((s > 0) & lm.allowed[n]).sum()) for n, s in logits.items())
+        history.loss.append(loss_sum)
+        history.penalty.append(float(penalty))
+        history.kept.append(kept / lm.n_masked)
+        history.undecided.append(undecided / lm.n_masked)
+        history.temperature.append(temperature)
+        stopped = should_stop(undecided, high, settings.stop_fraction)
+        if stopped:  # the mask was already decided before this step: keep it as it is
+            break
+        optimizer.step()
+        step += 1
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss_sum:.3f}", kept=f"{history.kept[-1]:.3f}", refresh=False)
+        if step % settings.save_every == 0 and step < settings.max_steps:
+            meta = {
+                "fingerprint": fingerprint,
+                "attempt": attempt,
+                "step": step,
+                "seconds": time.perf_counter() - began,
+                "log": history.to_dict(),
+                "previous": previous,
+            }
+            _save_state(state_dir, logits, optimizer, meta)
+    progress.close()
+    return Attempt(
+        logits={name: s.detach() for name, s in logits.items()},
+        log=history,
+        steps=step,
+        stopped_early=stopped,
+        spike=unrecovered_spike(history.loss, settings.stability),
+        seconds=time.perf_counter() - began,
+    )
+
+
+def binarize(lm: MaskedLM, logits: dict[str, torch.Tensor]) -> Mask:
+    """Keep an entry iff its logit is positive and its weight is not already zero."""
+    return {name: ((s > 0) & lm.allowed[name]).cpu() for name, s in logits.items()}
+
+
+def train_mask(
+    model: torch.nn.Module,
+    run: MaskRun,
+    sequences: np.ndarray,
+    counts: BigramCounts | None,
+    output: Path,
+    device: torch.device,
+) -> tuple[Mask, dict[str, Any]]:
+    """Train one mask and write `output` (.safetensors) and its log (.json) atomically.
+
+    λ = −inf keeps every entry and λ = +inf none: these baselines are written without training.
+    `counts` is required for the bigram target; its vocabulary cuts the unembedding. Returns the
+    mask and the metadata stored in the mask file (deterministic: no timings).
+    """
+    if run.target not in TARGETS:
+        raise UserError(f"target {run.target!r}: unknown; use one of {', '.join(TARGETS)}")
+    if math.isnan(run.lam) or (run.lam < 0 and math.isfinite(run.lam)):
+        raise UserError(f"lambda {run.lambda_label!r}: must be >= 0, 'inf' or 'neginf'")
+    if run.target == "bigram" and counts is None:
+        raise UserError("the bigram target needs bigram statistics; pass the data folder")
+    model = model.to(device).eval()
+    vocab_size = counts.vocab_size if counts is not None else unembedding(model).shape[0]
+    lm = MaskedLM(model, vocab_size)
+    metadata: dict[str, Any] = {
+        **run.model_info,
+        "target": run.target,
+        "lambda": run.lambda_label,
+        "seed": run.seed,
+    }
+    log_path = output.with_suffix(".json")
+    if math.isinf(run.lam):
+        mask = keep_all(lm.layout) if run.lam < 0 else keep_none(lm.layout)
+        metadata |= {"steps": 0, "attempts": 0, "stable": True}
+        _write_outputs(output, log_path, mask, metadata, {"history": []})
+        return mask, metadata
+
+    if sequences.size == 0:
+        raise UserError("no training sequences; check the tokenize stage's output")
+    if int(sequences.max()) >= vocab_size:
+        raise UserError(
+            f"token id {int(sequences.max())} is outside the model's vocabulary of {vocab_size}; "
+            "rebuild the data stages with this model's tokenizer"
+        )
+    tokens = torch.from_numpy(sequences[: run.settings.max_sequences].astype(np.int64))
+    bigram = None
+    if counts is not None and run.target == "bigram":
+        bigram = BigramTarget.build(counts, lm.unembed, lm.unembed_bias)
+    state_dir = _state_dir(output)
+    saved = _peek_state(state_dir, run.fingerprint())
+    attempts: list[dict[str, Any]] = saved["previous"] if saved else []
+    stability = run.settings.stability
+    for attempt in range(len(attempts), stability.attempts):
+        result = train_attempt(lm, run, tokens, bigram, attempt, state_dir, device, attempts)
+        attempts.append(
+            {
+                "attempt": attempt,
+                "steps": result.steps,
+                "stopped_early": result.stopped_early,
+                "unrecovered_spike": result.spike,
+                "seconds": round(result.seconds, 2),
+                **result.log.to_dict(),
+            }
+        )
+        if result.spike is None:
+            break
+        log.warning(
+            "attempt %d: the loss spiked at step %d and did not recover %d steps before the end%s",
+            attempt + 1,
+            result.spike,
+            stability.recovery_margin,
+            "; retrying on a new shuffle" if attempt + 1 < stability.attempts else "; keeping it",
+        )
+    mask = binarize(lm, result.logits)
+    metadata |= {
+        "steps": result.steps,
+        "attempts": len(attempts),
+        "stable": result.spike is None,
+        "stopped_early": result.stopped_early,
+    }
+    _write_outputs(output, log_path, mask, metadata, {"history": attempts})
+    shutil.rmtree(state_dir, ignore_errors=True)
+    log.info(
+        "%s λ=%s: kept %d of %d (%.4f) after %d steps, %d attempt(s) -> %s",
+        run.target,
+        run.lambda_label,
+        sum(int(t.sum()) for t in mask.values()),
+        lm.n_masked,
+        sum(int(t.sum()) for t in mask.values()) / lm.n_masked,
+        result.steps,
+        len(attempts),
+        output,
+    )
+    return mask, metadata
+
+
+def _write_outputs(
+    output: Path, log_path: Path, mask: Mask, metadata: dict[str, Any], training: dict[str, Any]
+) -> None:
+    """The log first, then the mask: a mask file exists only once its log does."""
+    with atomic_outputs(log_path) as (temp,):
+        write_json({**metadata, **training}, temp)
+    save_mask(output, mask, metadata)

