@@ -13,6 +13,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/masks.smk"
+include: "workflow/rules/analysis.smk"
 
 
 rule all:
@@ -20,3 +21,4 @@ rule all:
     input:
         rules.data.input,
         rules.masks.input,
+        rules.analysis.input,

@@ -56,6 +56,7 @@ def write_documents() -> Callable[[Path, list[tuple[str, str]]], Path]:
 
 TINY_VOCAB = 50
 # Exact parameter counts of the tiny models below (GPT-2 ties its LM head to the token embedding).
+# "gpt_neox_norope" has no rotary embeddings, so q·k has no position term.
 TINY_PARAMS = {"gpt_neox": 6608, "gpt_neox_norope": 6608, "gpt2": 5776}
 
 
@@ -121,7 +122,8 @@ def torch_single_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def _tiny_built() -> dict[str, Any]:
+def tiny_built_models() -> dict[str, Any]:
+    """The seeded tiny models as built (never modify them; use the per-test fixtures)."""
     models = {}
     for seed, kind in enumerate(TINY_PARAMS):
         models[kind] = _build_tiny(kind, seed)
@@ -132,18 +134,19 @@ def _tiny_built() -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def tiny_model_dirs(
-    _tiny_built: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+    tiny_built_models: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
     """The tiny models, written with `save_pretrained` (safetensors) into temporary directories."""
     dirs = {}
-    for kind, model in _tiny_built.items():
+    for kind, model in tiny_built_models.items():
         dirs[kind] = tmp_path_factory.mktemp(f"tiny_{kind}")
         model.save_pretrained(dirs[kind])
     return dirs
 
 
 @pytest.fixture(scope="session")
-def _tiny_loaded(tiny_model_dirs: dict[str, Path]) -> dict[str, Any]:
+def tiny_loaded_models(tiny_model_dirs: dict[str, Path]) -> dict[str, Any]:
+    """The tiny models loaded back from disk, eager attention (read-only: shared by all tests)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -158,24 +161,18 @@ def _tiny_loaded(tiny_model_dirs: dict[str, Path]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def tiny_neox(_tiny_loaded: dict[str, Any]) -> Any:
+def tiny_neox(tiny_loaded_models: dict[str, Any]) -> Any:
     """A fresh copy of the tiny GPT-NeoX (rotary on half of each head), loaded back from disk."""
-    return copy.deepcopy(_tiny_loaded["gpt_neox"])
+    return copy.deepcopy(tiny_loaded_models["gpt_neox"])
 
 
 @pytest.fixture
-def tiny_neox_norope(_tiny_loaded: dict[str, Any]) -> Any:
-    """A fresh copy of a tiny GPT-NeoX without rotary embeddings (q·k has no position term)."""
-    return copy.deepcopy(_tiny_loaded["gpt_neox_norope"])
-
-
-@pytest.fixture
-def tiny_gpt2(_tiny_loaded: dict[str, Any]) -> Any:
+def tiny_gpt2(tiny_loaded_models: dict[str, Any]) -> Any:
     """A fresh copy of the tiny GPT-2, loaded back from disk."""
-    return copy.deepcopy(_tiny_loaded["gpt2"])
+    return copy.deepcopy(tiny_loaded_models["gpt2"])
 
 
 @pytest.fixture(params=["gpt_neox", "gpt2"])
-def tiny_model(request: pytest.FixtureRequest, _tiny_loaded: dict[str, Any]) -> Any:
+def tiny_model(request: pytest.FixtureRequest, tiny_loaded_models: dict[str, Any]) -> Any:
     """A fresh copy of each tiny architecture in turn."""
-    return copy.deepcopy(_tiny_loaded[request.param])
+    return copy.deepcopy(tiny_loaded_models[request.param])

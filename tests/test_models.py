@@ -253,3 +253,95 @@ def test_cli_refuses_a_bad_lambda_label(tmp_path: Path, capsys: pytest.CaptureFi
     with pytest.raises(SystemExit):
         main(argv)
     assert "λ label '-1' is not canonical" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------- bsn mask commands
+
+
+@pytest.fixture(scope="module")
+def trained_mask(
+    tmp_path_factory: pytest.TempPathFactory, data_dirs: tuple[Path, Path], pretrained: Path
+) -> Path:
+    root = tmp_path_factory.mktemp("mask")
+    config = root / "run.yaml"
+    config.write_text(yaml.safe_dump(config_dict()))
+    output = root / "lambda-0.safetensors"
+    argv = ["train-mask", "--config", str(config), "--model", "tiny", "--model-dir"]
+    argv += [str(pretrained), "--data-dir", str(data_dirs[0]), "--target", "bigram"]
+    assert main([*argv, "--lambda", "0", "--output", str(output)]) == 0
+    return output
+
+
+def test_mask_info_prints_counts_metadata_and_blocks(
+    trained_mask: Path, pretrained: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["mask", "info", str(trained_mask), "--blocks", str(pretrained)]) == 0
+    out = capsys.readouterr().out
+    _, meta = load_mask(trained_mask)
+    assert f"kept {meta['kept']:,} of {meta['total']:,}" in out
+    assert "target: bigram" in out
+    block_lines = [line for line in out.splitlines() if line.split()[1:2] in (["Q"], ["MLP-out"])]
+    assert len(block_lines) == 4  # Q and MLP-out of 2 layers
+
+
+def test_mask_algebra_commands_write_the_expected_masks(trained_mask: Path, tmp_path: Path) -> None:
+    mask, _ = load_mask(trained_mask)
+    complement, union, meet = (tmp_path / f"{n}.safetensors" for n in ("c", "u", "i"))
+    assert main(["mask", "complement", str(trained_mask), "--output", str(complement)]) == 0
+    assert main(["mask", "union", str(trained_mask), str(complement), "--output", str(union)]) == 0
+    assert (
+        main(["mask", "intersect", str(trained_mask), str(complement), "--output", str(meet)]) == 0
+    )
+    flipped, meta = load_mask(complement)
+    assert all(torch.equal(flipped[n], ~mask[n]) for n in mask)
+    assert meta["operation"] == "complement" and meta["sources"] == [str(trained_mask)]
+    assert load_mask(union)[1]["kept"] == meta["total"]
+    assert load_mask(meet)[1]["kept"] == 0
+
+
+def test_mask_random_and_edit_commands(
+    trained_mask: Path, pretrained: Path, tmp_path: Path
+) -> None:
+    from bigram_subnetworks.masks.toolkit import block_counts
+    from bigram_subnetworks.models.layout import layout_of
+
+    layout = layout_of(load_pretrained_dir(pretrained / "final"))
+    mask, _ = load_mask(trained_mask)
+    drawn = tmp_path / "random.safetensors"
+    argv = ["mask", "random", str(trained_mask), "--model-dir", str(pretrained), "--seed", "3"]
+    assert main([*argv, "--output", str(drawn)]) == 0
+    random_mask, meta = load_mask(drawn)
+    assert meta["seed"] == 3
+    counts = [(r["kept"], r["size"]) for r in block_counts(random_mask, layout)]
+    assert counts == [(r["kept"], r["size"]) for r in block_counts(mask, layout)]
+
+    edited = tmp_path / "edited.safetensors"
+    argv = ["mask", "edit", str(trained_mask), "--model-dir", str(pretrained), "--drop"]
+    assert main([*argv, "--head", "1:0", "--output", str(edited)]) == 0
+    result, meta = load_mask(edited)
+    for block in layout.head_blocks(1, 0):
+        assert not block.select(result[block.param]).any()
+    assert meta["operation"] == "drop head 1:0"
+
+
+def test_mask_generate_is_deterministic_and_masks_change_it(
+    trained_mask: Path, pretrained: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["mask", "generate", "--model-dir", str(pretrained), "--prompt", "We the people"]
+    outputs = []
+    for extra in ([], [], ["--mask", str(trained_mask)]):
+        assert main([*argv, "--max-new-tokens", "8", *extra]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[0].startswith("We the people")
+    assert outputs[2].startswith("We the people")
+
+
+def test_mask_edit_refuses_a_malformed_head(
+    trained_mask: Path, pretrained: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["mask", "edit", str(trained_mask), "--model-dir", str(pretrained), "--keep"]
+    assert main([*argv, "--head", "1", "--output", str(tmp_path / "x")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "bsn mask: error: --head '1': expected LAYER:HEAD, e.g. 0:3"
+    )
+    assert not (tmp_path / "x").exists()

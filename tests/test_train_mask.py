@@ -35,7 +35,7 @@ VOCAB = 40
 CPU = torch.device("cpu")
 
 
-def tiny_neox(seed: int = 0) -> GPTNeoXForCausalLM:
+def small_neox(seed: int = 0) -> GPTNeoXForCausalLM:
     torch.manual_seed(seed)
     config = GPTNeoXConfig(
         vocab_size=VOCAB,
@@ -52,7 +52,7 @@ def tiny_neox(seed: int = 0) -> GPTNeoXForCausalLM:
     return model
 
 
-def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
+def small_gpt2(seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = GPT2Config(
         vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=2, n_positions=32, initializer_range=0.5
@@ -136,7 +136,7 @@ def test_relative_jumps_count_as_spikes() -> None:
 def test_infinite_lambdas_write_the_baselines_without_training(
     tmp_path: Path, sequences: np.ndarray, counts: BigramCounts
 ) -> None:
-    model = tiny_neox()
+    model = small_neox()
     everything, meta = train_mask(
         model, make_run(lam="neginf"), sequences, counts, tmp_path / "all.safetensors", CPU
     )
@@ -154,7 +154,7 @@ def test_training_lowers_the_bigram_loss_and_writes_mask_and_log(
     tmp_path: Path, sequences: np.ndarray, counts: BigramCounts
 ) -> None:
     output = tmp_path / "masks" / "lambda-0.safetensors"
-    mask, meta = train_mask(tiny_neox(), make_run(lam="0"), sequences, counts, output, CPU)
+    mask, meta = train_mask(small_neox(), make_run(lam="0"), sequences, counts, output, CPU)
     log = json.loads(output.with_suffix(".json").read_text())
     losses = log["history"][-1]["loss"]
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.05
@@ -173,7 +173,7 @@ def test_a_larger_lambda_keeps_fewer_weights(
     kept = []
     for lam in ("0", "1e1"):
         mask, _ = train_mask(
-            tiny_neox(), make_run(lam=lam), sequences, counts, tmp_path / f"{lam}.safetensors", CPU
+            small_neox(), make_run(lam=lam), sequences, counts, tmp_path / f"{lam}.safetensors", CPU
         )
         kept.append(sum(int(t.sum()) for t in mask.values()))
     assert kept[1] < kept[0]
@@ -183,7 +183,7 @@ def test_the_full_target_trains_on_the_model_itself(
     tmp_path: Path, sequences: np.ndarray, counts: BigramCounts
 ) -> None:
     output = tmp_path / "full.safetensors"
-    _, meta = train_mask(tiny_neox(), make_run("full", "1"), sequences, counts, output, CPU)
+    _, meta = train_mask(small_neox(), make_run("full", "1"), sequences, counts, output, CPU)
     losses = json.loads(output.with_suffix(".json").read_text())["history"][-1]["loss"]
     assert meta["target"] == "full"
     assert losses[-1] < losses[0]
@@ -192,7 +192,7 @@ def test_the_full_target_trains_on_the_model_itself(
 def test_weights_that_are_zero_are_never_kept(
     tmp_path: Path, sequences: np.ndarray, counts: BigramCounts
 ) -> None:
-    model = tiny_neox()
+    model = small_neox()
     name = "gpt_neox.layers.0.mlp.dense_h_to_4h.weight"
     with torch.no_grad():
         dict(model.named_parameters())[name][:4] = 0.0
@@ -208,7 +208,7 @@ def test_the_same_seed_gives_byte_identical_masks(
 ) -> None:
     paths = [tmp_path / f"{i}.safetensors" for i in range(2)]
     for path in paths:
-        train_mask(tiny_neox(), make_run(), sequences, counts, path, CPU)
+        train_mask(small_neox(), make_run(), sequences, counts, path, CPU)
     assert paths[0].read_bytes() == paths[1].read_bytes()
 
 
@@ -217,7 +217,7 @@ def test_an_interrupted_run_resumes_to_the_same_mask(
 ) -> None:
     run = make_run(stop_fraction=1e-9)  # never stops early: all 30 steps run
     reference = tmp_path / "reference.safetensors"
-    train_mask(tiny_neox(), run, sequences, counts, reference, CPU)
+    train_mask(small_neox(), run, sequences, counts, reference, CPU)
 
     interrupted = tmp_path / "interrupted.safetensors"
     real_save = train_module._save_state
@@ -231,7 +231,7 @@ def test_an_interrupted_run_resumes_to_the_same_mask(
 
     monkeypatch.setattr(train_module, "_save_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train_mask(tiny_neox(), run, sequences, counts, interrupted, CPU)
+        train_mask(small_neox(), run, sequences, counts, interrupted, CPU)
     assert not interrupted.exists()  # no mask before training finished
     monkeypatch.setattr(train_module, "_save_state", real_save)
 
@@ -244,7 +244,7 @@ def test_an_interrupted_run_resumes_to_the_same_mask(
         return meta
 
     monkeypatch.setattr(train_module, "_load_state", record_load)
-    train_mask(tiny_neox(), run, sequences, counts, interrupted, CPU)
+    train_mask(small_neox(), run, sequences, counts, interrupted, CPU)
     assert saves == [5, 10, 15] and resumed_steps == [15]
     first, meta_a = load_mask(reference)
     second, meta_b = load_mask(interrupted)
@@ -266,12 +266,12 @@ def test_a_state_from_other_settings_is_ignored(
 
     monkeypatch.setattr(train_module, "_save_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train_mask(tiny_neox(), make_run(lr=0.05), sequences, counts, output, CPU)
+        train_mask(small_neox(), make_run(lr=0.05), sequences, counts, output, CPU)
     monkeypatch.undo()
 
     other = make_run(lr=0.02)
-    resumed, _ = train_mask(tiny_neox(), other, sequences, counts, output, CPU)
-    fresh, _ = train_mask(tiny_neox(), other, sequences, counts, tmp_path / "f.safetensors", CPU)
+    resumed, _ = train_mask(small_neox(), other, sequences, counts, output, CPU)
+    fresh, _ = train_mask(small_neox(), other, sequences, counts, tmp_path / "f.safetensors", CPU)
     assert all(torch.equal(resumed[n], fresh[n]) for n in fresh)
 
 
@@ -281,7 +281,7 @@ def test_gradient_accumulation_matches_one_batch(
     tokens = torch.from_numpy(sequences.astype(np.int64))
     results = []
     for parts in (1, 2):
-        lm = MaskedLM(tiny_neox(), VOCAB)
+        lm = MaskedLM(small_neox(), VOCAB)
         target = BigramTarget.build(counts, lm.unembed)
         run = make_run(max_steps=4, grad_accumulation=parts, stop_fraction=1e-9)
         results.append(train_attempt(lm, run, tokens, target, 0, Path("/nonexistent"), CPU, []))
@@ -291,7 +291,7 @@ def test_gradient_accumulation_matches_one_batch(
 
 def test_gpt2_models_train_too(tmp_path: Path, sequences: np.ndarray, counts: BigramCounts) -> None:
     output = tmp_path / "gpt2.safetensors"
-    mask, _ = train_mask(tiny_gpt2(), make_run(lam="0"), sequences, counts, output, CPU)
+    mask, _ = train_mask(small_gpt2(), make_run(lam="0"), sequences, counts, output, CPU)
     assert set(mask) == {
         f"transformer.h.{layer}.{p}.weight"
         for layer in range(2)
@@ -314,9 +314,9 @@ def test_bad_targets_and_lambdas_are_refused(
     message: str,
 ) -> None:
     with pytest.raises(UserError, match=message):
-        train_mask(tiny_neox(), make_run(target, lam), sequences, counts, tmp_path / "m", CPU)
+        train_mask(small_neox(), make_run(target, lam), sequences, counts, tmp_path / "m", CPU)
 
 
 def test_a_vocabulary_larger_than_the_embedding_is_refused(sequences: np.ndarray) -> None:
     with pytest.raises(UserError, match="only 40 embedding rows; use the model's own tokenizer"):
-        MaskedLM(tiny_neox(), VOCAB + 10)
+        MaskedLM(small_neox(), VOCAB + 10)

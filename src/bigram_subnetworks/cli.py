@@ -22,6 +22,7 @@ from bigram_subnetworks.config import (
     load_config,
 )
 from bigram_subnetworks.errors import UserError
+from bigram_subnetworks.mask_cli import add_mask_commands
 
 log = logging.getLogger("bigram_subnetworks")
 
@@ -127,6 +128,50 @@ def cmd_train_mask(args: argparse.Namespace, cfg: Config) -> None:
     train_mask(model, run, sequences, counts, args.output, pick_device(cfg.device))
 
 
+def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> None:
+    from bigram_subnetworks.analysis.evaluate import run_evaluation
+    from bigram_subnetworks.models.loading import tune_cpu
+
+    tune_cpu(args.threads)
+    run_evaluation(cfg, args.models_dir, args.masks_dir, args.data_dir, args.output_dir)
+
+
+def cmd_select(args: argparse.Namespace, cfg: Config) -> None:
+    from bigram_subnetworks.analysis.select import run_selection
+
+    run_selection(args.metrics, list(cfg.models), cfg.analysis.selection_tolerance, args.output)
+
+
+def cmd_overlap(args: argparse.Namespace, cfg: Config) -> None:
+    from bigram_subnetworks.analysis.overlap import run_overlap
+
+    run_overlap(cfg, args.models_dir, args.masks_dir, args.selection, args.output_dir)
+
+
+def cmd_ablate(args: argparse.Namespace, cfg: Config) -> None:
+    from bigram_subnetworks.analysis.ablate import run_ablation
+    from bigram_subnetworks.models.loading import tune_cpu
+
+    tune_cpu(args.threads)
+    run_ablation(
+        cfg,
+        args.models_dir,
+        args.masks_dir,
+        args.selection,
+        args.data_dir,
+        args.tokenizer,
+        args.output_dir,
+    )
+
+
+def cmd_residual(args: argparse.Namespace, cfg: Config) -> None:
+    from bigram_subnetworks.analysis.residual import run_residual
+    from bigram_subnetworks.models.loading import tune_cpu
+
+    tune_cpu(args.threads)
+    run_residual(cfg, args.models_dir, args.masks_dir, args.selection, args.data_dir, args.output)
+
+
 def _trusts_remote_code(cfg: Config, args: argparse.Namespace) -> bool:
     spec = cfg.models.get(args.model)
     return bool(getattr(spec, "trust_remote_code", False))
@@ -200,6 +245,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda", dest="lam", required=True, type=_lambda_label, help="e.g. 1e1, inf")
     p.add_argument("--output", type=Path, required=True, help="lambda-<label>.safetensors")
     p.add_argument("--threads", type=int, default=None, help="Torch threads (default: all).")
+
+    p = _stage(sub, "evaluate", cmd_evaluate, "Evaluate every mask of every model of the run.")
+    p.add_argument("--models-dir", type=Path, required=True, help="results/<run>/models/")
+    p.add_argument("--masks-dir", type=Path, required=True, help="results/<run>/masks/")
+    p.add_argument("--data-dir", type=Path, required=True, help="data/<corpus>__<tokenizer>/")
+    p.add_argument("--output-dir", type=Path, required=True, help="results/<run>/metrics/")
+    p.add_argument("--threads", type=int, default=None, help="Torch threads (default: all).")
+
+    p = _stage(sub, "select", cmd_select, "Choose the analysed bigram mask and its optimal pair.")
+    p.add_argument(
+        "--metrics", type=Path, required=True, help="results/<run>/metrics/masks.parquet"
+    )
+    p.add_argument("--output", type=Path, required=True, help="results/<run>/selection.json")
+
+    p = _stage(sub, "overlap", cmd_overlap, "Overlap of bigram and optimal masks, with p-values.")
+    p.add_argument("--models-dir", type=Path, required=True, help="results/<run>/models/")
+    p.add_argument("--masks-dir", type=Path, required=True, help="results/<run>/masks/")
+    p.add_argument("--selection", type=Path, required=True, help="results/<run>/selection.json")
+    p.add_argument("--output-dir", type=Path, required=True, help="results/<run>/metrics/")
+
+    p = _stage(sub, "ablate", cmd_ablate, "Ablations and generations of the selected masks.")
+    p.add_argument("--models-dir", type=Path, required=True, help="results/<run>/models/")
+    p.add_argument("--masks-dir", type=Path, required=True, help="results/<run>/masks/")
+    p.add_argument("--selection", type=Path, required=True, help="results/<run>/selection.json")
+    p.add_argument("--data-dir", type=Path, required=True, help="data/<corpus>__<tokenizer>/")
+    p.add_argument("--tokenizer", type=Path, required=True, help="data/tokenizers/<name>/")
+    p.add_argument("--output-dir", type=Path, required=True, help="results/<run>/metrics/")
+    p.add_argument("--threads", type=int, default=None, help="Torch threads (default: all).")
+
+    p = _stage(sub, "residual", cmd_residual, "Residual-stream analyses of the selected masks.")
+    p.add_argument("--models-dir", type=Path, required=True, help="results/<run>/models/")
+    p.add_argument("--masks-dir", type=Path, required=True, help="results/<run>/masks/")
+    p.add_argument("--selection", type=Path, required=True, help="results/<run>/selection.json")
+    p.add_argument("--data-dir", type=Path, required=True, help="data/<corpus>__<tokenizer>/")
+    p.add_argument("--output", type=Path, required=True, help="metrics/residual.parquet")
+    p.add_argument("--threads", type=int, default=None, help="Torch threads (default: all).")
+
+    add_mask_commands(sub)
     return parser
 
 

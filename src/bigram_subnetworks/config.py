@@ -302,6 +302,40 @@ class MaskSettings(_Section):
     bf16: bool = Field(False, description="bf16 autocast on CUDA (ignored on CPU).")
 
 
+# ------------------------------------------------------------------------------ analyses
+
+
+class AnalysisSettings(_Section):
+    """Evaluation of the trained masks and the choice of the subnetworks analysed further."""
+
+    eval_sequences: Annotated[int, Field(ge=2)] | None = Field(
+        2000, description="Eval sequences used to evaluate every mask (null: all of them)."
+    )
+    batch_size: Annotated[int, Field(ge=1)] = Field(32, description="Sequences per forward pass.")
+    selection_tolerance: Annotated[Number, Field(ge=0)] = Field(
+        0.04,
+        description="Select the sparsest bigram mask whose r is within this of the λ = 0 mask's.",
+    )
+    overlap_draws: Annotated[int, Field(ge=1)] = Field(
+        10_000, description="Null draws of the overlap test (within-block hypergeometric)."
+    )
+    residual_sequences: Annotated[int, Field(ge=8)] = Field(
+        512,
+        description="Eval sequences for the residual-stream analyses (a quarter held out to "
+        "score token recall; the paper fits on 1,000 sequences).",
+    )
+    prompts: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = Field(
+        default_factory=lambda: ["This is a sentence that"],
+        description="Prompts continued under every ablation condition (the paper's Table 4).",
+    )
+    max_new_tokens: Annotated[int, Field(ge=1)] = Field(
+        32, description="Tokens generated per prompt."
+    )
+    temperature: Annotated[Number, Field(gt=0)] = Field(
+        0.3, description="Sampling temperature of the sampled generations (greedy ones too)."
+    )
+
+
 class Config(_Section):
     """One run of the workflow."""
 
@@ -320,6 +354,7 @@ class Config(_Section):
         default_factory=MaskSettings, description="Mask-training hyperparameters (the paper's)."
     )
     lambdas: LambdaSettings | None = Field(None, description="λ grids; required with models.")
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
 
     @model_validator(mode="after")
     def _names_do_not_collide(self) -> Config:

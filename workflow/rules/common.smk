@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
+
 from bigram_subnetworks.config import ConfigError, load_config
 
 
@@ -62,6 +64,18 @@ MASK_JOBS = [
     for target in ("bigram", "full")
     for label in (getattr(CFG.lambdas, target) if CFG.lambdas else [])
 ]
+
+
+def _all_cores():
+    """The --cores given (torch and tokenizer stages use them all); 1 for commands such as
+    --unlock that give none."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return 1
+
+
+ALL_CORES = _all_cores()
 # Torch stages take every core (two torch jobs sharing the cores each run ~4x slower) and one GPU
 # when the config runs on CUDA.
 GPUS = 0 if CFG.device == "cpu" else 1

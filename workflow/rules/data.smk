@@ -35,7 +35,7 @@ rule tokenizer:
         f"{TOKENIZER_DIR}/logs/tokenizer.benchmark.tsv"
     conda:
         ENVIRONMENT
-    threads: workflow.cores
+    threads: ALL_CORES
     params:
         config=CONFIG_FILE,
         out=output_dir,
@@ -60,7 +60,7 @@ rule tokenize:
         f"{DATA_DIR}/logs/tokenize.benchmark.tsv"
     conda:
         ENVIRONMENT
-    threads: workflow.cores
+    threads: ALL_CORES
     params:
         config=CONFIG_FILE,
         tokenizer_dir=lambda wildcards, input: os.path.dirname(input.tokenizer),

@@ -17,7 +17,7 @@ rule train_mask:
         f"{RUN_DIR}/benchmarks/train_mask/{{model}}-{{target}}-{{lam}}.tsv"
     conda:
         ENVIRONMENT
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         gpu=GPUS,
     params:

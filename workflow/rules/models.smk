@@ -18,7 +18,7 @@ rule pretrain:
         f"{RUN_DIR}/benchmarks/pretrain/{{model}}.tsv"
     conda:
         ENVIRONMENT
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         gpu=GPUS,
     params:

@@ -13,8 +13,10 @@ tensors but load the mask toolkit (and torch) when first called.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,7 +24,10 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+    from bigram_subnetworks.config import Config
     from bigram_subnetworks.models.layout import Layout
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DRAWS = 10_000
 CHUNK_VARIATES = 1 << 22  # hypergeometric variates per sampling pass (32 MiB of int64)
@@ -179,3 +184,76 @@ def mask_overlap_test(
     """`overlap_test` of two masks of one model (A is the mask whose share inside B is
     reported)."""
     return overlap_test(block_overlap(mask_a, mask_b, layout), draws, seed)
+
+
+def pair_rows(
+    model: str,
+    bigram: Mapping[str, Mapping[str, torch.Tensor]],
+    optimal: Mapping[str, Mapping[str, torch.Tensor]],
+    layout: Layout,
+    selected: tuple[str, str] | None,
+    draws: int,
+    seed: int,
+) -> tuple[list[dict], np.ndarray | None]:
+    """Overlap rows for every (bigram λ, optimal λ) pair of one model, and the null draws of the
+    selected pair (None when the model has no selected pair)."""
+    rows, selected_null = [], None
+    for bigram_label, mask_a in bigram.items():
+        for optimal_label, mask_b in optimal.items():
+            counts = block_overlap(mask_a, mask_b, layout)
+            result = overlap_test(counts, draws, seed)
+            is_selected = selected == (bigram_label, optimal_label)
+            if is_selected:
+                selected_null = null_overlaps(counts, draws, seed) / counts.n_masked
+            rows.append(
+                {
+                    "model": model,
+                    "bigram_lambda": bigram_label,
+                    "optimal_lambda": optimal_label,
+                    "selected": is_selected,
+                    **asdict(result),
+                }
+            )
+    return rows, selected_null
+
+
+def run_overlap(
+    cfg: Config, models_dir: Path, masks_dir: Path, selection: Path, output_dir: Path
+) -> None:
+    """The overlap stage: `overlap.parquet` (every bigram × optimal pair of every model) and
+    `overlap_null.parquet` (the null draws of each model's selected pair)."""
+    import pyarrow as pa
+
+    from bigram_subnetworks.analysis.evaluate import find_masks
+    from bigram_subnetworks.analysis.select import read_selection
+    from bigram_subnetworks.io import atomic_outputs, write_parquet
+    from bigram_subnetworks.masks.toolkit import load_mask
+    from bigram_subnetworks.models.layout import layout_of
+    from bigram_subnetworks.models.loading import load_model
+
+    settings = cfg.analysis
+    rows: list[dict] = []
+    nulls: list[dict] = []
+    for model in cfg.models:
+        layout = layout_of(load_model(models_dir / model)[0])
+        chosen = read_selection(selection, model)
+        trained = [m for m in find_masks(masks_dir / model) if np.isfinite(m.lam)]
+        bigram = {m.label: load_mask(m.path, layout)[0] for m in trained if m.target == "bigram"}
+        optimal = {m.label: load_mask(m.path, layout)[0] for m in trained if m.target == "full"}
+        pair = (
+            (chosen["bigram"]["lambda"], chosen["optimal"]["lambda"]) if chosen["optimal"] else None
+        )
+        model_rows, null = pair_rows(
+            model, bigram, optimal, layout, pair, settings.overlap_draws, cfg.seed
+        )
+        rows += model_rows
+        if null is not None:
+            nulls += [{"model": model, "draw": i, "overlap": float(v)} for i, v in enumerate(null)]
+        log.info("%s: %d bigram × optimal pairs tested", model, len(model_rows))
+    paths = (output_dir / "overlap.parquet", output_dir / "overlap_null.parquet")
+    null_schema = pa.schema(
+        [("model", pa.string()), ("draw", pa.int64()), ("overlap", pa.float64())]
+    )
+    with atomic_outputs(*paths) as (table_file, null_file):
+        write_parquet(pa.Table.from_pylist(rows), table_file)
+        write_parquet(pa.Table.from_pylist(nulls, schema=null_schema), null_file)

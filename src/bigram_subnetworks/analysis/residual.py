@@ -14,9 +14,11 @@ float64 sums (`Moments`), so memory does not grow with the number of tokens.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,11 @@ from bigram_subnetworks.models.layout import (
     input_embedding,
     unembedding,
 )
+
+if TYPE_CHECKING:
+    from bigram_subnetworks.config import Config
+
+log = logging.getLogger(__name__)
 
 KS = (1, 5, 10)
 
@@ -246,3 +253,94 @@ def residual_analysis(
         for b in range(n_states)
     ]
     return ResidualAnalysis(rows, to_output[0])
+
+
+def linear_map_bigram_r(
+    model: torch.nn.Module,
+    fitted: LinearMap,
+    sequences: torch.Tensor,
+    reference_bits: Any,
+    vocab_size: int,
+    batch_size: int,
+) -> float:
+    """Bigram r of "embeddings + the layer-0 linear map" (Table 2): surprisal of the next token
+    under final_norm(L_out(x_0)) @ W_Uᵀ, against the clipped bigram surprisal."""
+    import numpy as np
+
+    from bigram_subnetworks.analysis.evaluate import LOG2E, clip_infinite, pearson
+
+    bits = []
+    for start in range(0, len(sequences), batch_size):
+        batch = sequences[start : start + batch_size]
+        states = residual_states(model, batch, input_embedding(model).device)[0]
+        logits = linear_map_logits(model, states, fitted)[:, :vocab_size].float()
+        log_probs = torch.log_softmax(logits, -1).reshape(batch.shape[0], batch.shape[1], -1)
+        nll = -log_probs[:, :-1].gather(-1, batch[:, 1:, None].to(log_probs.device)).squeeze(-1)
+        bits.append((nll * LOG2E).cpu().numpy())
+    return pearson(np.concatenate(bits), clip_infinite(reference_bits))
+
+
+def run_residual(
+    cfg: Config, models_dir: Path, masks_dir: Path, selection: Path, data_dir: Path, output: Path
+) -> None:
+    """The residual stage: `residual.parquet` for the full model, the selected bigram mask and a
+    random mask with the same count in every block, for every model."""
+    import pyarrow as pa
+
+    from bigram_subnetworks.analysis.evaluate import bigram_surprisal, eval_sample
+    from bigram_subnetworks.analysis.select import read_selection
+    from bigram_subnetworks.data.bigrams import read_bigram_counts
+    from bigram_subnetworks.data.tokenize import read_sequences
+    from bigram_subnetworks.io import atomic_outputs, write_parquet
+    from bigram_subnetworks.masks.toolkit import keep_all, load_mask, masked, random_within_blocks
+    from bigram_subnetworks.models.layout import layout_of
+    from bigram_subnetworks.models.loading import load_model, pick_device
+
+    settings = cfg.analysis
+    counts = read_bigram_counts(data_dir)
+    sequences = eval_sample(
+        read_sequences(data_dir / "tokens_eval.parquet"), settings.residual_sequences, cfg.seed + 1
+    )
+    tokens = torch.from_numpy(sequences.astype("int64"))
+    heldout = max(1, len(tokens) // 4)
+    reference_bits = bigram_surprisal(counts, sequences)
+    device = pick_device(cfg.device)
+    rows: list[dict[str, Any]] = []
+    for name in cfg.models:
+        model = load_model(models_dir / name)[0].to(device).eval()
+        layout = layout_of(model)
+        chosen = read_selection(selection, name)["bigram"]["lambda"]
+        bigram = load_mask(masks_dir / name / "bigram" / f"lambda-{chosen}.safetensors", layout)[0]
+        conditions = {
+            "full model": keep_all(layout),
+            "bigram": bigram,
+            "random": random_within_blocks(bigram, layout, cfg.seed),
+        }
+        for condition, mask in conditions.items():
+            with masked(model, mask):
+                result = residual_analysis(
+                    model, tokens, heldout, settings.batch_size, vocab_size=counts.vocab_size
+                )
+                r = linear_map_bigram_r(
+                    model,
+                    result.layer0_to_output,
+                    tokens,
+                    reference_bits,
+                    counts.vocab_size,
+                    settings.batch_size,
+                )
+            extra = [_row("layer0_linear_map_bigram_r", 0, r)]
+            rows += [{"model": name, "condition": condition, **row} for row in result.rows + extra]
+        log.info("%s: residual analyses of %d conditions", name, len(conditions))
+    schema = pa.schema(
+        [
+            ("model", pa.string()),
+            ("condition", pa.string()),
+            ("metric", pa.string()),
+            ("layer", pa.int32()),
+            ("layer_b", pa.int32()),
+            ("value", pa.float64()),
+        ]
+    )
+    with atomic_outputs(output) as (temp,):
+        write_parquet(pa.Table.from_pylist(rows, schema=schema), temp)

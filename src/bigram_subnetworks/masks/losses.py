@@ -11,6 +11,7 @@ with M = P W_U, computed once because W_U is frozen. No (batch, seq, vocab) targ
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,13 +33,18 @@ def bigram_matrix(counts: BigramCounts) -> torch.Tensor:
     values = counts.count[real].astype(np.float64) / totals[prev]
     crow = np.zeros(vocab + 1, dtype=np.int64)
     np.cumsum(np.bincount(prev, minlength=vocab), out=crow[1:])
-    return torch.sparse_csr_tensor(
-        torch.from_numpy(crow),
-        torch.from_numpy(nxt),
-        torch.from_numpy(values),
-        size=(vocab, vocab),
-        dtype=torch.float64,
-    )
+    # The indices are sorted and in range by construction, so the (costly) invariant check is
+    # off explicitly; torch warns about beta CSR support once per process otherwise.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(crow),
+            torch.from_numpy(nxt),
+            torch.from_numpy(values),
+            size=(vocab, vocab),
+            dtype=torch.float64,
+            check_invariants=False,
+        )
 
 
 def unigram_distribution(counts: BigramCounts) -> torch.Tensor:

@@ -143,7 +143,7 @@ def pretrain_embedded(
         current_eval = eval_loss(model, eval_tokens, 64) if evaluated else None
         rows["step"].append(step)
         rows["lr"].append(lr)
-        rows["train_loss"].append(float(loss))
+        rows["train_loss"].append(float(loss.detach()))
         rows["eval_loss"].append(current_eval)
         if current_eval is not None:
             progress.set_postfix(train=f"{float(loss):.3f}", eval=f"{current_eval:.3f}")

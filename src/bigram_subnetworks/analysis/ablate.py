@@ -1,0 +1,185 @@
+"""Ablations (the paper's §6.3 and Table 4): what the selected bigram mask does alone and what the
+model loses without it, against random masks of the same structure and the paired optimal mask.
+
+Conditions (a mask keeps what it marks; "removed" keeps the complement):
+full model; bigram mask alone; random mask alone; bigram mask removed; random mask removed;
+optimal mask removed. The random mask has the bigram mask's kept count in every block (Q, K, V, O,
+MLP-in, MLP-out of every layer), at seeded uniform positions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from bigram_subnetworks.analysis.evaluate import LOG2E, eval_sample, score_mask
+from bigram_subnetworks.config import Config
+from bigram_subnetworks.data.bigrams import BigramCounts
+from bigram_subnetworks.masks.losses import BigramTarget
+from bigram_subnetworks.masks.toolkit import (
+    Mask,
+    complement,
+    generate,
+    keep_all,
+    kept,
+    masked,
+    random_within_blocks,
+)
+from bigram_subnetworks.masks.train import MaskedLM
+from bigram_subnetworks.models.layout import Layout
+
+log = logging.getLogger(__name__)
+
+CONDITIONS = (
+    "full model",
+    "bigram alone",
+    "random alone",
+    "bigram removed",
+    "random removed",
+    "optimal removed",
+)
+
+
+def ablation_masks(
+    layout: Layout, bigram: Mask, optimal: Mask | None, seed: int
+) -> dict[str, Mask]:
+    """The mask of every condition (without "optimal removed" when there is no optimal mask)."""
+    random = random_within_blocks(bigram, layout, seed)
+    conditions = {
+        "full model": keep_all(layout),
+        "bigram alone": bigram,
+        "random alone": random,
+        "bigram removed": complement(bigram),
+        "random removed": complement(random),
+    }
+    if optimal is not None:
+        conditions["optimal removed"] = complement(optimal)
+    return conditions
+
+
+def surprisal_rows(
+    model_name: str,
+    lm: MaskedLM,
+    conditions: dict[str, Mask],
+    counts: BigramCounts,
+    sequences: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+) -> list[dict[str, Any]]:
+    """Mean ± sd surprisal (bits) and perplexity of every condition on the eval sequences."""
+    tokens = torch.from_numpy(sequences.astype(np.int64))
+    target = BigramTarget.build(counts, lm.unembed, lm.unembed_bias)
+    rows = []
+    for condition, mask in conditions.items():
+        bits, _ = score_mask(lm, mask, tokens, target, batch_size, device)
+        mean = float(bits.mean())
+        rows.append(
+            {
+                "model": model_name,
+                "condition": condition,
+                "kept": kept(mask),
+                "kept_fraction": kept(mask) / lm.n_masked,
+                "mean_surprisal_bits": mean,
+                "sd_surprisal_bits": float(bits.std()),
+                "lm_loss": mean / LOG2E,
+                "perplexity": math.exp(mean / LOG2E),
+                "tokens": int(bits.size),
+            }
+        )
+    return rows
+
+
+def generation_rows(
+    model_name: str,
+    model: torch.nn.Module,
+    conditions: dict[str, Mask],
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Greedy and seeded sampled continuations of every prompt under every condition."""
+    rows = []
+    decodings = (("greedy", 0.0), (f"sample τ={temperature:g}", temperature))
+    for condition, mask in conditions.items():
+        with masked(model, mask):
+            for prompt in prompts:
+                ids = torch.tensor(tokenizer.encode(prompt).ids)
+                for decoding, tau in decodings:
+                    new = generate(model, ids, max_new_tokens, tau, seed)
+                    rows.append(
+                        {
+                            "model": model_name,
+                            "condition": condition,
+                            "prompt": prompt,
+                            "decoding": decoding,
+                            "text": tokenizer.decode(new.tolist(), skip_special_tokens=False),
+                        }
+                    )
+    return rows
+
+
+def run_ablation(
+    cfg: Config,
+    models_dir: Path,
+    masks_dir: Path,
+    selection: Path,
+    data_dir: Path,
+    tokenizer_dir: Path,
+    output_dir: Path,
+) -> None:
+    """The ablate stage: `ablations.parquet` and `generations.parquet` for every model."""
+    from bigram_subnetworks.analysis.select import read_selection
+    from bigram_subnetworks.data.bigrams import read_bigram_counts
+    from bigram_subnetworks.data.tokenize import read_sequences
+    from bigram_subnetworks.data.tokenizer import load_tokenizer
+    from bigram_subnetworks.io import atomic_outputs, write_parquet
+    from bigram_subnetworks.masks.toolkit import load_mask
+    from bigram_subnetworks.models.loading import load_model, pick_device
+
+    settings = cfg.analysis
+    counts = read_bigram_counts(data_dir)
+    sequences = eval_sample(
+        read_sequences(data_dir / "tokens_eval.parquet"), settings.eval_sequences, cfg.seed
+    )
+    tokenizer = load_tokenizer(tokenizer_dir).tokenizer
+    device = pick_device(cfg.device)
+    surprisals: list[dict[str, Any]] = []
+    generations: list[dict[str, Any]] = []
+    for name in cfg.models:
+        model = load_model(models_dir / name)[0].to(device).eval()
+        lm = MaskedLM(model, counts.vocab_size)
+        chosen = read_selection(selection, name)
+        folder = masks_dir / name
+        bigram = load_mask(folder / "bigram" / f"lambda-{chosen['bigram']['lambda']}.safetensors")
+        optimal = (
+            load_mask(folder / "full" / f"lambda-{chosen['optimal']['lambda']}.safetensors")[0]
+            if chosen["optimal"]
+            else None
+        )
+        conditions = ablation_masks(lm.layout, bigram[0], optimal, cfg.seed)
+        surprisals += surprisal_rows(
+            name, lm, conditions, counts, sequences, settings.batch_size, device
+        )
+        generations += generation_rows(
+            name,
+            model,
+            conditions,
+            tokenizer,
+            list(settings.prompts),
+            settings.max_new_tokens,
+            settings.temperature,
+            cfg.seed,
+        )
+        log.info("%s: %d ablation conditions", name, len(conditions))
+    paths = (output_dir / "ablations.parquet", output_dir / "generations.parquet")
+    with atomic_outputs(*paths) as (table_file, text_file):
+        write_parquet(pa.Table.from_pylist(surprisals), table_file)
+        write_parquet(pa.Table.from_pylist(generations), text_file)

@@ -1,0 +1,207 @@
+"""`bsn mask ...`: inspect, combine, edit and use mask files from the command line.
+
+    bsn mask info MASK [--blocks MODEL_DIR]
+    bsn mask complement MASK --output OUT
+    bsn mask union A B --output OUT          (and: intersect)
+    bsn mask random MASK --model-dir DIR [--seed S] [--within blocks|matrix] --output OUT
+    bsn mask edit MASK --model-dir DIR (--keep | --drop) (--head L:H | --mlp L:U[,U...] | --layer L)
+                  --output OUT
+    bsn mask generate --model-dir DIR [--mask MASK] --prompt TEXT [--max-new-tokens N]
+                  [--temperature T] [--seed S]
+
+A model folder is a `results/<run>/models/<name>/` folder of the workflow or any `save_pretrained`
+folder of a GPT-NeoX or GPT-2 model. Derived masks record the operation and their sources.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from bigram_subnetworks.errors import UserError
+
+
+def _load_model(model_dir: Path) -> Any:
+    from bigram_subnetworks.models.loading import MODEL_FILE, load_model, load_pretrained_dir
+
+    if (model_dir / MODEL_FILE).is_file():
+        return load_model(model_dir)[0]
+    return load_pretrained_dir(model_dir)
+
+
+def _save(path: Path, mask: dict, operation: str, sources: list[Path], **extra: Any) -> None:
+    from bigram_subnetworks.masks.toolkit import kept, save_mask, total
+
+    metadata = {"operation": operation, "sources": [str(s) for s in sources], **extra}
+    save_mask(path, mask, metadata)
+    print(f"{path}: kept {kept(mask):,} of {total(mask):,} ({kept(mask) / total(mask):.4%})")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from bigram_subnetworks.masks.toolkit import block_counts, load_mask
+    from bigram_subnetworks.models.layout import layout_of
+
+    _, metadata = load_mask(args.mask)
+    share = metadata["kept"] / metadata["total"] if metadata["total"] else 0.0
+    print(f"{args.mask}: kept {metadata['kept']:,} of {metadata['total']:,} ({share:.4%})")
+    for key in sorted(set(metadata) - {"kept", "total"}):
+        print(f"  {key}: {metadata[key]}")
+    if args.blocks:
+        layout = layout_of(_load_model(args.blocks))
+        print(f"  {'layer':>5} {'block':<8} {'kept':>12} {'size':>12} {'fraction':>9}")
+        for row in block_counts(load_mask(args.mask, layout)[0], layout):
+            fraction = row["kept"] / row["size"]
+            print(
+                f"  {row['layer']:>5} {row['kind']:<8} {row['kept']:>12,} {row['size']:>12,} "
+                f"{fraction:>9.4f}"
+            )
+
+
+def cmd_complement(args: argparse.Namespace) -> None:
+    from bigram_subnetworks.masks.toolkit import complement, load_mask
+
+    _save(args.output, complement(load_mask(args.mask)[0]), "complement", [args.mask])
+
+
+def cmd_combine(args: argparse.Namespace) -> None:
+    from bigram_subnetworks.masks.toolkit import intersection, load_mask, union
+
+    combine = union if args.mask_command == "union" else intersection
+    a, b = load_mask(args.a)[0], load_mask(args.b)[0]
+    _save(args.output, combine(a, b), args.mask_command, [args.a, args.b])
+
+
+def cmd_random(args: argparse.Namespace) -> None:
+    from bigram_subnetworks.masks.toolkit import load_mask, random_like, random_within_blocks
+    from bigram_subnetworks.models.layout import layout_of
+
+    layout = layout_of(_load_model(args.model_dir))
+    mask = load_mask(args.mask, layout)[0]
+    if args.within == "blocks":
+        drawn = random_within_blocks(mask, layout, args.seed)
+    else:
+        drawn = random_like(mask, args.seed)
+    _save(args.output, drawn, f"random within {args.within}", [args.mask], seed=args.seed)
+
+
+def _pair(text: str, what: str) -> tuple[int, str]:
+    layer, sep, rest = text.partition(":")
+    if not sep or not layer.isdigit() or not rest:
+        raise UserError(f"--{what} {text!r}: expected LAYER:{what.upper()}, e.g. 0:3")
+    return int(layer), rest
+
+
+def cmd_edit(args: argparse.Namespace) -> None:
+    from bigram_subnetworks.masks.toolkit import load_mask, set_head, set_layer, set_mlp_units
+    from bigram_subnetworks.models.layout import layout_of
+
+    # Parse the request before loading anything, so a typo fails at once.
+    if args.head is not None:
+        layer, head = _pair(args.head, "head")
+        if not head.isdigit():
+            raise UserError(f"--head {args.head!r}: the head must be a number")
+        what = f"head {args.head}"
+    elif args.mlp is not None:
+        layer, units = _pair(args.mlp, "mlp")
+        try:
+            indices = [int(u) for u in units.split(",")]
+        except ValueError:
+            raise UserError(f"--mlp {args.mlp!r}: units must be numbers, e.g. 0:1,5,9") from None
+        what = f"mlp {args.mlp}"
+    else:
+        layer, what = args.layer, f"layer {args.layer}"
+    layout = layout_of(_load_model(args.model_dir))
+    mask = load_mask(args.mask, layout)[0]
+    if args.head is not None:
+        edited = set_head(mask, layout, layer, int(head), args.keep)
+    elif args.mlp is not None:
+        edited = set_mlp_units(mask, layout, layer, indices, args.keep)
+    else:
+        edited = set_layer(mask, layout, layer, args.keep)
+    verb = "keep" if args.keep else "drop"
+    _save(args.output, edited, f"{verb} {what}", [args.mask])
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    import contextlib
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from bigram_subnetworks.masks.toolkit import generate, load_mask, masked
+    from bigram_subnetworks.models.layout import layout_of
+
+    model = _load_model(args.model_dir)
+    folder = args.model_dir / "final" if (args.model_dir / "final").is_dir() else args.model_dir
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = torch.tensor(tokenizer(args.prompt)["input_ids"])
+    if ids.numel() == 0:
+        raise UserError("--prompt: encodes to no tokens; give some text")
+    context = (
+        masked(model, load_mask(args.mask, layout_of(model))[0])
+        if args.mask
+        else contextlib.nullcontext()
+    )
+    with context:
+        new = generate(model, ids, args.max_new_tokens, args.temperature, args.seed)
+    print(args.prompt + tokenizer.decode(new.tolist()))
+
+
+def add_mask_commands(sub: argparse._SubParsersAction) -> None:
+    """Register `bsn mask <command>`."""
+    parser = sub.add_parser("mask", help="Inspect, combine, edit and use mask files.")
+    parser.set_defaults(needs_config=False)
+    commands = parser.add_subparsers(dest="mask_command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("info", help="Kept counts and metadata (per block with --blocks).")
+    p.add_argument("mask", type=Path)
+    p.add_argument("--blocks", type=Path, metavar="MODEL_DIR", help="Also count per block.")
+    p.set_defaults(func=cmd_info)
+
+    p = commands.add_parser("complement", help="Keep exactly what the mask drops.")
+    p.add_argument("mask", type=Path)
+    p.add_argument("--output", type=Path, required=True)
+    p.set_defaults(func=cmd_complement)
+
+    for name in ("union", "intersect"):
+        p = commands.add_parser(name, help=f"The {name} of two masks of one model.")
+        p.add_argument("a", type=Path)
+        p.add_argument("b", type=Path)
+        p.add_argument("--output", type=Path, required=True)
+        p.set_defaults(func=cmd_combine)
+
+    p = commands.add_parser("random", help="A random mask with the same counts (seeded).")
+    p.add_argument("mask", type=Path)
+    p.add_argument("--model-dir", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--within",
+        choices=["blocks", "matrix"],
+        default="blocks",
+        help="Keep the count of every Q/K/V/O/MLP block, or of every weight matrix.",
+    )
+    p.add_argument("--output", type=Path, required=True)
+    p.set_defaults(func=cmd_random)
+
+    p = commands.add_parser("edit", help="Keep or drop one head, some MLP units or a layer.")
+    p.add_argument("mask", type=Path)
+    p.add_argument("--model-dir", type=Path, required=True)
+    action = p.add_mutually_exclusive_group(required=True)
+    action.add_argument("--keep", action="store_true", dest="keep")
+    action.add_argument("--drop", action="store_false", dest="keep")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--head", metavar="LAYER:HEAD")
+    what.add_argument("--mlp", metavar="LAYER:UNIT[,UNIT...]")
+    what.add_argument("--layer", type=int)
+    p.add_argument("--output", type=Path, required=True)
+    p.set_defaults(func=cmd_edit)
+
+    p = commands.add_parser("generate", help="Continue a prompt with a (masked) model.")
+    p.add_argument("--model-dir", type=Path, required=True)
+    p.add_argument("--mask", type=Path, help="Apply this mask (default: the full model).")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy.")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)

@@ -1,0 +1,121 @@
+"""Ablation conditions, generations and the overlap stage's pair table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from bigram_subnetworks.analysis.ablate import (
+    ablation_masks,
+    generation_rows,
+    surprisal_rows,
+)
+from bigram_subnetworks.analysis.evaluate import evaluate_model
+from bigram_subnetworks.analysis.overlap import pair_rows
+from bigram_subnetworks.data.bigrams import count_bigrams
+from bigram_subnetworks.masks.toolkit import block_counts, kept
+from bigram_subnetworks.masks.train import MaskedLM
+from bigram_subnetworks.models.layout import layout_of
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def model(small_bpe: Tokenizer) -> GPTNeoXForCausalLM:
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(
+        vocab_size=small_bpe.get_vocab_size(),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        initializer_range=0.3,
+    )
+    return GPTNeoXForCausalLM(config).eval()
+
+
+def random_mask(layout: Any, density: float, seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {n: torch.rand(s, generator=generator) < density for n, s in layout.shapes.items()}
+
+
+def test_ablation_conditions_keep_the_right_weights(model: GPTNeoXForCausalLM) -> None:
+    layout = layout_of(model)
+    bigram, optimal = random_mask(layout, 0.1, 0), random_mask(layout, 0.2, 1)
+    conditions = ablation_masks(layout, bigram, optimal, seed=0)
+    assert list(conditions) == [
+        "full model",
+        "bigram alone",
+        "random alone",
+        "bigram removed",
+        "random removed",
+        "optimal removed",
+    ]
+    total = layout.n_masked
+    assert kept(conditions["full model"]) == total
+    assert kept(conditions["bigram removed"]) == total - kept(bigram)
+    assert kept(conditions["optimal removed"]) == total - kept(optimal)
+    random_counts = [r["kept"] for r in block_counts(conditions["random alone"], layout)]
+    assert random_counts == [r["kept"] for r in block_counts(bigram, layout)]
+    assert not all(torch.equal(conditions["random alone"][n], bigram[n]) for n in bigram)
+    assert "optimal removed" not in ablation_masks(layout, bigram, None, seed=0)
+
+
+def test_full_model_ablation_row_matches_the_evaluation(model: GPTNeoXForCausalLM) -> None:
+    rng = np.random.default_rng(0)
+    vocab = model.config.vocab_size
+    train = rng.integers(0, vocab, (50, 12)).astype(np.uint32)
+    held_out = rng.integers(0, vocab, (8, 12)).astype(np.uint32)
+    counts = count_bigrams(train, vocab)
+    lm = MaskedLM(model, vocab)
+    layout = lm.layout
+    conditions = ablation_masks(layout, random_mask(layout, 0.3, 2), None, seed=0)
+    rows = {
+        r["condition"]: r for r in surprisal_rows("m", lm, conditions, counts, held_out, 4, CPU)
+    }
+    metrics, _ = evaluate_model("m", model, [], counts, held_out, 4, CPU)
+    full_loss = next(
+        r["value"] for r in metrics if r["lambda"] == "neginf" and r["metric"] == "lm_loss"
+    )
+    assert rows["full model"]["lm_loss"] == pytest.approx(full_loss, rel=1e-6)
+    assert rows["full model"]["perplexity"] == pytest.approx(np.exp(full_loss), rel=1e-6)
+    assert rows["full model"]["tokens"] == 8 * 11
+    assert rows["bigram removed"]["sd_surprisal_bits"] > 0
+
+
+def test_generations_are_deterministic_per_condition(
+    model: GPTNeoXForCausalLM, small_bpe: Tokenizer
+) -> None:
+    layout = layout_of(model)
+    conditions = ablation_masks(layout, random_mask(layout, 0.5, 3), None, seed=0)
+    args = ("m", model, conditions, small_bpe, ["The Congress"], 6, 0.3, 0)
+    first, second = generation_rows(*args), generation_rows(*args)
+    assert first == second
+    assert len(first) == len(conditions) * 2
+    assert {r["decoding"] for r in first} == {"greedy", "sample τ=0.3"}
+    weights = dict(model.named_parameters())
+    name = layout.masked[0]
+    before = weights[name].detach().clone()
+    generation_rows(*args)
+    assert torch.equal(weights[name], before)  # the masks are undone
+
+
+def test_overlap_pairs_flag_the_selected_pair(model: GPTNeoXForCausalLM) -> None:
+    layout = layout_of(model)
+    bigram = {"0": random_mask(layout, 0.5, 0), "1e1": random_mask(layout, 0.05, 1)}
+    optimal = {"1": random_mask(layout, 0.4, 2), "1e1": random_mask(layout, 0.1, 3)}
+    rows, null = pair_rows("m", bigram, optimal, layout, ("1e1", "1e1"), 500, 0)
+    assert len(rows) == 4
+    assert [r["selected"] for r in rows] == [False, False, False, True]
+    assert null is not None and null.shape == (500,)
+    selected = rows[-1]
+    assert selected["null_mean"] == pytest.approx(float(null.mean()))
+    assert 0 < selected["p_value"] <= 1
+    _, no_null = pair_rows("m", bigram, optimal, layout, None, 10, 0)
+    assert no_null is None

@@ -1,0 +1,208 @@
+"""Mask evaluation (surprisals, correlations, block counts) and λ selection."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from bigram_subnetworks.analysis.evaluate import (
+    METRIC_SCHEMA,
+    MaskFile,
+    bigram_surprisal,
+    clip_infinite,
+    evaluate_model,
+    find_masks,
+    pearson,
+)
+from bigram_subnetworks.analysis.select import select_masks
+from bigram_subnetworks.data.bigrams import count_bigrams
+from bigram_subnetworks.errors import UserError
+from bigram_subnetworks.masks.toolkit import save_mask
+from bigram_subnetworks.models.layout import layout_of
+
+VOCAB = 30
+
+
+def plain_bigram_surprisal(train: np.ndarray, sequences: np.ndarray) -> np.ndarray:
+    """The slow reference: dict counts, unigram back-off for unseen contexts."""
+    pairs: Counter[tuple[int, int]] = Counter()
+    contexts: Counter[int] = Counter()
+    unigram = Counter(train.ravel().tolist())
+    for row in train.tolist():
+        for cur, nxt in itertools.pairwise(row):
+            pairs[cur, nxt] += 1
+            contexts[cur] += 1
+    out = np.empty((len(sequences), sequences.shape[1] - 1))
+    for i, row in enumerate(sequences.tolist()):
+        for t, (cur, nxt) in enumerate(itertools.pairwise(row)):
+            p = pairs[cur, nxt] / contexts[cur] if contexts[cur] else unigram[nxt] / train.size
+            out[i, t] = -math.log2(p) if p > 0 else math.inf
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), vocab=st.integers(2, 12))
+def test_bigram_surprisal_matches_a_plain_count(seed: int, vocab: int) -> None:
+    rng = np.random.default_rng(seed)
+    train = rng.integers(0, vocab, size=(6, 7)).astype(np.uint32)
+    held_out = rng.integers(0, vocab + 2, size=(4, 7)).astype(np.uint32)  # unseen ids too
+    counts = count_bigrams(train, vocab + 2)
+    np.testing.assert_allclose(
+        bigram_surprisal(counts, held_out), plain_bigram_surprisal(train, held_out)
+    )
+
+
+def test_clipping_and_pearson() -> None:
+    values = np.array([1.0, np.inf, 3.0, np.inf])
+    np.testing.assert_array_equal(clip_infinite(values), [1.0, 3.0, 3.0, 3.0])
+    with pytest.raises(UserError, match="every bigram surprisal is infinite"):
+        clip_infinite(np.array([np.inf, np.inf]))
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=200), rng.normal(size=200)
+    assert pearson(a, a + b) == pytest.approx(stats.pearsonr(a, a + b).statistic)
+    assert math.isnan(pearson(a, np.ones(200)))
+
+
+# ------------------------------------------------------------------------ evaluating masks
+
+
+@pytest.fixture(scope="module")
+def model_and_data() -> tuple[GPTNeoXForCausalLM, np.ndarray, np.ndarray]:
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        initializer_range=0.5,
+    )
+    model = GPTNeoXForCausalLM(config).eval()
+    assert sum(p.numel() for p in model.parameters()) < 10_000
+    rng = np.random.default_rng(1)
+    return model, rng.integers(0, VOCAB, (40, 10)), rng.integers(0, VOCAB, (12, 10))
+
+
+def test_evaluation_rows_match_direct_computations(
+    tmp_path: Path, model_and_data: tuple[Any, np.ndarray, np.ndarray]
+) -> None:
+    model, train, held_out = model_and_data
+    counts = count_bigrams(train.astype(np.uint32), VOCAB)
+    layout = layout_of(model)
+    generator = torch.Generator().manual_seed(1)
+    half = {n: torch.rand(shape, generator=generator) < 0.5 for n, shape in layout.shapes.items()}
+    path = tmp_path / "bigram" / "lambda-1.safetensors"
+    save_mask(path, half, {"lambda": "1"})
+    rows, blocks = evaluate_model(
+        "m", model, find_masks(tmp_path), counts, held_out, 5, torch.device("cpu")
+    )
+    table = {(r["target"], r["lambda"], r["metric"]): r["value"] for r in rows}
+    assert pa.Table.from_pylist(rows, schema=METRIC_SCHEMA).num_rows == len(rows)
+
+    # The full model's surprisal, computed independently from its own logits.
+    with torch.no_grad():
+        logits = model(input_ids=torch.from_numpy(held_out)).logits[:, :-1]
+    nll = -torch.log_softmax(logits.double(), -1).gather(
+        -1, torch.from_numpy(held_out)[:, 1:, None]
+    )
+    bits = (nll.squeeze(-1) / math.log(2)).numpy()
+    reference = bigram_surprisal(counts, held_out.astype(np.uint32))
+    clipped = clip_infinite(reference)
+    assert table["reference", "neginf", "bigram_r"] == pytest.approx(pearson(bits, clipped), 1e-5)
+    assert table["reference", "neginf", "lm_loss"] == pytest.approx(bits.mean() * math.log(2), 1e-5)
+    assert table["reference", "neginf", "full_model_r"] == pytest.approx(1.0)
+    assert table["reference", "neginf", "kept_fraction"] == 1.0
+    assert table["reference", "inf", "kept"] == 0.0
+    finite = np.isfinite(reference)
+    assert table["reference", "neginf", "bigram_r_dropinf"] == pytest.approx(
+        pearson(bits[finite], reference[finite]), 1e-5
+    )
+    kept = sum(int(t.sum()) for t in half.values())
+    assert table["bigram", "1", "kept"] == kept
+    assert table["bigram", "1", "perplexity"] == pytest.approx(
+        math.exp(table["bigram", "1", "lm_loss"])
+    )
+    block_rows = [b for b in blocks if b["lambda"] == "1" and b["head"] is None]
+    assert sum(b["kept"] for b in block_rows) == kept
+    head_rows = [b for b in blocks if b["lambda"] == "1" and b["head"] is not None]
+    assert {b["kind"] for b in head_rows} == {"Q", "K", "V", "O"}
+
+
+def test_a_folder_without_masks_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no masks found; run the train_mask stage"):
+        find_masks(tmp_path)
+
+
+def test_mask_files_sort_by_target_and_lambda(tmp_path: Path) -> None:
+    for target, label in [("full", "1e1"), ("bigram", "1e2"), ("bigram", "5"), ("bigram", "0")]:
+        (tmp_path / target).mkdir(exist_ok=True)
+        (tmp_path / target / f"lambda-{label}.safetensors").touch()
+    assert [(m.target, m.label) for m in find_masks(tmp_path)] == [
+        ("bigram", "0"),
+        ("bigram", "5"),
+        ("bigram", "1e2"),
+        ("full", "1e1"),
+    ]
+    assert MaskFile("bigram", "1e2", tmp_path).lam == 100
+
+
+# ------------------------------------------------------------------------------ selection
+
+
+def metric_table(entries: list[tuple[str, str, float, float]]) -> pa.Table:
+    """Rows for (target, λ label, kept, r) of one model 'm' with 1000 masked weights."""
+    rows = []
+    for target, label, kept, r in entries:
+        value = float(label.replace("neginf", "-inf"))
+        for metric, v in (("kept", kept), ("kept_fraction", kept / 1000), ("bigram_r", r)):
+            rows.append(
+                {
+                    "model": "m",
+                    "target": target,
+                    "lambda": label,
+                    "lambda_value": value,
+                    "metric": metric,
+                    "value": v,
+                }
+            )
+    return pa.Table.from_pylist(rows, schema=METRIC_SCHEMA)
+
+
+def test_selection_takes_the_sparsest_mask_within_tolerance_and_its_pair() -> None:
+    table = metric_table(
+        [
+            ("bigram", "neginf", 1000, 0.70),
+            ("bigram", "0", 500, 0.95),
+            ("bigram", "1", 200, 0.94),
+            ("bigram", "1e1", 50, 0.92),  # within 0.04: selected
+            ("bigram", "1e2", 10, 0.80),  # too far
+            ("full", "1", 400, 0.6),
+            ("full", "1e1", 60, 0.7),  # the sparsest that keeps more than 50
+            ("full", "1e2", 40, 0.7),
+        ]
+    )
+    chosen = select_masks(table, ["m"], 0.04)["models"]["m"]
+    assert chosen["bigram"]["lambda"] == "1e1" and chosen["bigram"]["kept"] == 50
+    assert chosen["optimal"]["lambda"] == "1e1" and chosen["optimal"]["kept"] == 60
+    assert chosen["reference"]["lambda"] == "0"
+    tight = select_masks(table, ["m"], 0.005)["models"]["m"]
+    assert tight["bigram"]["lambda"] == "0" and tight["optimal"] is None
+
+
+def test_selection_needs_a_lambda_zero_mask() -> None:
+    table = metric_table([("bigram", "1", 200, 0.9), ("full", "1", 300, 0.5)])
+    with pytest.raises(UserError, match=r"add '0' to lambdas\.bigram"):
+        select_masks(table, ["m"], 0.04)

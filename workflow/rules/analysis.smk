@@ -1,0 +1,149 @@
+# Analyses of the trained masks: evaluation, then λ selection (a small JSON read by later stages).
+
+
+rule evaluate:
+    input:
+        models=expand(rules.pretrain.output, model=MODELS),
+        masks=[mask_path(*job) for job in MASK_JOBS],
+        eval=rules.tokenize.output.eval,
+        bigrams=rules.bigram_stats.output.bigrams,
+        unigrams=rules.bigram_stats.output.unigrams,
+        bigram_meta=rules.bigram_stats.output.meta,
+    output:
+        masks=f"{RUN_DIR}/metrics/masks.parquet",
+        blocks=f"{RUN_DIR}/metrics/blocks.parquet",
+    log:
+        f"{RUN_DIR}/logs/evaluate.log",
+    benchmark:
+        f"{RUN_DIR}/benchmarks/evaluate.tsv"
+    conda:
+        ENVIRONMENT
+    threads: ALL_CORES
+    resources:
+        gpu=GPUS,
+    params:
+        config=CONFIG_FILE,
+        data=DATA_DIR,
+        settings=CFG.analysis.model_dump(),
+        seed=CFG.seed,
+    shell:
+        "bsn evaluate --config {params.config} --models-dir {RUN_DIR}/models"
+        " --masks-dir {RUN_DIR}/masks --data-dir {params.data}"
+        " --output-dir {RUN_DIR}/metrics --log {log}"
+
+
+rule select:
+    input:
+        rules.evaluate.output.masks,
+    output:
+        f"{RUN_DIR}/selection.json",
+    log:
+        f"{RUN_DIR}/logs/select.log",
+    benchmark:
+        f"{RUN_DIR}/benchmarks/select.tsv"
+    conda:
+        ENVIRONMENT
+    params:
+        config=CONFIG_FILE,
+        settings=CFG.analysis.model_dump(),
+    shell:
+        "bsn select --config {params.config} --metrics {input} --output {output} --log {log}"
+
+
+rule overlap:
+    input:
+        models=expand(rules.pretrain.output, model=MODELS),
+        masks=[mask_path(*job) for job in MASK_JOBS],
+        selection=rules.select.output,
+    output:
+        overlap=f"{RUN_DIR}/metrics/overlap.parquet",
+        null=f"{RUN_DIR}/metrics/overlap_null.parquet",
+    log:
+        f"{RUN_DIR}/logs/overlap.log",
+    benchmark:
+        f"{RUN_DIR}/benchmarks/overlap.tsv"
+    conda:
+        ENVIRONMENT
+    params:
+        config=CONFIG_FILE,
+        settings=CFG.analysis.model_dump(),
+        seed=CFG.seed,
+    shell:
+        "bsn overlap --config {params.config} --models-dir {RUN_DIR}/models"
+        " --masks-dir {RUN_DIR}/masks --selection {input.selection}"
+        " --output-dir {RUN_DIR}/metrics --log {log}"
+
+
+rule ablate:
+    input:
+        models=expand(rules.pretrain.output, model=MODELS),
+        masks=[mask_path(*job) for job in MASK_JOBS],
+        selection=rules.select.output,
+        eval=rules.tokenize.output.eval,
+        bigrams=rules.bigram_stats.output.bigrams,
+        unigrams=rules.bigram_stats.output.unigrams,
+        bigram_meta=rules.bigram_stats.output.meta,
+        tokenizer=rules.tokenizer.output.tokenizer,
+        tokenizer_meta=rules.tokenizer.output.meta,
+    output:
+        ablations=f"{RUN_DIR}/metrics/ablations.parquet",
+        generations=f"{RUN_DIR}/metrics/generations.parquet",
+    log:
+        f"{RUN_DIR}/logs/ablate.log",
+    benchmark:
+        f"{RUN_DIR}/benchmarks/ablate.tsv"
+    conda:
+        ENVIRONMENT
+    threads: ALL_CORES
+    resources:
+        gpu=GPUS,
+    params:
+        config=CONFIG_FILE,
+        data=DATA_DIR,
+        tokenizer=TOKENIZER_DIR,
+        settings=CFG.analysis.model_dump(),
+        seed=CFG.seed,
+    shell:
+        "bsn ablate --config {params.config} --models-dir {RUN_DIR}/models"
+        " --masks-dir {RUN_DIR}/masks --selection {input.selection} --data-dir {params.data}"
+        " --tokenizer {params.tokenizer} --output-dir {RUN_DIR}/metrics --log {log}"
+
+
+rule residual:
+    input:
+        models=expand(rules.pretrain.output, model=MODELS),
+        masks=[mask_path(*job) for job in MASK_JOBS],
+        selection=rules.select.output,
+        eval=rules.tokenize.output.eval,
+        bigrams=rules.bigram_stats.output.bigrams,
+        unigrams=rules.bigram_stats.output.unigrams,
+        bigram_meta=rules.bigram_stats.output.meta,
+    output:
+        f"{RUN_DIR}/metrics/residual.parquet",
+    log:
+        f"{RUN_DIR}/logs/residual.log",
+    benchmark:
+        f"{RUN_DIR}/benchmarks/residual.tsv"
+    conda:
+        ENVIRONMENT
+    threads: ALL_CORES
+    resources:
+        gpu=GPUS,
+    params:
+        config=CONFIG_FILE,
+        data=DATA_DIR,
+        settings=CFG.analysis.model_dump(),
+        seed=CFG.seed,
+    shell:
+        "bsn residual --config {params.config} --models-dir {RUN_DIR}/models"
+        " --masks-dir {RUN_DIR}/masks --selection {input.selection} --data-dir {params.data}"
+        " --output {output} --log {log}"
+
+
+rule analysis:
+    input:
+        rules.evaluate.output,
+        rules.select.output,
+        rules.overlap.output,
+        rules.ablate.output,
+        rules.residual.output,
