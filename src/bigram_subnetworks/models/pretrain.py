@@ -146,7 +146,7 @@ def pretrain_embedded(
         rows["train_loss"].append(float(loss.detach()))
         rows["eval_loss"].append(current_eval)
         if current_eval is not None:
-            progress.set_postfix(train=f"{float(loss):.3f}", eval=f"{current_eval:.3f}")
+            progress.set_postfix(train=f"{rows['train_loss'][-1]:.3f}", eval=f"{current_eval:.3f}")
         if step in saves:
             _save(model, tokenizer_dir, loaded.eos_token, staging / f"step-{step}")
     _save(model, tokenizer_dir, loaded.eos_token, staging / "final")
