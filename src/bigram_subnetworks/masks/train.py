@@ -349,7 +349,7 @@ def train_attempt(
             undecided, high = undecided_and_high(soft)
             kept = sum(int(((s > 0) & lm.allowed[n]).sum()) for n, s in logits.items())
         history.loss.append(loss_sum)
-        history.penalty.append(float(penalty))
+        history.penalty.append(float(penalty.detach()))
         history.kept.append(kept / lm.n_masked)
         history.undecided.append(undecided / lm.n_masked)
         history.temperature.append(temperature)
