@@ -23,13 +23,16 @@ rule evaluate:
         gpu=GPUS,
     params:
         config=CONFIG_FILE,
-        data=DATA_DIR,
+        data=folder_of("bigrams"),
+        models=folder_of("models"),
+        masks=folder_of("masks", levels=3),
+        out=output_dir,
         settings=CFG.analysis.model_dump(),
         seed=CFG.seed,
     shell:
-        "bsn evaluate --config {params.config} --models-dir {RUN_DIR}/models"
-        " --masks-dir {RUN_DIR}/masks --data-dir {params.data}"
-        " --output-dir {RUN_DIR}/metrics --log {log}"
+        "bsn evaluate --config {params.config} --models-dir {params.models}"
+        " --masks-dir {params.masks} --data-dir {params.data}"
+        " --output-dir {params.out} --log {log}"
 
 
 rule select:
@@ -66,12 +69,15 @@ rule overlap:
         ENVIRONMENT
     params:
         config=CONFIG_FILE,
+        models=folder_of("models"),
+        masks=folder_of("masks", levels=3),
+        out=output_dir,
         settings=CFG.analysis.model_dump(),
         seed=CFG.seed,
     shell:
-        "bsn overlap --config {params.config} --models-dir {RUN_DIR}/models"
-        " --masks-dir {RUN_DIR}/masks --selection {input.selection}"
-        " --output-dir {RUN_DIR}/metrics --log {log}"
+        "bsn overlap --config {params.config} --models-dir {params.models}"
+        " --masks-dir {params.masks} --selection {input.selection}"
+        " --output-dir {params.out} --log {log}"
 
 
 rule ablate:
@@ -99,14 +105,17 @@ rule ablate:
         gpu=GPUS,
     params:
         config=CONFIG_FILE,
-        data=DATA_DIR,
-        tokenizer=TOKENIZER_DIR,
+        data=folder_of("bigrams"),
+        tokenizer=folder_of("tokenizer"),
+        models=folder_of("models"),
+        masks=folder_of("masks", levels=3),
+        out=output_dir,
         settings=CFG.analysis.model_dump(),
         seed=CFG.seed,
     shell:
-        "bsn ablate --config {params.config} --models-dir {RUN_DIR}/models"
-        " --masks-dir {RUN_DIR}/masks --selection {input.selection} --data-dir {params.data}"
-        " --tokenizer {params.tokenizer} --output-dir {RUN_DIR}/metrics --log {log}"
+        "bsn ablate --config {params.config} --models-dir {params.models}"
+        " --masks-dir {params.masks} --selection {input.selection} --data-dir {params.data}"
+        " --tokenizer {params.tokenizer} --output-dir {params.out} --log {log}"
 
 
 rule residual:
@@ -131,12 +140,14 @@ rule residual:
         gpu=GPUS,
     params:
         config=CONFIG_FILE,
-        data=DATA_DIR,
+        data=folder_of("bigrams"),
+        models=folder_of("models"),
+        masks=folder_of("masks", levels=3),
         settings=CFG.analysis.model_dump(),
         seed=CFG.seed,
     shell:
-        "bsn residual --config {params.config} --models-dir {RUN_DIR}/models"
-        " --masks-dir {RUN_DIR}/masks --selection {input.selection} --data-dir {params.data}"
+        "bsn residual --config {params.config} --models-dir {params.models}"
+        " --masks-dir {params.masks} --selection {input.selection} --data-dir {params.data}"
         " --output {output} --log {log}"
 
 

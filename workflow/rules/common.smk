@@ -89,3 +89,16 @@ wildcard_constraints:
 
 def mask_path(model, target, lam):
     return f"{RUN_DIR}/masks/{model}/{target}/lambda-{lam}.safetensors"
+
+
+def folder_of(key, levels=1):
+    """A params function: the folder `levels` up from input `key` (its first file if a list),
+    so folders passed to `bsn` follow the declared inputs."""
+
+    def folder(wildcards, input):
+        path = input[key] if isinstance(input[key], str) else input[key][0]
+        for _ in range(levels):
+            path = os.path.dirname(path)
+        return path
+
+    return folder

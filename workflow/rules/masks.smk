@@ -22,7 +22,7 @@ rule train_mask:
         gpu=GPUS,
     params:
         config=CONFIG_FILE,
-        data=DATA_DIR,
+        data=folder_of("bigrams"),
         settings=CFG.masks.model_dump(),
         seed=CFG.seed,
     shell:

@@ -23,8 +23,8 @@ rule pretrain:
         gpu=GPUS,
     params:
         config=CONFIG_FILE,
-        data=DATA_DIR,
-        tokenizer=TOKENIZER_DIR,
+        data=folder_of("bigrams"),
+        tokenizer=folder_of("tokenizer"),
         settings=lambda wildcards: CFG.models[wildcards.model].model_dump(),
         seed=CFG.seed,
     shell:
