@@ -345,3 +345,47 @@ def test_mask_edit_refuses_a_malformed_head(
         "bsn mask: error: --head '1': expected LAYER:HEAD, e.g. 0:3"
     )
     assert not (tmp_path / "x").exists()
+
+
+def test_a_killed_train_mask_job_resumes_to_the_same_mask(
+    tmp_path: Path, data_dirs: tuple[Path, Path], pretrained: Path
+) -> None:
+    """SIGKILL a real `bsn train-mask` process after it saved a state; the rerun resumes from it
+    and ends with the same mask file as an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    settings = {"max_steps": 400, "save_every": 20, "stop_fraction": 1e-9, "batch_size": 4}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(config_dict() | {"masks": config_dict()["masks"] | settings}))
+
+    def command(output: Path) -> list[str]:
+        return [
+            sys.executable, "-m", "bigram_subnetworks", "train-mask", "--config", str(config),
+            "--model", "tiny", "--model-dir", str(pretrained), "--data-dir", str(data_dirs[0]),
+            "--target", "bigram", "--lambda", "1", "--output", str(output), "--threads", "1",
+        ]  # fmt: skip
+
+    reference = tmp_path / "reference.safetensors"
+    subprocess.run(command(reference), check=True, capture_output=True, timeout=300)
+
+    killed = tmp_path / "killed.safetensors"
+    state = tmp_path / ".killed.safetensors.state" / "state.json"
+    process = subprocess.Popen(command(killed), stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert state.exists() and process.poll() is None, "no state saved before the job ended"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    saved_step = json.loads(state.read_text())["step"]
+    assert not killed.exists() and 0 < saved_step < 400
+
+    result = subprocess.run(command(killed), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming attempt 1 at step {saved_step}" in result.stderr
+    assert killed.read_bytes() == reference.read_bytes()
+    assert not state.parent.exists()
