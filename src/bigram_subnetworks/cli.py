@@ -200,6 +200,26 @@ def _stage(
     return parser
 
 
+# Path options shared by several stages, with what they point to.
+_PATH_HELP = {
+    "--data-dir": "data/<corpus>__<tokenizer>/",
+    "--tokenizer": "data/tokenizers/<name>/",
+    "--models-dir": "results/<run>/models/",
+    "--masks-dir": "results/<run>/masks/",
+    "--selection": "results/<run>/selection.json",
+    "--output-dir": "results/<run>/metrics/",
+}
+
+
+def _paths(parser: argparse.ArgumentParser, *flags: str) -> None:
+    for flag in flags:
+        parser.add_argument(flag, type=Path, required=True, help=_PATH_HELP[flag])
+
+
+def _threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None, help="Torch threads (default: all).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bsn", description="Bigram subnetworks workflow: run one stage."
@@ -232,55 +252,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _stage(sub, "pretrain", cmd_pretrain, "Pretrain an embedded model (or resolve a Hub one).")
     p.add_argument("--model", required=True, help="Model name from the config's models.")
-    p.add_argument("--data-dir", type=Path, required=True, help="data/<corpus>__<tokenizer>/")
-    p.add_argument("--tokenizer", type=Path, required=True, help="data/tokenizers/<name>/")
+    _paths(p, "--data-dir", "--tokenizer")
     p.add_argument("--output-dir", type=Path, required=True, help="results/<run>/models/<name>/")
-    p.add_argument("--threads", type=int, default=None, help="Torch threads (default: all).")
+    _threads(p)
 
     p = _stage(sub, "train-mask", cmd_train_mask, "Train one mask (model × target × λ).")
     p.add_argument("--model", required=True, help="Model name from the config's models.")
     p.add_argument("--model-dir", type=Path, required=True, help="results/<run>/models/<name>/")
-    p.add_argument("--data-dir", type=Path, required=True, help="data/<corpus>__<tokenizer>/")
+    _paths(p, "--data-dir")
     p.add_argument("--target", required=True, choices=["bigram", "full"])
     p.add_argument("--lambda", dest="lam", required=True, type=_lambda_label, help="e.g. 1e1, inf")
     p.add_argument("--output", type=Path, required=True, help="lambda-<label>.safetensors")
-    p.add_argument("--threads", type=int, default=None, help="Torch threads (default: all).")
+    _threads(p)
 
     p = _stage(sub, "evaluate", cmd_evaluate, "Evaluate every mask of every model of the run.")
-    p.add_argument("--models-dir", type=Path, required=True, help="results/<run>/models/")
-    p.add_argument("--masks-dir", type=Path, required=True, help="results/<run>/masks/")
-    p.add_argument("--data-dir", type=Path, required=True, help="data/<corpus>__<tokenizer>/")
-    p.add_argument("--output-dir", type=Path, required=True, help="results/<run>/metrics/")
-    p.add_argument("--threads", type=int, default=None, help="Torch threads (default: all).")
+    _paths(p, "--models-dir", "--masks-dir", "--data-dir", "--output-dir")
+    _threads(p)
 
     p = _stage(sub, "select", cmd_select, "Choose the analysed bigram mask and its optimal pair.")
-    p.add_argument(
-        "--metrics", type=Path, required=True, help="results/<run>/metrics/masks.parquet"
-    )
+    p.add_argument("--metrics", type=Path, required=True, help="metrics/masks.parquet")
     p.add_argument("--output", type=Path, required=True, help="results/<run>/selection.json")
 
     p = _stage(sub, "overlap", cmd_overlap, "Overlap of bigram and optimal masks, with p-values.")
-    p.add_argument("--models-dir", type=Path, required=True, help="results/<run>/models/")
-    p.add_argument("--masks-dir", type=Path, required=True, help="results/<run>/masks/")
-    p.add_argument("--selection", type=Path, required=True, help="results/<run>/selection.json")
-    p.add_argument("--output-dir", type=Path, required=True, help="results/<run>/metrics/")
+    _paths(p, "--models-dir", "--masks-dir", "--selection", "--output-dir")
 
     p = _stage(sub, "ablate", cmd_ablate, "Ablations and generations of the selected masks.")
-    p.add_argument("--models-dir", type=Path, required=True, help="results/<run>/models/")
-    p.add_argument("--masks-dir", type=Path, required=True, help="results/<run>/masks/")
-    p.add_argument("--selection", type=Path, required=True, help="results/<run>/selection.json")
-    p.add_argument("--data-dir", type=Path, required=True, help="data/<corpus>__<tokenizer>/")
-    p.add_argument("--tokenizer", type=Path, required=True, help="data/tokenizers/<name>/")
-    p.add_argument("--output-dir", type=Path, required=True, help="results/<run>/metrics/")
-    p.add_argument("--threads", type=int, default=None, help="Torch threads (default: all).")
+    _paths(p, "--models-dir", "--masks-dir", "--selection", "--data-dir", "--tokenizer")
+    _paths(p, "--output-dir")
+    _threads(p)
 
     p = _stage(sub, "residual", cmd_residual, "Residual-stream analyses of the selected masks.")
-    p.add_argument("--models-dir", type=Path, required=True, help="results/<run>/models/")
-    p.add_argument("--masks-dir", type=Path, required=True, help="results/<run>/masks/")
-    p.add_argument("--selection", type=Path, required=True, help="results/<run>/selection.json")
-    p.add_argument("--data-dir", type=Path, required=True, help="data/<corpus>__<tokenizer>/")
+    _paths(p, "--models-dir", "--masks-dir", "--selection", "--data-dir")
     p.add_argument("--output", type=Path, required=True, help="metrics/residual.parquet")
-    p.add_argument("--threads", type=int, default=None, help="Torch threads (default: all).")
+    _threads(p)
 
     add_mask_commands(sub)
     return parser
