@@ -36,15 +36,6 @@ from bigram_subnetworks.models.layout import Layout
 
 log = logging.getLogger(__name__)
 
-CONDITIONS = (
-    "full model",
-    "bigram alone",
-    "random alone",
-    "bigram removed",
-    "random removed",
-    "optimal removed",
-)
-
 
 def ablation_masks(
     layout: Layout, bigram: Mask, optimal: Mask | None, seed: int
