@@ -14,11 +14,10 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/masks.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
-        rules.data.input,
-        rules.masks.input,
-        rules.analysis.input,
+        rules.report.output,

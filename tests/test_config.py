@@ -105,6 +105,12 @@ def drop(path: str) -> dict[str, Any]:
         (mutate("data.max_train_sequences", 0), "data.max_train_sequences: expected greater"),
         (mutate("corpus.strip_editorial_notes", "yes"), "expected true or false, got 'yes'"),
         (mutate("corpus.name", "a__b"), "must not contain '__'"),
+        (mutate("checkpoints.models", ["nope"]), "checkpoints.models: 'nope' is not one of"),
+        (mutate("checkpoints.steps", [0, 300]), "saves no checkpoint at step(s) [300]; it saves"),
+        (mutate("checkpoints.steps", [0, 0]), "each step may appear once"),
+        (mutate("checkpoints.steps", [292]), "include step 0 in steps and '0' in lambdas"),
+        (mutate("checkpoints.lambdas", ["0", "inf"]), "use finite λ labels"),
+        (mutate("checkpoints.budgets", [0]), "checkpoints.budgets.0: expected greater than 0"),
     ],
 )
 def test_invalid_values_give_one_line_naming_field_and_value(
@@ -116,6 +122,20 @@ def test_invalid_values_give_one_line_naming_field_and_value(
     assert len(text.splitlines()) == 1, text
     assert text.startswith("params.yaml: ")
     assert message in text
+
+
+def test_checkpoint_models_must_have_checkpoints() -> None:
+    raw = default()
+    raw["models"]["mine"] = {"source": "local", "path": "somewhere"}
+    raw["checkpoints"]["models"] = ["mine"]
+    with pytest.raises(ConfigError, match="'mine' is a local model, which has no checkpoints"):
+        validate_config(raw)
+    raw["models"]["mine"] = {"source": "huggingface", "id": "EleutherAI/pythia-160m"}
+    cfg = validate_config(raw)  # Hub checkpoints are revisions, known only to the Hub
+    assert cfg.models["mine"].checkpoint_revision == "step{step}"
+    raw["models"]["mine"]["checkpoint_revision"] = "main"
+    with pytest.raises(ConfigError, match=r"checkpoint_revision: must contain '\{step\}'"):
+        validate_config(raw)
 
 
 def test_several_problems_give_one_line_each() -> None:

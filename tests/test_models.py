@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -22,6 +23,7 @@ from bigram_subnetworks.config import (
     DataSettings,
     EmbeddedModel,
     TrainedTokenizer,
+    checkpoint_steps,
     validate_config,
 )
 from bigram_subnetworks.data.bigrams import build_bigram_stats
@@ -30,8 +32,13 @@ from bigram_subnetworks.data.tokenizer import build_tokenizer, load_tokenizer
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.masks.toolkit import load_mask
 from bigram_subnetworks.models import loading
-from bigram_subnetworks.models.loading import load_model, load_pretrained_dir, model_identity
-from bigram_subnetworks.models.pretrain import checkpoint_steps, learning_rate, prepare_model
+from bigram_subnetworks.models.loading import (
+    load_checkpoint,
+    load_model,
+    load_pretrained_dir,
+    model_identity,
+)
+from bigram_subnetworks.models.pretrain import learning_rate, prepare_model
 
 MODEL = {
     "source": "embedded",
@@ -221,6 +228,56 @@ def test_hub_models_record_the_resolved_commit_and_load_by_it(
     assert model_identity(output, stored)["commit"] == "0123abc"
 
 
+def test_checkpoints_load_by_step_with_their_own_identity(pretrained: Path) -> None:
+    initial, identity = load_checkpoint(pretrained, 0)
+    final, _ = load_model(pretrained)
+    assert identity["revision"] == "step-0" and identity["step"] == 0
+    final_identity = model_identity(pretrained, json.loads((pretrained / "model.json").read_text()))
+    assert identity["weights_sha256"] != final_identity["weights_sha256"]
+    name = "gpt_neox.layers.0.mlp.dense_h_to_4h.weight"
+    assert not torch.equal(
+        dict(initial.named_parameters())[name], dict(final.named_parameters())[name]
+    )
+    with pytest.raises(UserError, match=r"no checkpoint at step 7 \(saved: \[0, 1, 2, 5, 13, 30\]"):
+        load_checkpoint(pretrained, 7)
+
+
+def test_hub_checkpoints_load_by_their_revision(
+    tmp_path: Path,
+    data_dirs: tuple[Path, Path],
+    pretrained: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[str] = []
+
+    class FakeApi:
+        def model_info(self, repo_id: str, revision: str) -> SimpleNamespace:
+            asked.append(revision)
+            return SimpleNamespace(sha=f"sha-of-{revision}")
+
+    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    hub = {
+        "source": "huggingface",
+        "id": str(pretrained / "step-0"),
+        "checkpoint_revision": "ckpt-{step}",
+    }
+    output = tmp_path / "hub"
+    prepare_model("hub", validate_config(config_dict(hub=hub)), *data_dirs, output)
+    loaded: list[Any] = []
+    real = loading._from_pretrained
+    monkeypatch.setattr(
+        loading,
+        "_from_pretrained",
+        lambda name, revision=None, trust_remote_code=False: (
+            loaded.append(revision) or real(name, None, trust_remote_code)
+        ),
+    )
+    _, identity = load_checkpoint(output, 1000)
+    assert asked == ["main", "ckpt-1000"]
+    assert loaded == ["sha-of-ckpt-1000"]
+    assert identity["revision"] == "ckpt-1000" and identity["commit"] == "sha-of-ckpt-1000"
+
+
 def test_a_folder_without_a_model_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not a model directory"):
         load_pretrained_dir(tmp_path)
@@ -243,6 +300,49 @@ def test_cli_trains_masks_from_a_pretrained_model(
     assert meta["model"] == "tiny" and meta["lambda"] == "0" and meta["revision"] == "final"
     assert sum(t.numel() for t in mask.values()) == 12 * 2 * 16 * 16
     assert json.loads(output.with_suffix(".json").read_text())["steps"] == meta["steps"]
+
+
+def test_cli_trains_scores_and_gathers_checkpoint_masks(
+    tmp_path: Path, data_dirs: tuple[Path, Path], pretrained: Path
+) -> None:
+    raw = config_dict()
+    raw["checkpoints"] = {"models": ["tiny"], "steps": [0, 30], "lambdas": ["0", "1"]}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    root = tmp_path / "checkpoints"
+    for step in (0, 30):
+        argv = ["checkpoint-masks", "--config", str(config), "--model", "tiny"]
+        argv += ["--model-dir", str(pretrained), "--step", str(step)]
+        argv += [
+            "--data-dir",
+            str(data_dirs[0]),
+            "--output-dir",
+            str(root / "tiny" / f"step-{step}"),
+        ]
+        assert main(argv) == 0
+    _, meta = load_mask(root / "tiny" / "step-0" / "bigram" / "lambda-1.safetensors")
+    assert meta["revision"] == "step-0" and meta["step"] == 0 and meta["lambda"] == "1"
+
+    output = tmp_path / "checkpoints.parquet"
+    argv = ["checkpoints", "--config", str(config), "--checkpoints-dir", str(root)]
+    assert main([*argv, "--output", str(output)]) == 0
+    rows = pq.read_table(output).to_pylist()
+    assert {r["step"] for r in rows} == {0, 30}
+    masks = {(r["step"], r["target"], r["lambda"]) for r in rows if r["metric"] == "bigram_r"}
+    assert masks == {
+        (step, target, label)
+        for step in (0, 30)
+        for target, label in [
+            ("reference", "neginf"),
+            ("reference", "inf"),
+            ("bigram", "0"),
+            ("bigram", "1"),
+        ]
+    }
+    shares = [r for r in rows if r["metric"] == "first_mlp_share" and r["target"] == "bigram"]
+    assert len(shares) == 4 and all(0 <= r["value"] <= 1 or np.isnan(r["value"]) for r in shares)
+    fits = [r for r in rows if r["metric"] == "r_at_budget"]
+    assert {r["budget"] for r in fits} <= {10_000, 100_000}
 
 
 def test_cli_refuses_a_bad_lambda_label(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -118,20 +118,27 @@ def test_snakemake_and_dvc_describe_the_same_stages(tmp_path: Path) -> None:
         "overlap",
         "ablate",
         "residual",
+        "checkpoint_masks",
+        "checkpoints",
+        "controls",
+        "report",
     }
     for cmd, stage in dvc.items():
         job = snake[cmd]
         # DVC names a stage after its rule (train_mask_<target>@<model>-<λ> for train_mask).
         base = str(stage["name"]).split("@")[0].removesuffix("_bigram").removesuffix("_full")
         assert base == job["rule"], cmd
-        assert sorted(job["outs"]) == stage["outs"], cmd
-        # The same inputs: DVC may name a folder (results/<run>/masks) where Snakemake lists
-        # the files in it, but neither front-end has an input the other lacks.
-        covered = [d for d in job["deps"] if not any(within(d, dep) for dep in stage["deps"])]
-        unused = [dep for dep in stage["deps"] if not any(within(d, dep) for d in job["deps"])]
-        assert covered == [] and unused == [], cmd
+        # The same inputs and outputs: DVC may name a folder (results/<run>/masks) where
+        # Snakemake lists the files in it, but neither front-end has one the other lacks.
+        for key in ("deps", "outs"):
+            snake_paths, dvc_paths = job[key], stage[key]
+            uncovered = [p for p in snake_paths if not any(within(p, d) for d in dvc_paths)]
+            unused = [d for d in dvc_paths if not any(within(p, d) for p in snake_paths)]
+            assert uncovered == [] and unused == [], (cmd, key)
     masks = [job for job in snake.values() if job["rule"] == "train_mask"]
     assert len(masks) == 5  # smoke: one model × (4 bigram + 1 full) λ labels
+    checkpoints = [job for job in snake.values() if job["rule"] == "checkpoint_masks"]
+    assert len(checkpoints) == 2  # smoke: one model × steps 0 and 60
 
 
 def test_both_front_ends_build_identical_data(tmp_path: Path) -> None:
@@ -187,9 +194,16 @@ def test_snakemake_uses_the_configfile_given(tmp_path: Path) -> None:
     assert "bsn corpus --config config/smoke.yaml --output-dir data/sotu-smoke" in result.stdout
 
 
-def test_smoke_run_trains_its_models_and_every_mask(tmp_path: Path) -> None:
-    project = make_project(tmp_path / "p")
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project that ran the whole smoke pipeline with Snakemake (the report included)."""
+    project = make_project(tmp_path_factory.mktemp("smoke") / "p")
     run(["snakemake", "--cores", "2"], project)
+    return project
+
+
+def test_smoke_run_trains_its_models_and_every_mask(smoke_run: Path) -> None:
+    project = smoke_run
     model_dir = project / "results" / "smoke" / "models" / "neox-2x16"
     checkpoints = sorted(p.name for p in model_dir.glob("step-*"))
     assert len(checkpoints) >= 6 and "step-0" in checkpoints
@@ -207,13 +221,17 @@ def test_smoke_run_trains_its_models_and_every_mask(tmp_path: Path) -> None:
         assert log["model"] == "neox-2x16" and log["weights_sha256"]
         assert len(log["history"]) == log["attempts"]
     benchmarks = list((project / "results" / "smoke" / "benchmarks").rglob("*.tsv"))
-    assert len(benchmarks) == 11  # pretrain, five masks and five analysis stages
+    # pretrain, five masks, two checkpoint jobs, seven analysis stages and the report
+    assert len(benchmarks) == 16
 
-    metrics = project / "results" / "smoke" / "metrics"
+
+def test_smoke_run_writes_every_analysis_table(smoke_run: Path) -> None:
+    metrics = smoke_run / "results" / "smoke" / "metrics"
     tables = ["masks", "blocks", "overlap", "ablations", "generations", "residual"]
+    tables += ["checkpoints", "controls"]
     for name in tables:
         assert pq.read_metadata(metrics / f"{name}.parquet").num_rows > 0, name
-    selection = json.loads((project / "results" / "smoke" / "selection.json").read_text())
+    selection = json.loads((smoke_run / "results" / "smoke" / "selection.json").read_text())
     chosen = selection["models"]["neox-2x16"]
     assert chosen["bigram"]["lambda"] in ("0", "1e1")
     # The null draws are kept for the selected pair, which exists only if an optimal mask keeps
@@ -221,5 +239,73 @@ def test_smoke_run_trains_its_models_and_every_mask(tmp_path: Path) -> None:
     null_rows = pq.read_metadata(metrics / "overlap_null.parquet").num_rows
     assert null_rows == (10_000 if chosen["optimal"] else 0)
 
-    # A finished run schedules nothing.
-    assert "Nothing to be done" in run(["snakemake", "-n"], project).stdout
+    # The random-initialisation control is the step-0 checkpoint's λ = 0 mask.
+    controls = pq.read_table(metrics / "controls.parquet").to_pylist()
+    r = {c["control"]: c["value"] for c in controls if c["metric"] == "bigram_r"}
+    assert len(r) == 7
+    steps = pq.read_table(metrics / "checkpoints.parquet").to_pylist()
+    step0 = next(
+        row["value"]
+        for row in steps
+        if (row["step"], row["target"], row["lambda"], row["metric"])
+        == (0, "bigram", "0", "bigram_r")
+    )
+    assert r["random init"] == step0
+    assert (smoke_run / "results" / "smoke" / "controls" / "neox-2x16" / "random-body").is_dir()
+
+
+def test_a_finished_run_schedules_nothing(smoke_run: Path) -> None:
+    assert "Nothing to be done" in run(["snakemake", "-n"], smoke_run).stdout
+
+
+def rendered_images(page: Path, profile: Path) -> tuple[int, int]:
+    """(images loaded, images) of an HTML page rendered by headless Chromium."""
+    browser = next(
+        (
+            shutil.which(n)
+            for n in ("chromium", "chromium-browser", "google-chrome")
+            if shutil.which(n)
+        ),
+        None,
+    )
+    if browser is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    probe = page.with_name("image-probe.html")
+    counter = (
+        "<script>addEventListener('load', () => { const all = [...document.images];"
+        " const ok = all.filter(i => i.complete && i.naturalWidth > 0).length;"
+        " document.body.insertAdjacentHTML('beforeend',"
+        ' `<pre id="image-probe">${ok}/${all.length}</pre>`); });</script>'
+    )
+    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", counter + "</body>"))
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}"]
+    command += ["--virtual-time-budget=10000", "--dump-dom", probe.resolve().as_uri()]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    found = re.search(r'id="image-probe">(\d+)/(\d+)<', result.stdout)
+    assert found, f"Chromium rendered nothing:\n{result.stderr[-2000:]}"
+    return int(found.group(1)), int(found.group(2))
+
+
+def test_the_report_renders_in_a_browser_with_every_image(smoke_run: Path, tmp_path: Path) -> None:
+    report = smoke_run / "results" / "smoke" / "report"
+    figures = sorted(report.glob("figures/*.png"))
+    assert len(figures) == 8
+    html = (report / "index.html").read_text("utf-8")
+    assert html.count('src="data:image/png;base64,') == len(figures)  # self-contained
+    metrics = json.loads((smoke_run / "results" / "smoke" / "metrics.json").read_text("utf-8"))
+    assert set(metrics["models"]) == {"neox-2x16"}
+    loaded, images = rendered_images(report / "index.html", tmp_path / "profile")
+    assert images == len(figures) and loaded == images
+
+
+def test_dvc_reads_the_report_metrics_and_plots(smoke_run: Path) -> None:
+    metrics = run(["dvc", "metrics", "show", "--json"], smoke_run).stdout
+    assert "selected_r" in metrics or "full_model_r" in metrics
+    plots = run(["dvc", "plots", "show", "--json"], smoke_run).stdout
+    assert "bigram r against active parameters" in plots and "bigram r across checkpoints" in plots
+    assert '"bigram_r"' in plots and '"active_parameters"' in plots
+
+
+def test_snakemake_builds_its_own_report_with_the_figures(smoke_run: Path) -> None:
+    run(["snakemake", "--report", "snakemake-report.zip"], smoke_run)
+    assert (smoke_run / "snakemake-report.zip").stat().st_size > 10_000

@@ -172,6 +172,46 @@ def cmd_residual(args: argparse.Namespace, cfg: Config) -> None:
     run_residual(cfg, args.models_dir, args.masks_dir, args.selection, args.data_dir, args.output)
 
 
+def cmd_checkpoint_masks(args: argparse.Namespace, cfg: Config) -> None:
+    from bigram_subnetworks.analysis.checkpoints import train_checkpoint_masks
+    from bigram_subnetworks.models.loading import tune_cpu
+
+    tune_cpu(args.threads)
+    train_checkpoint_masks(
+        cfg, args.model, args.model_dir, args.step, args.data_dir, args.output_dir
+    )
+
+
+def cmd_checkpoints(args: argparse.Namespace, cfg: Config) -> None:
+    from bigram_subnetworks.analysis.checkpoints import run_checkpoints
+
+    run_checkpoints(cfg, args.checkpoints_dir, args.output)
+
+
+def cmd_controls(args: argparse.Namespace, cfg: Config) -> None:
+    from bigram_subnetworks.analysis.controls import run_controls
+    from bigram_subnetworks.models.loading import tune_cpu
+
+    tune_cpu(args.threads)
+    run_controls(
+        cfg,
+        args.models_dir,
+        args.checkpoints_dir,
+        args.metrics_dir,
+        args.selection,
+        args.data_dir,
+        args.masks_output_dir,
+        args.output,
+    )
+
+
+def cmd_report(args: argparse.Namespace, cfg: Config) -> None:
+    from bigram_subnetworks.report import find_benchmark_files, run_report
+
+    benchmarks = find_benchmark_files(cfg, args.run_dir, args.data_dir)
+    run_report(cfg, args.run_dir, args.data_dir, args.output_dir, args.metrics_json, benchmarks)
+
+
 def _trusts_remote_code(cfg: Config, args: argparse.Namespace) -> bool:
     spec = cfg.models.get(args.model)
     return bool(getattr(spec, "trust_remote_code", False))
@@ -208,6 +248,8 @@ _PATH_HELP = {
     "--masks-dir": "results/<run>/masks/",
     "--selection": "results/<run>/selection.json",
     "--output-dir": "results/<run>/metrics/",
+    "--checkpoints-dir": "results/<run>/checkpoints/",
+    "--metrics-dir": "results/<run>/metrics/",
 }
 
 
@@ -285,6 +327,37 @@ def build_parser() -> argparse.ArgumentParser:
     _paths(p, "--models-dir", "--masks-dir", "--selection", "--data-dir")
     p.add_argument("--output", type=Path, required=True, help="metrics/residual.parquet")
     _threads(p)
+
+    p = _stage(
+        sub,
+        "checkpoint-masks",
+        cmd_checkpoint_masks,
+        "Train and score bigram masks at a checkpoint.",
+    )
+    p.add_argument("--model", required=True, help="Model name from checkpoints.models.")
+    p.add_argument("--model-dir", type=Path, required=True, help="results/<run>/models/<name>/")
+    p.add_argument("--step", type=int, required=True, help="Training step of the checkpoint.")
+    _paths(p, "--data-dir")
+    p.add_argument(
+        "--output-dir", type=Path, required=True, help="results/<run>/checkpoints/<name>/step-<N>/"
+    )
+    _threads(p)
+
+    p = _stage(sub, "checkpoints", cmd_checkpoints, "Gather checkpoint metrics; fit r vs size.")
+    _paths(p, "--checkpoints-dir")
+    p.add_argument("--output", type=Path, required=True, help="metrics/checkpoints.parquet")
+
+    p = _stage(sub, "controls", cmd_controls, "Random-initialisation and embedding controls.")
+    _paths(p, "--models-dir", "--checkpoints-dir", "--metrics-dir", "--selection", "--data-dir")
+    p.add_argument("--masks-output-dir", type=Path, required=True, help="results/<run>/controls/")
+    p.add_argument("--output", type=Path, required=True, help="metrics/controls.parquet")
+    _threads(p)
+
+    p = _stage(sub, "report", cmd_report, "Figures, HTML report, paper comparison and metrics.")
+    p.add_argument("--run-dir", type=Path, required=True, help="results/<run>/")
+    _paths(p, "--data-dir")
+    p.add_argument("--output-dir", type=Path, required=True, help="results/<run>/report/")
+    p.add_argument("--metrics-json", type=Path, required=True, help="results/<run>/metrics.json")
 
     add_mask_commands(sub)
     return parser

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+import numpy as np
 import yaml
 from pydantic import (
     AfterValidator,
@@ -172,6 +173,17 @@ def check_lambda_label(label: Any) -> Any:
 LambdaLabel = Annotated[str, AfterValidator(check_lambda_label)]
 
 
+def checkpoint_steps(total: int, count: int) -> list[int]:
+    """`count` log-spaced steps from 0 to `total` (0 and `total` included, all distinct)."""
+    count = min(count, total + 1)
+    steps = {0, total, *(int(s) for s in np.round(np.geomspace(1, total, num=count - 1)))}
+    candidate = 1
+    while len(steps) < count:  # rounding merged some small steps: fill with the smallest unused
+        steps.add(candidate)
+        candidate += 1
+    return sorted(steps)
+
+
 class PretrainSettings(_Section):
     """Pretraining of embedded models (AdamW, linear warmup then cosine decay, seeded)."""
 
@@ -192,6 +204,11 @@ class PretrainSettings(_Section):
     eval_sequences: Annotated[int, Field(ge=1)] = Field(
         512, description="Eval sequences used for each eval-loss measurement."
     )
+
+    @property
+    def checkpoint_steps(self) -> list[int]:
+        """The steps saved as step-<N>/."""
+        return checkpoint_steps(self.steps, self.checkpoints)
 
 
 class EmbeddedModel(_Section):
@@ -215,12 +232,23 @@ class EmbeddedModel(_Section):
         return self
 
 
+def _has_step_field(template: str) -> str:
+    if "{step}" not in template:
+        raise ValueError("must contain '{step}' where the step number goes, e.g. 'step{step}'")
+    return template
+
+
 class HuggingFaceModel(_Section):
     """A model from the Hugging Face Hub, by id and revision."""
 
     source: Literal["huggingface"]
     id: str = Field(description="Hub id, e.g. EleutherAI/pythia-160m.")
     revision: str = Field("main", description="Branch, tag or commit (e.g. step143000).")
+    checkpoint_revision: Annotated[str, AfterValidator(_has_step_field)] = Field(
+        "step{step}",
+        description="The revision holding the checkpoint of a training step, with {step} "
+        "standing for the step (Pythia's branches: step{step}).",
+    )
     trust_remote_code: bool = Field(
         False, description="Allow the model's own code from the Hub (off unless you trust it)."
     )
@@ -259,6 +287,42 @@ class LambdaSettings(_Section):
     full: LambdaGrid = Field(
         description="λ labels for 'optimal pruning' masks trained towards the full model "
         "(the paper leaves out 0)."
+    )
+
+
+def _finite_labels(labels: list[str]) -> list[str]:
+    if {"inf", "neginf"} & set(labels):
+        raise ValueError("checkpoint masks are trained: use finite λ labels (no inf or neginf)")
+    return labels
+
+
+def _unique_steps(steps: list[int]) -> list[int]:
+    if len(set(steps)) != len(steps):
+        raise ValueError("each step may appear once")
+    return sorted(steps)
+
+
+class CheckpointSettings(_Section):
+    """Bigram masks across pretraining checkpoints (the paper's §4) and the Table 2 controls."""
+
+    models: Annotated[list[Name], Field(min_length=1)] = Field(
+        description="Models analysed across checkpoints: embedded models (their saved "
+        "step-<N>/ folders) or Hub models (revisions named by checkpoint_revision)."
+    )
+    steps: Annotated[
+        list[Annotated[int, Field(ge=0)]], Field(min_length=1), AfterValidator(_unique_steps)
+    ] = Field(
+        description="Training steps analysed; embedded models must have saved each one. "
+        "Include 0 for the random-initialisation controls."
+    )
+    lambdas: Annotated[LambdaGrid, AfterValidator(_finite_labels)] = Field(
+        description="λ labels of the bigram masks trained at every checkpoint (include '0' for "
+        "the controls)."
+    )
+    budgets: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)] = Field(
+        default_factory=lambda: [10_000, 100_000],
+        description="Active-parameter budgets at which each checkpoint's fitted r is reported "
+        "(the paper: 500K, 1M, 10M).",
     )
 
 
@@ -354,6 +418,9 @@ class Config(_Section):
         default_factory=MaskSettings, description="Mask-training hyperparameters (the paper's)."
     )
     lambdas: LambdaSettings | None = Field(None, description="λ grids; required with models.")
+    checkpoints: CheckpointSettings | None = Field(
+        None, description="Checkpoint trajectories and Table 2 controls (null: not run)."
+    )
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
 
     @model_validator(mode="after")
@@ -362,6 +429,14 @@ class Config(_Section):
             raise ValueError("corpus and tokenizer names must not contain '__'")
         if self.models and self.lambdas is None:
             raise ValueError("lambdas: required when models are configured")
+        if self.checkpoints is not None:
+            if 0 not in self.checkpoints.steps or "0" not in self.checkpoints.lambdas:
+                raise ValueError(
+                    "checkpoints: include step 0 in steps and '0' in lambdas (the Table 2 "
+                    "controls compare λ = 0 masks of the random initialisation)"
+                )
+            for name in self.checkpoints.models:
+                _check_checkpoints(name, self.models.get(name), self.checkpoints.steps)
         return self
 
     # Derived paths: the fixed artifact layout of design.md §4.
@@ -380,6 +455,21 @@ class Config(_Section):
     @property
     def run_dir(self) -> Path:
         return Path("results") / self.run
+
+
+def _check_checkpoints(name: str, spec: Model | None, steps: list[int]) -> None:
+    where = f"checkpoints.models: {name!r}"
+    if spec is None:
+        raise ValueError(f"{where} is not one of the configured models")
+    if isinstance(spec, LocalModel):
+        raise ValueError(f"{where} is a local model, which has no checkpoints")
+    if isinstance(spec, EmbeddedModel):
+        missing = sorted(set(steps) - set(spec.pretrain.checkpoint_steps))
+        if missing:
+            raise ValueError(
+                f"{where} saves no checkpoint at step(s) {missing}; it saves "
+                f"{spec.pretrain.checkpoint_steps} (pretrain.steps and pretrain.checkpoints)"
+            )
 
 
 # --------------------------------------------------------------------------- error messages

@@ -65,6 +65,14 @@ MASK_JOBS = [
     for label in (getattr(CFG.lambdas, target) if CFG.lambdas else [])
 ]
 
+# (model, step) of every checkpoint whose bigram masks the config asks for.
+CHECKPOINTS = CFG.checkpoints
+CHECKPOINT_JOBS = (
+    [(model, step) for model in CHECKPOINTS.models for step in CHECKPOINTS.steps]
+    if CHECKPOINTS
+    else []
+)
+
 
 def _all_cores():
     """The --cores given (torch and tokenizer stages use them all); 1 for commands such as
@@ -85,18 +93,24 @@ wildcard_constraints:
     model="[A-Za-z0-9][A-Za-z0-9._-]*",
     target="bigram|full",
     lam="neginf|inf|0|[1-9](e[1-9][0-9]*)?",
+    step="[0-9]+",
 
 
 def mask_path(model, target, lam):
     return f"{RUN_DIR}/masks/{model}/{target}/lambda-{lam}.safetensors"
 
 
-def folder_of(key, levels=1):
-    """A params function: the folder `levels` up from input `key` (its first file if a list),
-    so folders passed to `bsn` follow the declared inputs."""
+def checkpoint_metrics(model, step):
+    return f"{RUN_DIR}/checkpoints/{model}/step-{step}/metrics.parquet"
 
-    def folder(wildcards, input):
-        path = input[key] if isinstance(input[key], str) else input[key][0]
+
+def folder_of(key, levels=1, of="input"):
+    """A params function: the folder `levels` up from input (or output) `key` (its first file if a
+    list), so folders passed to `bsn` follow the declared files."""
+
+    def folder(wildcards, input, output):
+        files = input if of == "input" else output
+        path = files[key] if isinstance(files[key], str) else files[key][0]
         for _ in range(levels):
             path = os.path.dirname(path)
         return path

@@ -96,18 +96,28 @@ def load_pretrained_dir(path: Path | str, trust_remote_code: bool = False) -> An
     return _from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
-def resolve_hub_model(spec: HuggingFaceModel) -> dict[str, Any]:
-    """Record the commit a Hub revision points to (needs network access)."""
+def resolve_revision(model_id: str, revision: str) -> str:
+    """The commit a Hub revision points to (needs network access)."""
     from huggingface_hub import HfApi
 
     try:
-        info = HfApi().model_info(spec.id, revision=spec.revision)
+        return HfApi().model_info(model_id, revision=revision).sha
     except Exception as exc:
         raise UserError(
-            f"model {spec.id}@{spec.revision}: cannot resolve on the Hub ({type(exc).__name__}); "
+            f"model {model_id}@{revision}: cannot resolve on the Hub ({type(exc).__name__}); "
             "check the id, the revision and the network"
         ) from None
-    return {"source": "huggingface", "id": spec.id, "revision": spec.revision, "commit": info.sha}
+
+
+def resolve_hub_model(spec: HuggingFaceModel) -> dict[str, Any]:
+    """Record the commit a Hub revision points to, and how its checkpoints are named."""
+    return {
+        "source": "huggingface",
+        "id": spec.id,
+        "revision": spec.revision,
+        "commit": resolve_revision(spec.id, spec.revision),
+        "checkpoint_revision": spec.checkpoint_revision,
+    }
 
 
 def describe_local_model(spec: LocalModel) -> dict[str, Any]:
@@ -135,6 +145,40 @@ def load_model(model_dir: Path | str, trust_remote_code: bool = False) -> tuple[
     raise UserError(f"{model_dir / MODEL_FILE}: unknown source {source!r}; rerun its model stage")
 
 
+def load_checkpoint(
+    model_dir: Path | str, step: int, trust_remote_code: bool = False
+) -> tuple[Any, dict[str, Any]]:
+    """Load the pretraining checkpoint of `step` (an embedded model's `step-<N>/` folder or a Hub
+    model's checkpoint revision) and its identity, as stored in mask metadata."""
+    model_dir = Path(model_dir)
+    info = read_json(model_dir / MODEL_FILE)
+    source = info.get("source")
+    identity: dict[str, Any] = {"model": info.get("name"), "source": source, "step": step}
+    if source == "embedded":
+        folder = model_dir / f"step-{step}"
+        if not folder.is_dir():
+            raise UserError(
+                f"{folder}: no checkpoint at step {step} (saved: {info.get('checkpoints')}); "
+                "use a saved step in checkpoints.steps"
+            )
+        return load_pretrained_dir(folder), identity | _weights_identity(folder)
+    if source == "huggingface":
+        revision = info["checkpoint_revision"].format(step=step)
+        commit = resolve_revision(info["id"], revision)
+        model = _from_pretrained(info["id"], commit, trust_remote_code)
+        return model, identity | {"id": info["id"], "revision": revision, "commit": commit}
+    raise UserError(f"{model_dir / MODEL_FILE}: a {source} model has no training checkpoints")
+
+
+def _weights_identity(weights_dir: Path) -> dict[str, Any]:
+    """The folder name and a sha256 over the folder's safetensors files."""
+    files = sorted(weights_dir.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"{weights_dir}: no safetensors weights; save the model with safetensors")
+    digest = hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
+    return {"revision": weights_dir.name, "weights_sha256": digest}
+
+
 def model_identity(model_dir: Path | str, info: dict[str, Any]) -> dict[str, Any]:
     """What identifies the weights a mask was trained on: the Hub commit, or a sha256 of the
     safetensors files (embedded and local models). Stored in every mask's metadata."""
@@ -144,8 +188,4 @@ def model_identity(model_dir: Path | str, info: dict[str, Any]) -> dict[str, Any
     weights_dir = (
         Path(model_dir) / "final" if info.get("source") == "embedded" else Path(info["path"])
     )
-    files = sorted(weights_dir.glob("*.safetensors"))
-    if not files:
-        raise UserError(f"{weights_dir}: no safetensors weights; save the model with safetensors")
-    digest = hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
-    return identity | {"revision": weights_dir.name, "weights_sha256": digest}
+    return identity | _weights_identity(weights_dir)

@@ -38,17 +38,6 @@ from bigram_subnetworks.models.loading import (
 log = logging.getLogger(__name__)
 
 
-def checkpoint_steps(total: int, count: int) -> list[int]:
-    """`count` log-spaced steps from 0 to `total` (0 and `total` included, all distinct)."""
-    count = min(count, total + 1)
-    steps = {0, total, *(int(s) for s in np.round(np.geomspace(1, total, num=count - 1)))}
-    candidate = 1
-    while len(steps) < count:  # rounding merged some small steps: fill with the smallest unused
-        steps.add(candidate)
-        candidate += 1
-    return sorted(steps)
-
-
 def learning_rate(step: int, spec: EmbeddedModel) -> float:
     """Linear warmup to the peak, then cosine decay to min_lr_ratio × peak."""
     settings = spec.pretrain
@@ -119,7 +108,7 @@ def pretrain_embedded(
     order = batch_order(len(train), settings.steps, settings.batch_size, cfg.seed)
     train_tokens = torch.from_numpy(train.astype(np.int64))
     eval_tokens = torch.from_numpy(evaluation.astype(np.int64)).to(device)
-    saves = set(checkpoint_steps(settings.steps, settings.checkpoints))
+    saves = set(settings.checkpoint_steps)
 
     staging = output_dir.with_name(f".{output_dir.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)

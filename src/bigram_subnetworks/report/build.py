@@ -1,0 +1,512 @@
+"""The report stage: figures, `index.html`, `summary.md` and `metrics.json` from a finished run."""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from bigram_subnetworks.config import Config
+from bigram_subnetworks.io import atomic_outputs, write_json
+from bigram_subnetworks.report.figures import FIGURES, FigureData, render_figures
+from bigram_subnetworks.report.html import (
+    Document,
+    FigureEntry,
+    Table,
+    render_html,
+    render_markdown,
+)
+from bigram_subnetworks.report.paper import (
+    FAILS,
+    HOLDS,
+    NOT_MEASURED,
+    Evidence,
+    Verdict,
+    scale_note,
+    side_by_side,
+    verdicts,
+)
+from bigram_subnetworks.report.summary import (
+    ABLATION_CONDITIONS,
+    CheckpointSummary,
+    ModelSummary,
+    control_values,
+    summarise,
+    summarise_checkpoints,
+)
+from bigram_subnetworks.report.tables import RunTables, load_run, stage_costs, wide_metrics
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("torch", "transformers", "snakemake", "dvc", "numpy", "pandas", "matplotlib", "seaborn")
+CITATION = (
+    "Chang, T. A. & Bergen, B. K. (2025). Bigram Subnetworks: Mapping to Next Tokens in "
+    "Transformer Language Models. NeurIPS 2025. arXiv:2504.15471."
+)
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    """A number for a table cell; '–' when missing."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return format(value, spec)
+
+
+def _count(value: object) -> str:
+    return f"{value:,}" if isinstance(value, int) else "–"
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def summary_table(models: list[ModelSummary]) -> Table:
+    rows = []
+    for s in models:
+        rotation = {c: s.rotation_to_input.get(c, {}).get(1) for c in ("full model", "bigram")}
+        rows.append(
+            {
+                "model": s.model,
+                "parameters": _fmt(s.parameters, ",.0f"),
+                "masked weights": f"{s.masked_weights:,}",
+                "eval loss / bigram baseline (nats)": (
+                    f"{_fmt(s.eval_loss)} / {_fmt(s.bigram_baseline_loss)}"
+                ),
+                "full-model r": _fmt(s.full_model_r),
+                "best r (λ)": f"{_fmt(s.best_r)} ({s.best_lambda or '–'})",
+                "selected λ": s.selected_lambda,
+                "kept": _fmt(s.selected_kept_fraction, ".2%"),
+                "selected r": _fmt(s.selected_r),
+                "optimal pair λ (kept)": (
+                    f"{s.optimal_lambda} ({_fmt(s.optimal_kept_fraction, '.2%')})"
+                    if s.optimal_lambda
+                    else "none"
+                ),
+                "overlap × chance (p)": (
+                    f"{_fmt(s.overlap_ratio, '.2f')} ({_fmt(s.overlap_p, '.2g')})"
+                ),
+                "layer-0 MLP share": _fmt(s.first_mlp_share, ".1%"),
+                "layer-1 rotation to input, full / bigram (°)": (
+                    f"{_fmt(rotation['full model'], '.1f')} / {_fmt(rotation['bigram'], '.1f')}"
+                ),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    numeric = tuple(c for c in frame.columns if c not in ("model", "selected λ", "best r (λ)"))
+    return Table(
+        "Summary per model",
+        frame,
+        "r: Pearson correlation of per-token surprisal with the bigram model's (bits). Kept: "
+        "fraction of the masked weights (block weight matrices). Rotation: median eigenvalue "
+        "angle of the ridge map from layer 1 to the input embeddings.",
+        numeric,
+    )
+
+
+def ablation_table(models: list[ModelSummary]) -> Table:
+    rows = [
+        {
+            "model": s.model,
+            **{
+                c: (
+                    f"{s.ablation_mean[c]:.2f} ± {_fmt(s.ablation_sd.get(c), '.2f')}"
+                    if c in s.ablation_mean
+                    else "–"
+                )
+                for c in ABLATION_CONDITIONS
+            },
+        }
+        for s in models
+    ]
+    frame = pd.DataFrame(rows)
+    return Table(
+        "Ablations: mean surprisal (bits) ± sd",
+        frame,
+        "'alone': only the mask's weights are kept; 'removed': the mask's weights are zeroed.",
+        tuple(ABLATION_CONDITIONS),
+    )
+
+
+def verdict_table(found: list[Verdict]) -> Table:
+    frame = pd.DataFrame(
+        [
+            {
+                "claim": v.claim,
+                "where": v.where,
+                "paper": v.paper,
+                "this run": v.ours,
+                "verdict": v.status,
+            }
+            for v in found
+        ]
+    )
+    return Table(
+        "Comparison with the paper",
+        frame,
+        "Each verdict is computed from this run's tables with the stated thresholds: 'holds' if "
+        "the test passes for every model where it was measured.",
+    )
+
+
+def controls_table(controls: dict[str, dict[str, float]]) -> Table | None:
+    if not controls:
+        return None
+    names = list(dict.fromkeys(name for values in controls.values() for name in values))
+    frame = pd.DataFrame(
+        [{"model": m, **{n: _fmt(v.get(n)) for n in names}} for m, v in controls.items()]
+    )
+    return Table(
+        "Table 2 controls: bigram r", frame, "As the paper's Table 2 (λ = 0).", tuple(names)
+    )
+
+
+def checkpoint_table(checkpoints: list[CheckpointSummary]) -> Table | None:
+    rows = []
+    for c in checkpoints:
+        for step in c.steps:
+            row = {
+                "model": c.model,
+                "step": str(step),
+                "full-model r": _fmt(c.full_model_r.get(step)),
+                "λ = 0 r": _fmt(c.lambda0_r.get(step)),
+            }
+            for budget, by_step in c.r_at_budget.items():
+                flag = "*" if c.extrapolated.get(budget, {}).get(step) else ""
+                row[f"r at {budget:,}"] = _fmt(by_step.get(step)) + flag
+            rows.append(row)
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows).fillna("–")
+    numeric = tuple(c for c in frame.columns if c != "model")
+    return Table(
+        "Across checkpoints",
+        frame,
+        "r at N: the power-law fit's estimate with N active parameters (* extrapolated).",
+        numeric,
+    )
+
+
+def generations_table(tables: RunTables) -> Table:
+    frame = tables.generations[["model", "condition", "prompt", "decoding", "text"]].copy()
+    frame["text"] = frame["text"].map(lambda t: str(t).replace("\n", "\\n"))
+    return Table("Generations", frame, "Newlines are shown as \\n.")
+
+
+def cost_table(cfg: Config, tables: RunTables) -> Table:
+    costs = stage_costs(cfg, tables.benchmarks)
+    rows = [
+        {
+            "stage": r.stage,
+            "jobs measured": str(r.jobs),
+            "wall time (s)": _fmt(r.seconds, ",.1f") if r.jobs else NOT_MEASURED,
+            "peak memory (MB)": _fmt(r.max_rss_mb, ",.0f") if r.jobs else NOT_MEASURED,
+        }
+        for r in costs.itertuples()
+    ]
+    measured = costs[costs["jobs"] > 0]
+    total = f"{measured['seconds'].sum():,.1f}" if len(measured) else NOT_MEASURED
+    rows.append(
+        {
+            "stage": "total",
+            "jobs measured": str(int(costs["jobs"].sum())),
+            "wall time (s)": total,
+            "peak memory (MB)": _fmt(measured["max_rss_mb"].max(), ",.0f")
+            if len(measured)
+            else NOT_MEASURED,
+        }
+    )
+    return Table(
+        "Cost per stage",
+        pd.DataFrame(rows),
+        "From Snakemake's benchmark files (sum of wall-clock seconds over a stage's jobs); "
+        "stages run without them (e.g. through DVC) are not measured.",
+        ("jobs measured", "wall time (s)", "peak memory (MB)"),
+    )
+
+
+def versions() -> dict[str, str]:
+    """Python's and the key packages' versions ('not installed' where absent)."""
+    found = {"python": platform.python_version()}
+    for package in ("bigram-subnetworks", *PACKAGES):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def versions_table() -> Table:
+    frame = pd.DataFrame(
+        [{"package": name, "version": version} for name, version in versions().items()]
+    )
+    return Table("Versions", frame)
+
+
+# ------------------------------------------------------------------- at a glance
+
+
+def _span(values: list[float], spec: str) -> str:
+    """The range of the finite values ('–' if none); signed formats use 'to'."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return "–"
+    low, high = format(min(finite), spec), format(max(finite), spec)
+    return low if low == high else f"{low}{' to ' if spec.startswith('+') else '–'}{high}"
+
+
+def _increases(models: list[ModelSummary], condition: str) -> list[float]:
+    """Mean-surprisal change of an ablation condition against the full model, per model."""
+    return [
+        s.ablation_mean.get(condition, math.nan) - s.ablation_mean.get("full model", math.nan)
+        for s in models
+    ]
+
+
+def glance(models: list[ModelSummary], found: list[Verdict]) -> list[tuple[str, str]]:
+    """Short answers to the reader's first questions, from the summaries and verdicts."""
+    status = {v.key: v.status for v in found}
+    above = [s for s in models if s.best_r > s.full_model_r]
+    exists = (
+        f"In {len(above)} of {len(models)} models a bigram mask matches bigram surprisal better "
+        f"than the full model (best r {_span([s.best_r for s in models], '.3f')} vs full model "
+        f"{_span([s.full_model_r for s in models], '.3f')}). The selected masks keep "
+        f"{_span([s.selected_kept_fraction for s in models], '.2%')} of the masked weights at r "
+        f"{_span([s.selected_r for s in models], '.3f')}."
+    )
+    baseline = [s for s in models if s.beats_bigram_baseline is False]
+    if baseline:
+        exists += (
+            " Caution: "
+            + ", ".join(s.model for s in baseline)
+            + " did not beat the bigram baseline's eval loss, so its masks say little."
+        )
+    located = [s for s in models if s.largest_group is not None]
+    where = (
+        f"The layer-0 MLP holds {_span([s.first_mlp_share for s in located], '.1%')} of the "
+        f"selected masks' weights, attention "
+        f"{_span([s.attention_share for s in located], '.1%')}; the largest layer × "
+        "{attention, MLP} group: "
+        + ", ".join(f"{s.model}: {s.largest_group}" for s in located)
+        + "."
+        if located
+        else "Not measured: the selected masks keep no weights."
+    )
+    matters = (
+        "Removing the selected bigram mask changes mean surprisal by "
+        f"{_span(_increases(models, 'bigram removed'), '+.2f')} bits, a random mask of the same "
+        f"block structure by {_span(_increases(models, 'random removed'), '+.2f')}, the paired "
+        f"optimal mask by {_span(_increases(models, 'optimal removed'), '+.2f')}. Random removal "
+        f"harmless but bigram removal harmful: {status.get('random_removal', NOT_MEASURED)}; "
+        "bigram removal about as harmful as optimal removal: "
+        f"{status.get('bigram_vs_optimal', NOT_MEASURED)}; overlap with the optimal mask above "
+        f"chance: {status.get('overlap', NOT_MEASURED)}."
+    )
+    counts = {
+        label: sum(v.status == label for v in found) for label in (HOLDS, FAILS, NOT_MEASURED)
+    }
+    failing = [v.claim for v in found if v.status == FAILS]
+    compare = (
+        f"{counts[HOLDS]} of {len(found)} claims hold here; {counts[FAILS]} "
+        f"{'does' if counts[FAILS] == 1 else 'do'} not hold; {counts[NOT_MEASURED]} "
+        f"{'was' if counts[NOT_MEASURED] == 1 else 'were'} not measured. {scale_note(models)}"
+    )
+    if failing:
+        compare += " Not reproduced: " + "; ".join(failing) + "."
+    return [
+        ("Do bigram subnetworks exist here?", exists),
+        ("Where are they?", where),
+        ("Do they matter?", matters),
+        ("How does this compare with the paper?", compare),
+    ]
+
+
+# ------------------------------------------------------------------------ metrics
+
+
+def _finite_items(values: dict[str, Any]) -> dict[str, Any]:
+    """Plain ints, floats and strings only, without missing or non-finite numbers (JSON and
+    `dvc metrics` need finite values); empty sections are dropped."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            nested = _finite_items(value)
+            if nested:
+                out[key] = nested
+        elif isinstance(value, str):
+            out[key] = value
+        elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            out[key] = int(value)
+        elif isinstance(value, numbers.Real) and math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+def _key(name: str) -> str:
+    return name.replace(" ", "_").replace("-", "_")
+
+
+def headline_metrics(
+    models: list[ModelSummary], checkpoints: list[CheckpointSummary], found: list[Verdict]
+) -> dict[str, Any]:
+    """The numbers `dvc metrics show` compares across runs (finite numbers and λ labels)."""
+    per_model = {}
+    for s in models:
+        per_model[s.model] = {
+            "eval_loss": s.eval_loss,
+            "bigram_baseline_loss": s.bigram_baseline_loss,
+            "masked_weights": s.masked_weights,
+            "full_model_r": s.full_model_r,
+            "lambda0_r": s.lambda0_r,
+            "lambda0_kept_fraction": s.lambda0_kept_fraction,
+            "best_r": s.best_r,
+            "selected_lambda": s.selected_lambda,
+            "selected_kept_fraction": s.selected_kept_fraction,
+            "selected_r": s.selected_r,
+            "optimal_lambda": s.optimal_lambda,
+            "overlap_ratio": s.overlap_ratio,
+            "overlap_p": s.overlap_p,
+            "first_mlp_share": s.first_mlp_share,
+            "ablation_surprisal_bits": {_key(c): v for c, v in s.ablation_mean.items()},
+            "rotation_layer1_to_input": {
+                _key(c): layers.get(1, math.nan) for c, layers in s.rotation_to_input.items()
+            },
+        }
+    trajectories = {
+        c.model: {
+            f"step_{step}": {
+                "full_model_r": c.full_model_r.get(step, math.nan),
+                "lambda0_r": c.lambda0_r.get(step, math.nan),
+                **{
+                    f"r_at_{budget}": by_step.get(step, math.nan)
+                    for budget, by_step in c.r_at_budget.items()
+                },
+            }
+            for step in c.steps
+        }
+        for c in checkpoints
+    }
+    claims = {
+        "holds": sum(v.status == HOLDS for v in found),
+        "does_not_hold": sum(v.status == FAILS for v in found),
+        "not_measured": sum(v.status == NOT_MEASURED for v in found),
+    }
+    return _finite_items({"models": per_model, "checkpoints": trajectories, "claims": claims})
+
+
+# ------------------------------------------------------------------------ the stage
+
+
+def build_document(
+    cfg: Config,
+    tables: RunTables,
+    models: list[ModelSummary],
+    checkpoints: list[CheckpointSummary],
+    found: list[Verdict],
+    figures: dict[str, bytes],
+) -> Document:
+    """The report's content, rendered by `render_html` and `render_markdown`."""
+    bigrams, tokens = tables.data_info["bigrams"], tables.data_info["tokens"]
+    eval_split = tokens.get("splits", {}).get("eval", {})
+    subtitle = (
+        f"Run '{cfg.run}': corpus {cfg.corpus.name}, tokenizer {cfg.tokenizer.name} "
+        f"(vocabulary {_count(bigrams.get('vocab_size'))}), "
+        f"{_count(bigrams.get('n_sequences'))} train sequences of "
+        f"{_count(bigrams.get('seq_len'))} tokens ({_count(bigrams.get('n_tokens'))} tokens), "
+        f"{_count(eval_split.get('sequences'))} eval sequences; {len(models)} model(s): "
+        f"{', '.join(tables.models)}."
+    )
+    paper_table = verdict_table(found)
+    numbers = Table(
+        "Key numbers: paper vs this run",
+        side_by_side(models),
+        "Ranges over the paper's models (Figure 1, Tables 1 and 3) and over this run's models.",
+    )
+    main = [
+        summary_table(models),
+        paper_table,
+        numbers,
+        ablation_table(models),
+        *(t for t in (controls_table(control_values(tables)), checkpoint_table(checkpoints)) if t),
+    ]
+    return Document(
+        title=f"Bigram subnetworks: report of run '{cfg.run}'",
+        subtitle=subtitle,
+        glance=glance(models, found),
+        tables=main,
+        figures=[FigureEntry(name, FIGURES[name], png) for name, png in figures.items()],
+        appendix=[generations_table(tables), cost_table(cfg, tables), versions_table()],
+        config_yaml=yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
+        citation="Reproduces: " + CITATION,
+    )
+
+
+def plot_tables(tables: RunTables) -> dict[str, str]:
+    """CSV tables for `dvc plots` (DVC reads CSV, not Parquet): bigram r against active
+    parameters for every mask, and (when configured) per checkpoint."""
+    wide = tables.metric_table()
+    sweep = wide[wide["target"].isin(["bigram", "full"])].sort_values(
+        ["model", "target", "lambda_value"]
+    )
+    out = {
+        "sparsity": sweep[["model", "target", "lambda", "kept", "kept_fraction", "bigram_r"]]
+        .rename(columns={"kept": "active_parameters"})
+        .to_csv(index=False, float_format="%.6g")
+    }
+    if tables.checkpoints is not None:
+        trained = tables.checkpoints[tables.checkpoints["target"] == "bigram"]
+        steps = wide_metrics(trained, ["model", "step", "lambda", "lambda_value"])
+        columns = ["model", "step", "lambda", "kept", "bigram_r", "first_mlp_share"]
+        out["checkpoints"] = (
+            steps.sort_values(["model", "lambda_value", "step"])[columns]
+            .rename(columns={"kept": "active_parameters"})
+            .to_csv(index=False, float_format="%.6g")
+        )
+    return out
+
+
+def run_report(
+    cfg: Config,
+    run_dir: Path,
+    data_dir: Path,
+    report_dir: Path,
+    metrics_json: Path,
+    benchmark_files: list[Path] | None = None,
+) -> None:
+    """The report stage: `report_dir/figures/<name>.png`, `report_dir/index.html`,
+    `report_dir/summary.md`, `report_dir/plots/<name>.csv` and `metrics_json`, all written
+    atomically together."""
+    tables = load_run(cfg, Path(run_dir), Path(data_dir), benchmark_files)
+    models = summarise(tables)
+    checkpoints = summarise_checkpoints(tables)
+    found = verdicts(Evidence(tables, models, checkpoints, control_values(tables)))
+    figures = render_figures(cfg, FigureData(tables, models, checkpoints))
+    document = build_document(cfg, tables, models, checkpoints, found, figures)
+    report_dir = Path(report_dir)
+    figure_paths = [report_dir / "figures" / f"{name}.png" for name in figures]
+    plots = plot_tables(tables)
+    plot_paths = [report_dir / "plots" / f"{name}.csv" for name in plots]
+    text_paths = [report_dir / "index.html", report_dir / "summary.md", Path(metrics_json)]
+    with atomic_outputs(*figure_paths, *plot_paths, *text_paths) as temps:
+        for temp, png in zip(temps, figures.values(), strict=False):
+            temp.write_bytes(png)
+        for temp, csv in zip(temps[len(figures) :], plots.values(), strict=False):
+            temp.write_text(csv, encoding="utf-8")
+        html_file, markdown_file, metrics_file = temps[len(figures) + len(plots) :]
+        html_file.write_text(render_html(document), encoding="utf-8")
+        markdown_file.write_text(render_markdown(document), encoding="utf-8")
+        write_json(headline_metrics(models, checkpoints, found), metrics_file)
+    held = sum(v.status == HOLDS for v in found)
+    log.info(
+        "report of %d model(s): %d figures, %d of %d claims hold -> %s",
+        len(models),
+        len(figures),
+        held,
+        len(found),
+        report_dir,
+    )

@@ -1,0 +1,461 @@
+"""The report's figures: one seaborn style, fixed names, reproducible PNG bytes.
+
+Figures are built as `matplotlib.figure.Figure` objects and rendered by the Agg canvas directly,
+without pyplot: no interactive backend is ever selected, nothing is registered globally, and a
+figure is freed as soon as its PNG bytes exist. PNGs carry no software or time metadata, so the
+same tables give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import matplotlib as mpl
+import numpy as np
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from bigram_subnetworks.config import Config
+from bigram_subnetworks.report.summary import (
+    ABLATION_CONDITIONS,
+    BLOCK_KINDS,
+    RESIDUAL_CONDITIONS,
+    CheckpointSummary,
+    ModelSummary,
+)
+from bigram_subnetworks.report.tables import RunTables
+
+DPI = 110
+RC = {
+    "svg.hashsalt": "bigram-subnetworks",
+    "font.family": "DejaVu Sans",
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+    "legend.title_fontsize": 8,
+}
+CONDITION_COLOURS = dict(
+    zip(
+        (*RESIDUAL_CONDITIONS, *ABLATION_CONDITIONS[1:]),
+        sns.color_palette("colorblind", 3 + len(ABLATION_CONDITIONS) - 1),
+        strict=True,
+    )
+)
+
+# Residual conditions stay distinguishable where their curves coincide.
+LINE_STYLES = {"full model": "o-", "bigram": "s--", "random": "^:"}
+
+FIGURES: dict[str, str] = {
+    "sparsity_r": "Bigram surprisal correlation r against active (kept) parameters for every λ; "
+    "dashed lines: each full model's own r. Right: optimal (full-model-target) masks, r with "
+    "bigram surprisal (solid) and with the full model (dotted). Masks keeping nothing are left "
+    "out of the log axis.",
+    "block_heatmaps": "Kept fraction of the selected bigram mask per layer × block "
+    "(Q, K, V, O, MLP-in, MLP-out), one panel per model.",
+    "ablations": "Mean surprisal (bits, ± 1 sd over tokens) under each ablation condition.",
+    "overlap": "Null distribution of the overlap of the selected bigram and optimal masks "
+    "(within-block redraws, grey) with its exact expectation (dashed) and the observed overlap "
+    "(red: a line, or an arrow when it lies far beyond the null); last panel: observed/expected "
+    "ratio per model.",
+    "rotations": "Median rotation angle of the ridge map from each layer to the input "
+    "embeddings and to the output layer: full model, selected bigram mask, random mask.",
+    "covariance": "Cross-layer covariance similarity (top direction removed, Frobenius cosine) "
+    "for the full model, the selected bigram mask and a random mask.",
+    "checkpoints": "Across pretraining checkpoints: bigram r (full model, each λ, and the "
+    "power-law estimate at each budget; hollow = extrapolated), kept fraction, and the share of "
+    "the mask in the first MLP layer.",
+    "training_curves": "Mask training: target cross-entropy, kept fraction and undecided "
+    "fraction per step (the attempt that was kept) for every trained mask; solid: bigram target, "
+    "dashed: full-model target.",
+}
+
+
+def figure_names(cfg: Config) -> list[str]:
+    """The figures a run of this config produces (checkpoints only with a checkpoints section)."""
+    return [n for n in FIGURES if n != "checkpoints" or cfg.checkpoints is not None]
+
+
+@dataclass(frozen=True)
+class FigureData:
+    """What the figure builders read."""
+
+    tables: RunTables
+    models: list[ModelSummary]
+    checkpoints: list[CheckpointSummary]
+
+    def colour(self, model: str) -> tuple[float, float, float]:
+        palette = sns.color_palette("colorblind", max(len(self.tables.models), 1))
+        return palette[self.tables.models.index(model) % len(palette)]
+
+
+@contextmanager
+def figure_style() -> Iterator[None]:
+    """The report's one style (seaborn whitegrid, fixed fonts and hash salt)."""
+    with (
+        sns.axes_style("whitegrid"),
+        sns.plotting_context("notebook"),
+        mpl.rc_context(RC),
+    ):
+        yield
+
+
+def _figure(rows: int, cols: int, panel: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    """A figure of rows × cols axes, each `panel` inches (width, height)."""
+    figure = Figure(figsize=(panel[0] * cols, panel[1] * rows), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, cols, squeeze=False)
+    return figure, axes
+
+
+def _empty(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def png_bytes(figure: Figure) -> bytes:
+    """The figure as PNG bytes without metadata that would vary between runs."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    figure.clear()
+    return buffer.getvalue()
+
+
+def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
+    cols = max(1, min(n, max_cols))
+    return math.ceil(max(n, 1) / cols), cols
+
+
+# ------------------------------------------------------------------------ the figures
+
+
+def sparsity_r(data: FigureData) -> Figure:
+    metrics = data.tables.metric_table()
+    trained = metrics[metrics["lambda_value"].map(math.isfinite) & (metrics["kept"] > 0)]
+    has_optimal = bool((trained["target"] == "full").any())
+    figure, axes = _figure(1, 2 if has_optimal else 1, (5.0, 3.8))
+    ax = axes[0, 0]
+    bigram = trained[trained["target"] == "bigram"].sort_values("kept")
+    for s in data.models:
+        colour = data.colour(s.model)
+        rows = bigram[bigram["model"] == s.model]
+        ax.plot(rows["kept"], rows["bigram_r"], "o-", color=colour, label=s.model)
+        for label, kept, r in zip(rows["lambda"], rows["kept"], rows["bigram_r"], strict=True):
+            ax.annotate(
+                f"λ={label}",
+                (kept, r),
+                textcoords="offset points",
+                xytext=(3, 3),
+                fontsize=6,
+                color=colour,
+            )
+        if math.isfinite(s.full_model_r):
+            ax.axhline(s.full_model_r, color=colour, linestyle="--", linewidth=1)
+    if bigram.empty:
+        _empty(ax, "no trained bigram mask keeps any weight")
+    else:
+        ax.set_xscale("log")
+        ax.set(
+            xlabel="active parameters (kept masked weights)",
+            ylabel="bigram surprisal r",
+            title="bigram masks (dashed: full model)",
+        )
+        ax.legend(title="model")
+    if has_optimal:
+        ax = axes[0, 1]
+        optimal = trained[trained["target"] == "full"].sort_values("kept")
+        for s in data.models:
+            rows = optimal[optimal["model"] == s.model]
+            colour = data.colour(s.model)
+            ax.plot(rows["kept"], rows["bigram_r"], "o-", color=colour, label=s.model)
+            ax.plot(rows["kept"], rows["full_model_r"], "s:", color=colour)
+        ax.set_xscale("log")
+        ax.set(
+            xlabel="active parameters",
+            ylabel="r",
+            title="optimal masks: r with bigram (—) / full model (⋯)",
+        )
+    return figure
+
+
+def block_heatmaps(data: FigureData) -> Figure:
+    blocks = data.tables.blocks
+    rows, cols = _grid(len(data.models), 3)
+    layers = int(blocks["layer"].max()) + 1 if len(blocks) else 1
+    figure, axes = _figure(rows, cols, (4.2, 1.2 + 0.42 * layers))
+    for ax, s in zip(axes.ravel(), data.models, strict=False):
+        selected = blocks[
+            (blocks["model"] == s.model)
+            & (blocks["target"] == "bigram")
+            & (blocks["lambda"] == s.selected_lambda)
+            & blocks["head"].isna()
+        ]
+        if selected.empty:
+            _empty(ax, f"{s.model}: no block counts for λ = {s.selected_lambda}")
+            continue
+        grid = selected.pivot_table(index="layer", columns="kind", values="fraction")
+        grid = grid.reindex(columns=[k for k in BLOCK_KINDS if k in grid.columns])
+        sns.heatmap(
+            grid,
+            ax=ax,
+            cmap="rocket_r",
+            vmin=0,
+            annot=len(grid) <= 12,
+            fmt=".1%",
+            annot_kws={"fontsize": 7},
+            cbar_kws={"label": "kept fraction"},
+        )
+        ax.set(
+            title=f"{s.model}: λ = {s.selected_lambda}, {s.selected_kept_fraction:.2%} kept",
+            xlabel="",
+            ylabel="layer",
+        )
+    for ax in axes.ravel()[len(data.models) :]:
+        ax.set_axis_off()
+    return figure
+
+
+def ablations(data: FigureData) -> Figure:
+    figure, axes = _figure(1, 1, (max(5.0, 1.6 * len(data.models) + 2.5), 3.8))
+    ax = axes[0, 0]
+    conditions = [c for c in ABLATION_CONDITIONS if any(c in s.ablation_mean for s in data.models)]
+    if not conditions:
+        _empty(ax, "no ablation results")
+        return figure
+    width = 0.8 / len(conditions)
+    centres = np.arange(len(data.models))
+    for i, condition in enumerate(conditions):
+        means = [s.ablation_mean.get(condition, np.nan) for s in data.models]
+        sds = [s.ablation_sd.get(condition, np.nan) for s in data.models]
+        ax.bar(
+            centres + (i - (len(conditions) - 1) / 2) * width,
+            means,
+            width,
+            yerr=sds,
+            capsize=2,
+            color=CONDITION_COLOURS[condition],
+            label=condition,
+            error_kw={"linewidth": 0.8},
+        )
+    ax.set_xticks(centres, [s.model for s in data.models])
+    ax.set(ylabel="mean surprisal (bits)", title="ablations of the selected masks")
+    ax.legend(ncols=3, loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
+    return figure
+
+
+def overlap(data: FigureData) -> Figure:
+    null = data.tables.overlap_null
+    rows, cols = _grid(len(data.models) + 1, 4)
+    figure, axes = _figure(rows, cols, (3.4, 2.9))
+    flat = axes.ravel()
+    for ax, s in zip(flat, data.models, strict=False):
+        draws = null.loc[null["model"] == s.model, "overlap"].to_numpy()
+        if draws.size == 0 or not math.isfinite(s.overlap_observed):
+            _empty(ax, f"{s.model}:\nno selected bigram/optimal pair")
+            continue
+        ax.hist(draws, bins=30, color="0.6", label="null draws")
+        ax.axvline(s.overlap_expected, color="black", linestyle="--", label="expected")
+        low, high = float(draws.min()), float(draws.max())
+        margin = max(high - low, abs(high) * 1e-3, 1e-12) * 0.15
+        if s.overlap_observed <= high + margin:
+            ax.axvline(s.overlap_observed, color="tab:red", linewidth=2, label="observed")
+            ax.set_xlim(min(low, s.overlap_observed) - margin, high + margin)
+        else:  # far beyond the null: point at it from the right edge
+            ax.set_xlim(low - margin, high + margin)
+            ax.annotate(
+                f"observed {s.overlap_observed:.3g}\n({s.overlap_ratio:.1f}× expected) →",
+                xy=(0.98, 0.6),
+                xycoords="axes fraction",
+                ha="right",
+                color="tab:red",
+                fontsize=8,
+            )
+        ax.set(
+            title=f"{s.model}: p = {s.overlap_p:.2g}",
+            xlabel="overlap (fraction of masked weights)",
+            ylabel="null draws",
+        )
+        ax.legend(loc="upper left")
+    ax = flat[len(data.models)]
+    measured = [s for s in data.models if math.isfinite(s.overlap_ratio)]
+    if measured:
+        bars = ax.bar(
+            [s.model for s in measured],
+            [s.overlap_ratio for s in measured],
+            color=[data.colour(s.model) for s in measured],
+        )
+        ax.bar_label(bars, labels=[f"{s.overlap_ratio:.1f}×" for s in measured], fontsize=8)
+        ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
+        ax.set(ylabel="observed / expected", title="overlap vs chance (dashed: 1×)")
+        ax.tick_params(axis="x", rotation=20)
+    else:
+        _empty(ax, "no overlap ratio measured")
+    for ax in flat[len(data.models) + 1 :]:
+        ax.set_axis_off()
+    return figure
+
+
+def rotations(data: FigureData) -> Figure:
+    figure, axes = _figure(max(len(data.models), 1), 2, (4.2, 2.8))
+    for row, s in zip(axes, data.models, strict=False):
+        for ax, (direction, values) in zip(
+            row,
+            (("to input", s.rotation_to_input), ("to output", s.rotation_to_output)),
+            strict=True,
+        ):
+            if not values:
+                _empty(ax, f"{s.model}: no rotations")
+                continue
+            for condition, by_layer in values.items():
+                layers = sorted(by_layer)
+                ax.plot(
+                    layers,
+                    [by_layer[layer] for layer in layers],
+                    LINE_STYLES.get(condition, "o-"),
+                    color=CONDITION_COLOURS.get(condition),
+                    label=condition,
+                )
+            ax.set(
+                title=f"{s.model}: rotation {direction}",
+                xlabel="layer",
+                ylabel="median rotation (°)",
+                ylim=(0, None),
+            )
+            ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
+            ax.legend()
+    return figure
+
+
+def covariance(data: FigureData) -> Figure:
+    table = data.tables.residual
+    table = table[table["metric"] == "covariance_similarity"]
+    figure, axes = _figure(max(len(data.models), 1), 3, (3.0, 2.8))
+    low = float(table["value"].min()) if len(table) else 0.0
+    image = None
+    for row, s in zip(axes, data.models, strict=False):
+        for ax, condition in zip(row, RESIDUAL_CONDITIONS, strict=True):
+            rows = table[(table["model"] == s.model) & (table["condition"] == condition)]
+            if rows.empty:
+                _empty(ax, f"{s.model}: no {condition} similarities")
+                continue
+            grid = rows.pivot_table(index="layer", columns="layer_b", values="value")
+            image = ax.imshow(grid.to_numpy(), vmin=low, vmax=1.0, cmap="viridis", origin="upper")
+            ax.set(title=f"{s.model}: {condition}", xlabel="layer", ylabel="layer")
+            ticks = range(len(grid))
+            ax.set_xticks(ticks, [int(v) for v in grid.columns])
+            ax.set_yticks(ticks, [int(v) for v in grid.index])
+            ax.grid(False)
+    if image is not None:
+        figure.colorbar(image, ax=axes.ravel().tolist(), label="covariance similarity")
+    return figure
+
+
+def checkpoints(data: FigureData) -> Figure:
+    table = data.tables.checkpoints
+    figure, axes = _figure(max(len(data.checkpoints), 1), 3, (4.0, 3.0))
+    if table is None or not data.checkpoints:
+        _empty(axes[0, 0], "no checkpoint data")
+        for ax in axes.ravel()[1:]:
+            ax.set_axis_off()
+        return figure
+    for row, c in zip(axes, data.checkpoints, strict=True):
+        rows = table[(table["model"] == c.model) & table["budget"].isna()]
+        masks = rows[rows["target"] == "bigram"]
+        labels = sorted(masks["lambda"].unique(), key=float)
+        palette = dict(zip(labels, sns.color_palette("crest", len(labels)), strict=True))
+        r_ax, kept_ax, mlp_ax = row
+        steps = sorted(c.full_model_r)
+        r_ax.plot(steps, [c.full_model_r[s] for s in steps], "k--", label="full model")
+        for ax, metric in (
+            (r_ax, "bigram_r"),
+            (kept_ax, "kept_fraction"),
+            (mlp_ax, "first_mlp_share"),
+        ):
+            for label in labels:
+                series = masks[(masks["lambda"] == label) & (masks["metric"] == metric)]
+                series = series.sort_values("step")
+                ax.plot(
+                    series["step"], series["value"], "o-", color=palette[label], label=f"λ={label}"
+                )
+        budget_colours = sns.color_palette("flare", len(c.r_at_budget))
+        for colour, (budget, by_step) in zip(budget_colours, c.r_at_budget.items(), strict=True):
+            flags = c.extrapolated.get(budget, {})
+            steps = sorted(by_step)
+            values = [by_step[s] for s in steps]
+            r_ax.plot(steps, values, ":", color=colour, label=f"r at {budget:,} active")
+            for step, value in zip(steps, values, strict=True):
+                hollow = flags.get(step, False)
+                r_ax.plot(step, value, "D", color=colour, fillstyle="none" if hollow else "full")
+        for ax, ylabel in (
+            (r_ax, "bigram r"),
+            (kept_ax, "kept fraction"),
+            (mlp_ax, "share in the layer-0 MLP"),
+        ):
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set(xlabel="pretraining step", ylabel=ylabel, title=f"{c.model}: {ylabel}")
+        r_ax.legend()
+        kept_ax.legend()
+    return figure
+
+
+def training_curves(data: FigureData) -> Figure:
+    history = data.tables.histories
+    figure, axes = _figure(max(len(data.models), 1), 3, (4.0, 2.8))
+    for row, s in zip(axes, data.models, strict=False):
+        curves = history[history["model"] == s.model]
+        if curves.empty:
+            _empty(row[0], f"{s.model}: no training logs")
+            for ax in row[1:]:
+                ax.set_axis_off()
+            continue
+        labels = sorted(curves["lambda"].unique(), key=float)
+        palette = dict(zip(labels, sns.color_palette("flare", len(labels)), strict=True))
+        groups = curves.groupby(["target", "lambda"])
+        for target, label in sorted(groups.groups, key=lambda key: (key[0], float(key[1]))):
+            curve = groups.get_group((target, label))
+            style = "-" if target == "bigram" else "--"
+            attempts = int(curve["attempts"].iloc[0])
+            retried = f" ({attempts} attempts)" if attempts > 1 else ""
+            for ax, column in zip(row, ("loss", "kept", "undecided"), strict=True):
+                ax.plot(
+                    curve["step"],
+                    curve[column],
+                    style,
+                    color=palette[label],
+                    linewidth=1,
+                    label=f"{target} λ={label}{retried}",
+                )
+        for ax, name in zip(
+            row, ("target cross-entropy (nats)", "kept fraction", "undecided fraction"), strict=True
+        ):
+            ax.set(xlabel="step", ylabel=name, title=f"{s.model}: {name}")
+        row[0].legend(fontsize=6, ncols=2)
+    return figure
+
+
+BUILDERS: dict[str, Callable[[FigureData], Figure]] = {
+    "sparsity_r": sparsity_r,
+    "block_heatmaps": block_heatmaps,
+    "ablations": ablations,
+    "overlap": overlap,
+    "rotations": rotations,
+    "covariance": covariance,
+    "checkpoints": checkpoints,
+    "training_curves": training_curves,
+}
+
+
+def render_figures(cfg: Config, data: FigureData) -> dict[str, bytes]:
+    """PNG bytes of every figure of the config, by name, in `figure_names` order."""
+    rendered = {}
+    with figure_style():
+        for name in figure_names(cfg):
+            rendered[name] = png_bytes(BUILDERS[name](data))
+    return rendered

