@@ -29,6 +29,7 @@ from bigram_subnetworks.analysis.evaluate import (
 from bigram_subnetworks.analysis.select import select_masks
 from bigram_subnetworks.data.bigrams import count_bigrams
 from bigram_subnetworks.errors import UserError
+from bigram_subnetworks.masks.losses import dense_bigram_cross_entropy, dense_bigram_matrix
 from bigram_subnetworks.masks.toolkit import save_mask
 from bigram_subnetworks.models.layout import layout_of
 
@@ -124,6 +125,12 @@ def test_evaluation_rows_match_direct_computations(
     assert table["reference", "neginf", "bigram_r"] == pytest.approx(pearson(bits, clipped), 1e-5)
     assert table["reference", "neginf", "lm_loss"] == pytest.approx(bits.mean() * math.log(2), 1e-5)
     assert table["reference", "neginf", "full_model_r"] == pytest.approx(1.0)
+    dense_ce = dense_bigram_cross_entropy(
+        logits.double(), torch.from_numpy(held_out)[:, :-1], dense_bigram_matrix(counts)
+    )
+    assert table["reference", "neginf", "bigram_cross_entropy"] == pytest.approx(
+        float(dense_ce), 1e-5
+    )
     assert table["reference", "neginf", "kept_fraction"] == 1.0
     assert table["reference", "inf", "kept"] == 0.0
     finite = np.isfinite(reference)

@@ -28,7 +28,7 @@ from bigram_subnetworks.config import Config, lambda_value
 from bigram_subnetworks.data.bigrams import BigramCounts, context_totals, pair_counts
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import atomic_outputs, write_parquet
-from bigram_subnetworks.masks.losses import BigramTarget, bigram_cross_entropy
+from bigram_subnetworks.masks.losses import BigramTarget
 from bigram_subnetworks.masks.toolkit import (
     Mask,
     block_counts,
@@ -130,13 +130,13 @@ def score_mask(
         batch = batch.to(device)
         hidden = lm.hidden(batch, hard)[:, :-1]
         current = batch[:, :-1]
-        log_probs = torch.log_softmax(lm.logits(hidden).float(), dim=-1)
-        nll = -log_probs.gather(-1, batch[:, 1:, None]).squeeze(-1)
+        logits = lm.logits(hidden).float()
+        log_normaliser = torch.logsumexp(logits, dim=-1)  # shared by both losses
+        nll = log_normaliser - logits.gather(-1, batch[:, 1:, None]).squeeze(-1)
         surprisal.append((nll * LOG2E).cpu().numpy())
-        n = current.numel()
-        ce = bigram_cross_entropy(hidden, current, lm.unembed, bigram, lm.unembed_bias)
-        bigram_ce += float(ce) * n
-        positions += n
+        ce = log_normaliser - bigram.expected_logit(hidden, current).float()
+        bigram_ce += float(ce.sum())
+        positions += current.numel()
     return np.concatenate(surprisal), bigram_ce / positions
 
 

@@ -104,6 +104,11 @@ class BigramTarget:
         bias = None if self.bias_term is None else self.bias_term.to(device)
         return BigramTarget(self.m.to(device), bias)
 
+    def expected_logit(self, hidden: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        """Σ_v P[current, v] · logit_v for every position, without forming the logits."""
+        expected = (hidden * self.m[current]).sum(-1)
+        return expected if self.bias_term is None else expected + self.bias_term[current]
+
 
 def logits_from_hidden(
     hidden: torch.Tensor, unembed: torch.Tensor, bias: torch.Tensor | None = None
@@ -122,9 +127,7 @@ def bigram_cross_entropy(
     """Mean over positions of CE(P[current], softmax(W_U h + b)), in nats."""
     logits = logits_from_hidden(hidden, unembed, bias)
     acc = _accumulation_dtype(logits.dtype)
-    expected = (hidden * target.m[current]).sum(-1)
-    if target.bias_term is not None:
-        expected = expected + target.bias_term[current]
+    expected = target.expected_logit(hidden, current)
     return (torch.logsumexp(logits.to(acc), dim=-1) - expected.to(acc)).mean()
 
 
