@@ -14,7 +14,7 @@ SNAKEMAKE_ARGS ?=
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run data test lint check format clean-smoke
+.PHONY: setup run data pull test test-cluster lint check format clean-smoke
 
 setup: $(VENV)/.installed
 
@@ -32,8 +32,22 @@ run: setup
 data: setup
 	$(BIN)/snakemake --cores $(CORES) data $(SNAKEMAKE_ARGS)
 
+# After cloning a shared run: fetch its artifacts from the DVC remote, then mark them current for
+# Snakemake (DVC checks files out in arbitrary order, so their modification times are meaningless).
+pull: setup
+	$(BIN)/dvc pull
+	$(BIN)/snakemake --touch --cores 1 $(SNAKEMAKE_ARGS)
+
 test: setup
 	$(BIN)/python -m pytest
+
+# A single-node SLURM cluster with accounting on loopback (Debian packages, root), the smoke
+# pipeline submitted through workflow/profiles/slurm, then the cluster is stopped again.
+test-cluster: setup
+	bash tests/cluster/slurm.sh install
+	bash tests/cluster/slurm.sh start
+	BSN_REQUIRE_SLURM=1 $(BIN)/python -m pytest -m cluster tests/test_cluster.py; \
+		status=$$?; bash tests/cluster/slurm.sh stop; exit $$status
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

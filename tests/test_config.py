@@ -33,6 +33,26 @@ def test_shipped_configs_are_valid(path: Path) -> None:
     assert cfg.run
 
 
+def dvc_params() -> set[str]:
+    """The config keys dvc.yaml's stages track (templated ones such as models.${key} left out)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    keys = {key for stage in stages.values() for key in stage.get("do", stage).get("params", [])}
+    return {key for key in keys if "$" not in key}
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "config/smoke.yaml", "config/pythia.yaml"])
+def test_configs_spell_out_every_section_dvc_tracks(name: str) -> None:
+    """DVC reads tracked params from the file itself, so defaults filled in by the package do not
+    count: a missing section would stop `dvc repro` and `dvc commit`."""
+    raw = yaml.safe_load((ROOT / name).read_text())
+    assert {"analysis", "masks", "checkpoints", "seed"} <= dvc_params()
+    for key in dvc_params():
+        node = raw
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"{name}: {key} is missing"
+            node = node[part]
+
+
 def test_default_is_the_embedded_default() -> None:
     cfg = load_config(ROOT / "params.yaml")
     assert cfg.run == "default"
@@ -111,6 +131,12 @@ def drop(path: str) -> dict[str, Any]:
         (mutate("checkpoints.steps", [292]), "include step 0 in steps and '0' in lambdas"),
         (mutate("checkpoints.lambdas", ["0", "inf"]), "use finite λ labels"),
         (mutate("checkpoints.budgets", [0]), "checkpoints.budgets.0: expected greater than 0"),
+        (
+            mutate("models.neox-2x48.source", "hub"),
+            "models.neox-2x48.source: expected one of 'embedded', 'huggingface', 'local'",
+        ),
+        (mutate("lambdas.bigram", ["0", "-1"]), "λ label '-1' is not canonical"),
+        (mutate("lambdas.full", ["nan"]), "λ label 'nan' is not canonical"),
     ],
 )
 def test_invalid_values_give_one_line_naming_field_and_value(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -14,35 +13,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from bigram_subnetworks.io import parquet_seed
+from projects import make_project, run
+
 pytestmark = pytest.mark.workflow
-
-PROJECT_FILES = ["Snakefile", "workflow", "dvc.yaml", "config", ".dvcignore", "environment.yml"]
-
-
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{cmd} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def make_project(where: Path, config: str = "config/smoke.yaml") -> Path:
-    """A copy of the workflow with `config` as its params.yaml, in a fresh git repository."""
-    where.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, where / name)
-        else:
-            shutil.copy2(source, where / name)
-    (where / ".dvc").mkdir()
-    shutil.copy2(ROOT / ".dvc" / "config", where / ".dvc" / "config")
-    shutil.copy2(ROOT / config, where / "params.yaml")
-    run(["git", "init", "-q"], where)
-    return where
 
 
 def snakemake_jobs(project: Path, target: str) -> dict[str, dict[str, object]]:
@@ -231,6 +205,7 @@ def test_smoke_run_writes_every_analysis_table(smoke_run: Path) -> None:
     tables += ["checkpoints", "controls"]
     for name in tables:
         assert pq.read_metadata(metrics / f"{name}.parquet").num_rows > 0, name
+        assert parquet_seed(metrics / f"{name}.parquet") == 0, name  # the config's seed
     selection = json.loads((smoke_run / "results" / "smoke" / "selection.json").read_text())
     chosen = selection["models"]["neox-2x16"]
     assert chosen["bigram"]["lambda"] in ("0", "1e1")
@@ -309,3 +284,50 @@ def test_dvc_reads_the_report_metrics_and_plots(smoke_run: Path) -> None:
 def test_snakemake_builds_its_own_report_with_the_figures(smoke_run: Path) -> None:
     run(["snakemake", "--report", "snakemake-report.zip"], smoke_run)
     assert (smoke_run / "snakemake-report.zip").stat().st_size > 10_000
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix in (".parquet", ".safetensors", ".json", ".png")
+    }
+
+
+def test_a_fresh_clone_pulls_the_run_from_a_dvc_remote(smoke_run: Path, tmp_path: Path) -> None:
+    """Share a finished run through a DVC remote: push, clone, pull, and nothing is rebuilt."""
+    remote, clone = tmp_path / "remote", tmp_path / "clone"
+    run(["dvc", "commit", "--force"], smoke_run)  # record what Snakemake built in dvc.lock
+    # Committing moves outputs into DVC's cache and back, which renews their modification times.
+    run(["snakemake", "--touch", "--cores", "1"], smoke_run)
+    assert "Nothing to be done" in run(["snakemake", "-n"], smoke_run).stdout
+    run(["dvc", "remote", "add", "--default", "shared", str(remote)], smoke_run)
+    run(["dvc", "push"], smoke_run)
+    tracked = ["Snakefile", "workflow", "config", "dvc.yaml", "dvc.lock", "params.yaml", ".dvc"]
+    run(["git", "add", *tracked, ".dvcignore", "environment.yml"], smoke_run)
+    identity = ["-c", "user.name=test", "-c", "user.email=test@example.org"]
+    run(["git", *identity, "commit", "-qm", "smoke run"], smoke_run)
+
+    run(["git", "clone", "-q", str(smoke_run), str(clone)], tmp_path)
+    run(["dvc", "pull"], clone)
+    for folder in ("data", "results/smoke/metrics", "results/smoke/masks", "results/smoke/report"):
+        pulled = file_digests(clone / folder)
+        assert pulled and pulled == file_digests(smoke_run / folder), folder
+    assert "up to date" in run(["dvc", "status"], clone).stdout
+
+    # DVC checks files out in no particular order, so Snakemake would see inputs newer than their
+    # outputs; `snakemake --touch` (what `make pull` runs after `dvc pull`) marks them current.
+    run(["snakemake", "--touch", "--cores", "1"], clone)
+    assert "Nothing to be done" in run(["snakemake", "-n"], clone).stdout
+
+
+def test_two_smoke_runs_give_byte_identical_tables_and_masks(
+    smoke_run: Path, tmp_path: Path
+) -> None:
+    again = make_project(tmp_path / "again")
+    run(["snakemake", "--cores", "2"], again)
+    first = file_digests(smoke_run / "data") | file_digests(smoke_run / "results")
+    second = file_digests(again / "data") | file_digests(again / "results")
+    binary = [name for name in first if name.endswith((".parquet", ".safetensors"))]
+    assert len(binary) > 20
+    assert {n: first[n] for n in binary} == {n: second.get(n) for n in binary}

@@ -78,9 +78,11 @@ def _all_cores():
     """The --cores given (torch and tokenizer stages use them all); 1 for commands such as
     --unlock that give none."""
     try:
-        return workflow.cores
+        cores = workflow.cores
     except WorkflowError:
         return 1
+    # Cluster executors report an unbounded core count; profiles set their threads per rule.
+    return min(cores, os.cpu_count() or 1)
 
 
 ALL_CORES = _all_cores()

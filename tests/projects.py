@@ -1,0 +1,40 @@
+"""A throwaway copy of the workflow to run Snakemake, DVC or SLURM on (used by several tests)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PROJECT_FILES = ["Snakefile", "workflow", "dvc.yaml", "config", ".dvcignore", "environment.yml"]
+
+
+def run(
+    cmd: list[str], cwd: Path, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run a command with the project's virtual environment first on PATH."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def make_project(where: Path, config: str = "config/smoke.yaml") -> Path:
+    """A copy of the workflow with `config` as its params.yaml, in a fresh git repository."""
+    where.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, where / name)
+        else:
+            shutil.copy2(source, where / name)
+    (where / ".dvc").mkdir()
+    shutil.copy2(ROOT / ".dvc" / "config", where / ".dvc" / "config")
+    shutil.copy2(ROOT / config, where / "params.yaml")
+    run(["git", "init", "-q"], where)
+    return where
