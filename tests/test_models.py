@@ -283,6 +283,20 @@ def test_a_folder_without_a_model_is_refused(tmp_path: Path) -> None:
         load_pretrained_dir(tmp_path)
 
 
+def test_damaged_model_weights_are_refused_in_one_line(tmp_path: Path, pretrained: Path) -> None:
+    damaged = tmp_path / "final"
+    damaged.mkdir()
+    for source in (pretrained / "final").iterdir():
+        (damaged / source.name).write_bytes(source.read_bytes())
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
+    with pytest.raises(UserError, match="cannot load the model") as error:
+        load_pretrained_dir(damaged)
+    assert "\n" not in str(error.value) and str(damaged) in str(error.value)
+    with pytest.raises(UserError, match=r"model\.json: file not found"):
+        load_model(tmp_path)
+
+
 # ---------------------------------------------------------------------------------- the CLI
 
 
@@ -489,3 +503,52 @@ def test_a_killed_train_mask_job_resumes_to_the_same_mask(
     assert f"resuming attempt 1 at step {saved_step}" in result.stderr
     assert killed.read_bytes() == reference.read_bytes()
     assert not state.parent.exists()
+
+
+def test_a_killed_pretrain_job_restarts_to_the_same_model(
+    tmp_path: Path, data_dirs: tuple[Path, Path]
+) -> None:
+    """SIGKILL a real `bsn pretrain` process mid-way (checkpoints already staged); nothing is
+    left where the stage's output goes, and the rerun writes the same weights as an
+    uninterrupted run (pretraining restarts from step 0: these models train in minutes)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model = MODEL | {"pretrain": MODEL["pretrain"] | {"steps": 1500, "checkpoints": 8}}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(config_dict(tiny=model)))
+
+    def command(output: Path) -> list[str]:
+        return [
+            sys.executable, "-m", "bigram_subnetworks", "pretrain", "--config", str(config),
+            "--model", "tiny", "--data-dir", str(data_dirs[0]), "--tokenizer", str(data_dirs[1]),
+            "--output-dir", str(output), "--threads", "1",
+        ]  # fmt: skip
+
+    reference = tmp_path / "reference" / "tiny"
+    subprocess.run(command(reference), check=True, capture_output=True, timeout=300)
+
+    killed = tmp_path / "killed" / "tiny"
+    # Kill it once the last checkpoint before the end is staged.
+    staged = killed.with_name(".tiny.tmp") / f"step-{checkpoint_steps(1500, 8)[-2]}"
+    process = subprocess.Popen(command(killed), stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not staged.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert staged.exists() and process.poll() is None, "the job ended before it was killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert not killed.exists()  # a later stage finds no model, not a partial one
+
+    subprocess.run(command(killed), check=True, capture_output=True, timeout=300)
+    assert not killed.with_name(".tiny.tmp").exists()
+    weights = sorted(p.relative_to(reference) for p in reference.rglob("*.safetensors"))
+    assert len(weights) == 9  # final + 8 checkpoints
+    for path in weights:
+        assert (killed / path).read_bytes() == (reference / path).read_bytes(), path
+    assert pq.read_table(killed / "train_log.parquet") == pq.read_table(
+        reference / "train_log.parquet"
+    )

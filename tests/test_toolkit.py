@@ -418,6 +418,25 @@ def test_masks_of_another_model_are_refused(
     assert load_mask(tmp_path / "gpt2.safetensors")[1]["total"] == gpt2.n_masked
 
 
+def test_masks_trained_on_other_weights_of_the_same_shape_are_refused(
+    other_layouts: dict[str, Layout], tmp_path: Path
+) -> None:
+    """Same architecture and shapes but other weights (another seed or checkpoint): refused by
+    the weights identity every trained mask carries."""
+    neox = other_layouts["gpt_neox"]
+    path = tmp_path / "m.safetensors"
+    save_mask(path, keep_all(neox), {"model": "m", "weights_sha256": "a" * 64})
+    message = one_line_user_error(
+        lambda: load_mask(path, neox, {"model": "m", "weights_sha256": "b" * 64}), "other weights"
+    )
+    assert "retrain the mask on this model" in message and "m.safetensors" in message
+    assert load_mask(path, neox, {"weights_sha256": "a" * 64})[1]["weights_sha256"] == "a" * 64
+    hub = tmp_path / "hub.safetensors"
+    save_mask(hub, keep_all(neox), {"id": "EleutherAI/pythia-70m", "commit": "1" * 40})
+    other_commit = {"commit": "2" * 40}
+    one_line_user_error(lambda: load_mask(hub, neox, other_commit), "model's is 222222222222")
+
+
 # --- applying masks -----------------------------------------------------------------------------
 
 

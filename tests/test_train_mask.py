@@ -303,7 +303,11 @@ def test_gpt2_models_train_too(tmp_path: Path, sequences: np.ndarray, counts: Bi
 
 @pytest.mark.parametrize(
     ("target", "lam", "message"),
-    [("trigram", "1", "target 'trigram': unknown"), ("bigram", "-1", "must be >= 0")],
+    [
+        ("trigram", "1", "target 'trigram': unknown"),
+        ("bigram", "-1", "must be >= 0"),
+        ("bigram", "nan", "must be >= 0"),
+    ],
 )
 def test_bad_targets_and_lambdas_are_refused(
     tmp_path: Path,
@@ -320,3 +324,13 @@ def test_bad_targets_and_lambdas_are_refused(
 def test_a_vocabulary_larger_than_the_embedding_is_refused(sequences: np.ndarray) -> None:
     with pytest.raises(UserError, match="only 40 embedding rows; use the model's own tokenizer"):
         MaskedLM(small_neox(), VOCAB + 10)
+
+
+@pytest.mark.parametrize("build", [small_neox, small_gpt2])
+def test_sequences_longer_than_the_model_allows_are_refused(
+    tmp_path: Path, sequences: np.ndarray, counts: BigramCounts, build: Any
+) -> None:
+    too_long = np.tile(sequences, (1, 3))  # 36 tokens; the models have 32 positions
+    with pytest.raises(UserError, match=r"exceed the model's 32 positions; set data.seq_len"):
+        train_mask(build(), make_run(), too_long, counts, tmp_path / "m.safetensors", CPU)
+    assert not list(tmp_path.iterdir())  # nothing written

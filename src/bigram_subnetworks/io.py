@@ -8,6 +8,7 @@ outputs stage them all and rename only once every one of them is complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -34,9 +35,19 @@ def _fsync(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
+# Errors that mean the file system refused a write (full disk, quota, read-only, file too large).
+_WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def _write_failure(error: OSError) -> bool:
+    return error.errno in _WRITE_FAILURES or "No space left on device" in str(error)
+
+
 @contextlib.contextmanager
 def atomic_outputs(*paths: Path | str) -> Iterator[list[Path]]:
-    """Yield temporary paths for `paths`; rename them all into place only if the block succeeds."""
+    """Yield temporary paths for `paths`; rename them all into place only if the block succeeds.
+    A write the file system refuses (e.g. a full disk) becomes a one-line UserError naming the
+    outputs; nothing is left behind either way."""
     finals = [Path(p) for p in paths]
     temps = [_temp_name(p) for p in finals]
     for path in finals:
@@ -49,14 +60,37 @@ def atomic_outputs(*paths: Path | str) -> Iterator[list[Path]]:
             _fsync(temp)
         for temp, final in zip(temps, finals, strict=True):
             os.replace(temp, final)
+    except OSError as error:
+        if not _write_failure(error):
+            raise
+        reason = error.strerror or str(error).splitlines()[0]
+        names = ", ".join(str(p) for p in finals)
+        raise UserError(
+            f"{names}: could not be written ({reason}); free disk space (or fix the quota or "
+            "permissions) and rerun"
+        ) from error
     finally:
         for temp in temps:
             temp.unlink(missing_ok=True)
 
 
-def write_parquet(table: pa.Table, path: Path, **kwargs: Any) -> None:
-    """Write a zstd Parquet file; equal tables give byte-identical files."""
+SEED_METADATA_KEY = b"bsn.seed"
+
+
+def write_parquet(table: pa.Table, path: Path, seed: int | None = None, **kwargs: Any) -> None:
+    """Write a zstd Parquet file; equal tables give byte-identical files. `seed`, for tables a
+    seeded stage made, is recorded in the file's metadata (`bsn.seed`; see `parquet_seed`)."""
+    if seed is not None:
+        metadata = {**(table.schema.metadata or {}), SEED_METADATA_KEY: str(seed).encode()}
+        table = table.replace_schema_metadata(metadata)
     pq.write_table(table, path, compression="zstd", **kwargs)
+
+
+def parquet_seed(path: Path | str) -> int | None:
+    """The seed recorded in a Parquet file written by `write_parquet`, if any."""
+    metadata = pq.read_schema(path).metadata or {}
+    value = metadata.get(SEED_METADATA_KEY)
+    return None if value is None else int(value)
 
 
 def write_json(obj: Any, path: Path) -> None:

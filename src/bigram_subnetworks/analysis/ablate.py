@@ -133,7 +133,7 @@ def run_ablation(
     from bigram_subnetworks.data.tokenizer import load_tokenizer
     from bigram_subnetworks.io import atomic_outputs, write_parquet
     from bigram_subnetworks.masks.toolkit import load_mask
-    from bigram_subnetworks.models.loading import load_model, pick_device
+    from bigram_subnetworks.models.loading import load_model, model_identity, pick_device
 
     settings = cfg.analysis
     counts = read_bigram_counts(data_dir)
@@ -145,13 +145,23 @@ def run_ablation(
     surprisals: list[dict[str, Any]] = []
     generations: list[dict[str, Any]] = []
     for name in cfg.models:
-        model = load_model(models_dir / name)[0].to(device).eval()
+        model, info = load_model(models_dir / name)
+        model = model.to(device).eval()
+        identity = model_identity(models_dir / name, info)
         lm = MaskedLM(model, counts.vocab_size)
         chosen = read_selection(selection, name)
         folder = masks_dir / name
-        bigram = load_mask(folder / "bigram" / f"lambda-{chosen['bigram']['lambda']}.safetensors")
+        bigram = load_mask(
+            folder / "bigram" / f"lambda-{chosen['bigram']['lambda']}.safetensors",
+            lm.layout,
+            identity,
+        )
         optimal = (
-            load_mask(folder / "full" / f"lambda-{chosen['optimal']['lambda']}.safetensors")[0]
+            load_mask(
+                folder / "full" / f"lambda-{chosen['optimal']['lambda']}.safetensors",
+                lm.layout,
+                identity,
+            )[0]
             if chosen["optimal"]
             else None
         )
@@ -172,5 +182,5 @@ def run_ablation(
         log.info("%s: %d ablation conditions", name, len(conditions))
     paths = (output_dir / "ablations.parquet", output_dir / "generations.parquet")
     with atomic_outputs(*paths) as (table_file, text_file):
-        write_parquet(pa.Table.from_pylist(surprisals), table_file)
-        write_parquet(pa.Table.from_pylist(generations), text_file)
+        write_parquet(pa.Table.from_pylist(surprisals), table_file, seed=cfg.seed)
+        write_parquet(pa.Table.from_pylist(generations), text_file, seed=cfg.seed)

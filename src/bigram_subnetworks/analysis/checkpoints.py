@@ -96,7 +96,14 @@ def train_checkpoint_masks(
         read_sequences(data_dir / "tokens_eval.parquet"), cfg.analysis.eval_sequences, cfg.seed
     )
     metrics, blocks = evaluate_model(
-        name, model, find_masks(output_dir), counts, evaluation, cfg.analysis.batch_size, device
+        name,
+        model,
+        find_masks(output_dir),
+        counts,
+        evaluation,
+        cfg.analysis.batch_size,
+        device,
+        identity,
     )
     by_mask: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for block in blocks:
@@ -107,7 +114,7 @@ def train_checkpoint_masks(
         for metric, value in location_shares(mask_blocks).items():
             rows.append(_row(name, step, target, label, metric, value))
     with atomic_outputs(output_dir / METRICS_FILE) as (temp,):
-        write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), temp)
+        write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), temp, seed=cfg.seed)
     log.info("%s step %d: %d masks scored -> %s", name, step, len(by_mask), output_dir)
 
 
@@ -209,7 +216,7 @@ def run_checkpoints(cfg: Config, checkpoints_dir: Path, output: Path) -> None:
             masks = [(v["kept"], v["bigram_r"]) for v in values.values()]
             rows += fit_rows(model, step, masks, cfg.checkpoints.budgets)
     with atomic_outputs(output) as (temp,):
-        write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), temp)
+        write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), temp, seed=cfg.seed)
     log.info(
         "%d checkpoints of %d model(s) -> %s",
         len(cfg.checkpoints.steps) * len(cfg.checkpoints.models),

@@ -186,5 +186,5 @@ def run_controls(
         )
         log.info("%s: bigram r of the controls: %s", name, summary)
     with atomic_outputs(output) as (temp,):
-        write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), temp)
+        write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), temp, seed=cfg.seed)
     log.info("controls of %d model(s) -> %s", len(cfg.checkpoints.models), output)

@@ -183,8 +183,10 @@ def evaluate_model(
     sequences: np.ndarray,
     batch_size: int,
     device: torch.device,
+    identity: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Metric rows and block rows for the full model, the empty mask and every mask file."""
+    """Metric rows and block rows for the full model, the empty mask and every mask file (with
+    the model's `identity`, mask files trained on other weights are refused)."""
     model = model.to(device).eval()
     lm = MaskedLM(model, counts.vocab_size)
     if int(sequences.max()) >= counts.vocab_size:
@@ -207,7 +209,7 @@ def evaluate_model(
     blocks: list[dict[str, Any]] = []
     full_bits: np.ndarray | None = None
     for target, label, source in tqdm(candidates, desc=f"evaluate {name}", unit="mask"):
-        mask = load_mask(source, lm.layout)[0] if isinstance(source, Path) else source
+        mask = load_mask(source, lm.layout, identity)[0] if isinstance(source, Path) else source
         bits, bigram_ce = score_mask(lm, mask, tokens, bigram, batch_size, device)
         if full_bits is None:
             full_bits = bits  # the first candidate is the full model
@@ -267,7 +269,7 @@ def run_evaluation(
     """The evaluate stage: `masks.parquet` and `blocks.parquet` for every model of the run."""
     from bigram_subnetworks.data.bigrams import read_bigram_counts
     from bigram_subnetworks.data.tokenize import read_sequences
-    from bigram_subnetworks.models.loading import load_model, pick_device
+    from bigram_subnetworks.models.loading import load_model, model_identity, pick_device
 
     counts = read_bigram_counts(data_dir)
     sequences = eval_sample(
@@ -277,7 +279,7 @@ def run_evaluation(
     metrics: list[dict[str, Any]] = []
     blocks: list[dict[str, Any]] = []
     for name in cfg.models:
-        model, _ = load_model(models_dir / name)
+        model, info = load_model(models_dir / name)
         rows, block_rows = evaluate_model(
             name,
             model,
@@ -286,13 +288,16 @@ def run_evaluation(
             sequences,
             cfg.analysis.batch_size,
             device,
+            model_identity(models_dir / name, info),
         )
         metrics += rows
         blocks += block_rows
     paths = (metrics_dir / "masks.parquet", metrics_dir / "blocks.parquet")
     with atomic_outputs(*paths) as (metric_file, block_file):
-        write_parquet(pa.Table.from_pylist(metrics, schema=METRIC_SCHEMA), metric_file)
-        write_parquet(pa.Table.from_pylist(blocks, schema=BLOCK_SCHEMA), block_file)
+        write_parquet(
+            pa.Table.from_pylist(metrics, schema=METRIC_SCHEMA), metric_file, seed=cfg.seed
+        )
+        write_parquet(pa.Table.from_pylist(blocks, schema=BLOCK_SCHEMA), block_file, seed=cfg.seed)
     log.info(
         "evaluated %d masks of %d models on %d eval sequences -> %s",
         len({(r["model"], r["target"], r["lambda"]) for r in metrics}),

@@ -229,17 +229,19 @@ def run_overlap(
     from bigram_subnetworks.io import atomic_outputs, write_parquet
     from bigram_subnetworks.masks.toolkit import load_mask
     from bigram_subnetworks.models.layout import layout_of
-    from bigram_subnetworks.models.loading import load_model
+    from bigram_subnetworks.models.loading import load_model, model_identity
 
     settings = cfg.analysis
     rows: list[dict] = []
     nulls: list[dict] = []
     for model in cfg.models:
-        layout = layout_of(load_model(models_dir / model)[0])
+        network, info = load_model(models_dir / model)
+        layout, identity = layout_of(network), model_identity(models_dir / model, info)
         chosen = read_selection(selection, model)
         trained = [m for m in find_masks(masks_dir / model) if np.isfinite(m.lam)]
-        bigram = {m.label: load_mask(m.path, layout)[0] for m in trained if m.target == "bigram"}
-        optimal = {m.label: load_mask(m.path, layout)[0] for m in trained if m.target == "full"}
+        loaded = {(m.target, m.label): load_mask(m.path, layout, identity)[0] for m in trained}
+        bigram = {label: mask for (target, label), mask in loaded.items() if target == "bigram"}
+        optimal = {label: mask for (target, label), mask in loaded.items() if target == "full"}
         pair = (
             (chosen["bigram"]["lambda"], chosen["optimal"]["lambda"]) if chosen["optimal"] else None
         )
@@ -255,5 +257,5 @@ def run_overlap(
         [("model", pa.string()), ("draw", pa.int64()), ("overlap", pa.float64())]
     )
     with atomic_outputs(*paths) as (table_file, null_file):
-        write_parquet(pa.Table.from_pylist(rows), table_file)
-        write_parquet(pa.Table.from_pylist(nulls, schema=null_schema), null_file)
+        write_parquet(pa.Table.from_pylist(rows), table_file, seed=cfg.seed)
+        write_parquet(pa.Table.from_pylist(nulls, schema=null_schema), null_file, seed=cfg.seed)

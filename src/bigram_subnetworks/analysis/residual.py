@@ -294,7 +294,7 @@ def run_residual(
     from bigram_subnetworks.io import atomic_outputs, write_parquet
     from bigram_subnetworks.masks.toolkit import keep_all, load_mask, masked, random_within_blocks
     from bigram_subnetworks.models.layout import layout_of
-    from bigram_subnetworks.models.loading import load_model, pick_device
+    from bigram_subnetworks.models.loading import load_model, model_identity, pick_device
 
     settings = cfg.analysis
     counts = read_bigram_counts(data_dir)
@@ -307,10 +307,12 @@ def run_residual(
     device = pick_device(cfg.device)
     rows: list[dict[str, Any]] = []
     for name in cfg.models:
-        model = load_model(models_dir / name)[0].to(device).eval()
+        model, info = load_model(models_dir / name)
+        model = model.to(device).eval()
         layout = layout_of(model)
         chosen = read_selection(selection, name)["bigram"]["lambda"]
-        bigram = load_mask(masks_dir / name / "bigram" / f"lambda-{chosen}.safetensors", layout)[0]
+        path = masks_dir / name / "bigram" / f"lambda-{chosen}.safetensors"
+        bigram = load_mask(path, layout, model_identity(models_dir / name, info))[0]
         conditions = {
             "full model": keep_all(layout),
             "bigram": bigram,
@@ -343,4 +345,4 @@ def run_residual(
         ]
     )
     with atomic_outputs(output) as (temp,):
-        write_parquet(pa.Table.from_pylist(rows, schema=schema), temp)
+        write_parquet(pa.Table.from_pylist(rows, schema=schema), temp, seed=cfg.seed)

@@ -316,7 +316,7 @@ def build_corpus(
         "inputs": reading.inputs,
     }
     with atomic_outputs(output_dir / DOCUMENTS_FILE, output_dir / MANIFEST_FILE) as (tab, man):
-        write_parquet(table, tab)
+        write_parquet(table, tab, seed=seed)
         write_json(manifest, man)
     log.info(
         "corpus %s: %d train / %d eval documents -> %s",

@@ -142,7 +142,7 @@ def tokenize_corpus(
     paths = [output_dir / f"tokens_{split}.parquet" for split in SPLITS]
     with atomic_outputs(*paths, output_dir / "tokens.json") as (*temps, meta):
         for split, temp in zip(SPLITS, temps, strict=True):
-            write_parquet(tables[split], temp, row_group_size=65536)
+            write_parquet(tables[split], temp, seed=seed, row_group_size=65536)
         write_json(summary, meta)
     log.info(
         "tokenized: %d train / %d eval sequences of %d tokens -> %s",

@@ -200,8 +200,25 @@ def save_mask(path: Path | str, mask: Mapping[str, torch.Tensor], metadata: dict
         temp.write_bytes(canonical_safetensors(save(tensors, metadata=encoded)))
 
 
-def load_mask(path: Path | str, layout: Layout | None = None) -> tuple[Mask, dict[str, Any]]:
-    """Read a mask file and its decoded metadata; with `layout`, refuse a mask of another model."""
+# Metadata keys that identify the weights a mask was trained on (see models.loading).
+WEIGHT_IDENTITY_KEYS = ("weights_sha256", "commit")
+
+
+def check_mask_origin(metadata: dict[str, Any], identity: dict[str, Any], where: str) -> None:
+    """Refuse a mask whose metadata names other weights than `identity` (a model's identity)."""
+    for key in WEIGHT_IDENTITY_KEYS:
+        if key in metadata and key in identity and metadata[key] != identity[key]:
+            raise UserError(
+                f"{where}: trained on other weights ({key} {str(metadata[key])[:12]}, this "
+                f"model's is {str(identity[key])[:12]}); retrain the mask on this model"
+            )
+
+
+def load_mask(
+    path: Path | str, layout: Layout | None = None, identity: dict[str, Any] | None = None
+) -> tuple[Mask, dict[str, Any]]:
+    """Read a mask file and its decoded metadata; with `layout` (and a model's `identity`),
+    refuse a mask of another model."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: mask file not found; run the stage that makes it")
@@ -228,6 +245,8 @@ def load_mask(path: Path | str, layout: Layout | None = None) -> tuple[Mask, dic
         raise UserError(f"{path}: tensors disagree with its metadata; delete it and rerun")
     if layout is not None:
         check_mask(mask, layout, str(path))
+    if identity is not None:
+        check_mask_origin(metadata, identity, str(path))
     return mask, metadata
 
 

@@ -125,6 +125,10 @@ class MaskedLM:
         self.unembed = unembedding(model).detach()[:vocab_size]
         head_bias = getattr(model.get_output_embeddings(), "bias", None)
         self.unembed_bias = None if head_bias is None else head_bias.detach()[:vocab_size]
+        config = model.config
+        self.max_positions: int | None = getattr(
+            config, "max_position_embeddings", getattr(config, "n_positions", None)
+        )
         for p in model.parameters():
             p.requires_grad_(False)
 
@@ -135,6 +139,11 @@ class MaskedLM:
 
     def hidden(self, input_ids: torch.Tensor, masks: Mask) -> torch.Tensor:
         """Final hidden states (after the final norm) with each masked weight times its mask."""
+        if self.max_positions is not None and input_ids.shape[-1] > self.max_positions:
+            raise UserError(
+                f"sequences of {input_ids.shape[-1]} tokens exceed the model's "
+                f"{self.max_positions} positions; set data.seq_len to at most {self.max_positions}"
+            )
         overrides = {self.body_names[n]: self.weights[n] * m for n, m in masks.items()}
         out = functional_call(self.body, overrides, args=(), kwargs={"input_ids": input_ids})
         return out.last_hidden_state

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from bigram_subnetworks.config import EmbeddedModel, HuggingFaceModel, LocalModel
 from bigram_subnetworks.errors import UserError
@@ -82,9 +83,12 @@ def _from_pretrained(
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{name_or_path}: cannot load the model ({first})") from None
+        raise UserError(
+            f"{name_or_path}: cannot load the model ({first}); re-download it or rerun its "
+            "model stage"
+        ) from None
     return model.eval()
 
 

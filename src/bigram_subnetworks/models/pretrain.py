@@ -157,7 +157,7 @@ def pretrain_embedded(
         "train_seconds": round(time.perf_counter() - started, 1),
         "tokenizer_sha256": read_json(tokenizer_dir / META_FILE).get("sha256"),
     }
-    write_parquet(pa.table(rows), staging / "train_log.parquet")
+    write_parquet(pa.table(rows), staging / "train_log.parquet", seed=cfg.seed)
     write_json(info, staging / MODEL_FILE)
     if output_dir.exists():
         shutil.rmtree(output_dir)
