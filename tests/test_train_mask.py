@@ -25,6 +25,7 @@ from bigram_subnetworks.masks.toolkit import load_mask
 from bigram_subnetworks.masks.train import (
     MaskedLM,
     MaskRun,
+    memory_estimate,
     should_stop,
     train_attempt,
     train_mask,
@@ -334,3 +335,22 @@ def test_sequences_longer_than_the_model_allows_are_refused(
     with pytest.raises(UserError, match=r"exceed the model's 32 positions; set data.seq_len"):
         train_mask(build(), make_run(), too_long, counts, tmp_path / "m.safetensors", CPU)
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_the_memory_estimate_counts_each_part(
+    tmp_path: Path, sequences: np.ndarray, counts: BigramCounts, caplog: pytest.LogCaptureFixture
+) -> None:
+    lm = MaskedLM(small_neox(), VOCAB)
+    parts = memory_estimate(lm, micro_batch=8, seq_len=12, teacher=False, bf16=False)
+    assert parts["weights"] == 4 * sum(p.numel() for p in lm.model.parameters())
+    assert parts["mask_state"] == 20 * lm.n_masked
+    assert parts["logits"] == 8 * 12 * VOCAB * 4 * 3
+    doubled = memory_estimate(lm, micro_batch=16, seq_len=12, teacher=True, bf16=False)
+    assert doubled["activations"] == 2 * parts["activations"]
+    assert doubled["logits"] == 2 * parts["logits"] * 4 // 3
+    half = memory_estimate(lm, micro_batch=8, seq_len=12, teacher=False, bf16=True)
+    assert half["activations"] == parts["activations"] // 2
+
+    caplog.set_level("INFO", logger="bigram_subnetworks.masks.train")
+    train_mask(small_neox(), make_run(max_steps=2), sequences, counts, tmp_path / "m", CPU)
+    assert any("memory estimate:" in r.getMessage() for r in caplog.records)

@@ -390,6 +390,50 @@ def train_attempt(
     )
 
 
+GIB = 1 << 30
+
+
+def memory_estimate(
+    lm: MaskedLM, micro_batch: int, seq_len: int, teacher: bool, bf16: bool
+) -> dict[str, int]:
+    """A rough peak of mask-training memory in bytes, by part. Frozen weights; mask state (float32
+    logits, their gradient, two AdamW moments and the masked weight copies: 5 × 4 bytes per masked
+    entry); activations (per layer and token about 17·d values plus 2.5 attention scores per head
+    and position, after Korthikanti et al. 2022); logits (3 vocabulary-sized float32 tensors per
+    position, 4 with the full model's own logits as the target)."""
+    layout, tokens = lm.layout, micro_batch * seq_len
+    value_bytes = 2 if bf16 else 4
+    per_token = 17 * layout.d_model + 2.5 * layout.n_heads * seq_len
+    return {
+        "weights": sum(p.numel() * p.element_size() for p in lm.model.parameters()),
+        "mask_state": 5 * 4 * lm.n_masked,
+        "activations": int(layout.n_layers * tokens * per_token * value_bytes),
+        "logits": tokens * lm.unembed.shape[0] * 4 * (4 if teacher else 3),
+    }
+
+
+def log_memory_estimate(lm: MaskedLM, run: MaskRun, seq_len: int, device: torch.device) -> None:
+    """Say, before training, how much memory a step needs (and warn when a GPU looks too small)."""
+    settings = run.settings
+    micro_batch = math.ceil(settings.batch_size / settings.grad_accumulation)
+    bf16 = settings.bf16 and device.type == "cuda"
+    parts = memory_estimate(lm, micro_batch, seq_len, run.target == "full", bf16)
+    total = sum(parts.values())
+    detail = ", ".join(
+        f"{name.replace('_', ' ')} {value / GIB:.2f}" for name, value in parts.items()
+    )
+    log.info(
+        "memory estimate: %.2f GiB (%s) per micro-batch of %d", total / GIB, detail, micro_batch
+    )
+    if device.type == "cuda":
+        available = torch.cuda.get_device_properties(device).total_memory
+        if total > 0.9 * available:
+            log.warning(
+                "the estimate exceeds 90%% of the GPU's %.1f GiB; raise masks.grad_accumulation",
+                available / GIB,
+            )
+
+
 def binarize(lm: MaskedLM, logits: dict[str, torch.Tensor]) -> Mask:
     """Keep an entry iff its logit is positive and its weight is not already zero."""
     return {name: ((s > 0) & lm.allowed[name]).cpu() for name, s in logits.items()}
@@ -442,6 +486,7 @@ def train_mask(
     bigram = None
     if counts is not None and run.target == "bigram":
         bigram = BigramTarget.build(counts, lm.unembed, lm.unembed_bias)
+    log_memory_estimate(lm, run, tokens.shape[1], device)
     state_dir = _state_dir(output)
     saved = _peek_state(state_dir, run.fingerprint())
     attempts: list[dict[str, Any]] = saved["previous"] if saved else []
