@@ -27,8 +27,15 @@ def test_data_stages_do_not_import_torch_or_transformers() -> None:
     assert result.stdout.strip() == "[]"
 
 
-def test_stages_chain_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+SECRET = "hf_test_secret_that_must_never_be_logged"
+
+
+def test_stages_chain_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, SECRET)
     config = str(ROOT / "config" / "smoke.yaml")
     corpus, tok, data = Path("data/c"), Path("data/tokenizers/t"), Path("data/c__t")
     assert main(["corpus", "--config", config, "--output-dir", str(corpus)]) == 0
@@ -56,6 +63,11 @@ def test_stages_chain_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         "tokenizers/t/tokenizer.json",
     ]
     assert "bigrams:" in log.read_text()
+    # Secrets in the environment never reach logs, artifacts or the terminal.
+    printed = capsys.readouterr()
+    assert SECRET not in printed.out + printed.err
+    for path in Path("data").rglob("*.*"):
+        assert SECRET.encode() not in path.read_bytes(), path
 
 
 def test_missing_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -233,3 +233,20 @@ def test_cli_schema_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "out of date" in capsys.readouterr().err
     assert main(["schema", "--output", str(target)]) == 0
     assert main(["schema", "--output", str(target), "--check"]) == 0
+
+
+def test_config_values_are_data_never_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Strings that look like code or templates stay literal text; nothing is evaluated."""
+    monkeypatch.chdir(tmp_path)
+    raw = default()
+    payload = "__import__('pathlib').Path('pwned').touch() ${HOME} {{ 7 * 7 }}"
+    raw["analysis"]["prompts"] = [payload]
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(raw) + "extra: !!python/object/apply:os.system ['touch pwned']\n"
+    )
+    with pytest.raises(ConfigError, match=r"c\.yaml: not valid YAML"):
+        load_config(config)  # YAML tags that construct objects are refused by the safe loader
+    config.write_text(yaml.safe_dump(raw))
+    assert load_config(config).analysis.prompts == [payload]
+    assert not (tmp_path / "pwned").exists()

@@ -295,6 +295,15 @@ def test_damaged_model_weights_are_refused_in_one_line(tmp_path: Path, pretraine
     assert "\n" not in str(error.value) and str(damaged) in str(error.value)
     with pytest.raises(UserError, match=r"model\.json: file not found"):
         load_model(tmp_path)
+    for info, problem in [
+        ({"source": "local"}, "no path for a local model"),
+        ({"source": "huggingface", "id": "x"}, "no revision, commit, checkpoint_revision"),
+        ({"source": "ftp"}, "unknown source 'ftp'"),
+    ]:
+        (tmp_path / "model.json").write_text(json.dumps(info))
+        with pytest.raises(UserError, match=problem) as error:
+            load_model(tmp_path)
+        assert "rerun its model stage" in str(error.value)
 
 
 # ---------------------------------------------------------------------------------- the CLI

@@ -135,18 +135,39 @@ def describe_local_model(spec: LocalModel) -> dict[str, Any]:
     }
 
 
+# The keys a model stage writes into model.json for each source, beyond `source` itself.
+INFO_KEYS = {
+    "embedded": (),
+    "local": ("path",),
+    "huggingface": ("id", "revision", "commit", "checkpoint_revision"),
+}
+
+
+def read_model_info(model_dir: Path | str) -> dict[str, Any]:
+    """`<model_dir>/model.json`, checked to hold what its source needs."""
+    path = Path(model_dir) / MODEL_FILE
+    info = read_json(path)
+    source = info.get("source") if isinstance(info, dict) else None
+    if source not in INFO_KEYS:
+        raise UserError(f"{path}: unknown source {source!r}; rerun its model stage")
+    missing = [key for key in INFO_KEYS[source] if key not in info]
+    if missing:
+        raise UserError(
+            f"{path}: no {', '.join(missing)} for a {source} model; rerun its model stage"
+        )
+    return info
+
+
 def load_model(model_dir: Path | str, trust_remote_code: bool = False) -> tuple[Any, dict]:
     """Load the model a model stage described in `<model_dir>/model.json`."""
     model_dir = Path(model_dir)
-    info = read_json(model_dir / MODEL_FILE)
-    source = info.get("source")
+    info = read_model_info(model_dir)
+    source = info["source"]
     if source == "embedded":
         return load_pretrained_dir(model_dir / "final"), info
     if source == "local":
         return load_pretrained_dir(info["path"]), info
-    if source == "huggingface":
-        return _from_pretrained(info["id"], info["commit"], trust_remote_code), info
-    raise UserError(f"{model_dir / MODEL_FILE}: unknown source {source!r}; rerun its model stage")
+    return _from_pretrained(info["id"], info["commit"], trust_remote_code), info
 
 
 def load_checkpoint(
@@ -155,8 +176,8 @@ def load_checkpoint(
     """Load the pretraining checkpoint of `step` (an embedded model's `step-<N>/` folder or a Hub
     model's checkpoint revision) and its identity, as stored in mask metadata."""
     model_dir = Path(model_dir)
-    info = read_json(model_dir / MODEL_FILE)
-    source = info.get("source")
+    info = read_model_info(model_dir)
+    source = info["source"]
     identity: dict[str, Any] = {"model": info.get("name"), "source": source, "step": step}
     if source == "embedded":
         folder = model_dir / f"step-{step}"
