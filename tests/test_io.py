@@ -13,7 +13,14 @@ import torch
 import bigram_subnetworks.io as io_module
 from bigram_subnetworks.cli import main
 from bigram_subnetworks.errors import UserError
-from bigram_subnetworks.io import atomic_outputs, parquet_seed, write_json, write_parquet
+from bigram_subnetworks.io import (
+    atomic_outputs,
+    parquet_seed,
+    read_json,
+    read_parquet,
+    write_json,
+    write_parquet,
+)
 from bigram_subnetworks.masks.toolkit import load_mask, save_mask
 
 
@@ -69,3 +76,22 @@ def test_seeded_tables_record_their_seed_and_stay_byte_identical(tmp_path: Path)
     assert parquet_seed(tmp_path / "plain.parquet") is None
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
     assert pq.read_table(tmp_path / "a.parquet").equals(table)
+
+
+def test_malformed_inputs_are_refused_in_one_line_naming_the_file(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens_train.parquet"
+    write_parquet(pa.table({"seq_id": [0], "ids": [[1, 2]]}), tokens)
+    damaged = tmp_path / "damaged.parquet"
+    damaged.write_bytes(b"PAR1 not really parquet")
+    broken = tmp_path / "model.json"
+    broken.write_text('{"source": ')
+    cases = [
+        (lambda: read_parquet(tokens, columns=["seq_id", "input_ids"]), "input_ids"),
+        (lambda: read_parquet(damaged), "damaged.parquet"),
+        (lambda: read_json(broken), "model.json: not valid JSON"),
+        (lambda: read_json(tmp_path / "absent.json"), "absent.json: file not found"),
+    ]
+    for call, message in cases:
+        with pytest.raises(UserError, match=message) as error:
+            call()
+        assert "\n" not in str(error.value)

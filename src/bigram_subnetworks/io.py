@@ -121,7 +121,8 @@ def read_parquet(path: Path | str, columns: list[str] | None = None) -> pa.Table
     missing = [c for c in columns or [] if c not in schema.names]
     if missing:
         raise ArtifactError(
-            f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(schema.names)})"
+            f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(schema.names)}); "
+            "rerun the stage that makes it"
         )
     return pq.read_table(path, columns=columns)
 
