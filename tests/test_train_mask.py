@@ -34,6 +34,15 @@ from bigram_subnetworks.masks.train import (
 
 VOCAB = 40
 CPU = torch.device("cpu")
+# Trainer tests run on every device this machine has: the CUDA path is covered wherever a GPU is.
+DEVICES = [
+    pytest.param(torch.device("cpu"), id="cpu"),
+    pytest.param(
+        torch.device("cuda"),
+        id="cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+    ),
+]
 
 
 def small_neox(seed: int = 0) -> GPTNeoXForCausalLM:
@@ -151,11 +160,12 @@ def test_infinite_lambdas_write_the_baselines_without_training(
     assert stored["kept"] == stored["total"] == sum(t.numel() for t in loaded.values())
 
 
+@pytest.mark.parametrize("device", DEVICES)
 def test_training_lowers_the_bigram_loss_and_writes_mask_and_log(
-    tmp_path: Path, sequences: np.ndarray, counts: BigramCounts
+    tmp_path: Path, sequences: np.ndarray, counts: BigramCounts, device: torch.device
 ) -> None:
     output = tmp_path / "masks" / "lambda-0.safetensors"
-    mask, meta = train_mask(small_neox(), make_run(lam="0"), sequences, counts, output, CPU)
+    mask, meta = train_mask(small_neox(), make_run(lam="0"), sequences, counts, output, device)
     log = json.loads(output.with_suffix(".json").read_text())
     losses = log["history"][-1]["loss"]
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.05
@@ -164,7 +174,7 @@ def test_training_lowers_the_bigram_loss_and_writes_mask_and_log(
     assert meta["target"] == "bigram" and meta["lambda"] == "0" and meta["seed"] == 0
     stored, stored_meta = load_mask(output)
     assert stored_meta["steps"] == meta["steps"] > 0
-    assert all(torch.equal(stored[n], mask[n]) for n in mask)
+    assert all(torch.equal(stored[n], mask[n].cpu()) for n in mask)
     assert not any(p.name.startswith(".") for p in output.parent.iterdir())  # no state left
 
 
@@ -180,11 +190,12 @@ def test_a_larger_lambda_keeps_fewer_weights(
     assert kept[1] < kept[0]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 def test_the_full_target_trains_on_the_model_itself(
-    tmp_path: Path, sequences: np.ndarray, counts: BigramCounts
+    tmp_path: Path, sequences: np.ndarray, counts: BigramCounts, device: torch.device
 ) -> None:
     output = tmp_path / "full.safetensors"
-    _, meta = train_mask(small_neox(), make_run("full", "1"), sequences, counts, output, CPU)
+    _, meta = train_mask(small_neox(), make_run("full", "1"), sequences, counts, output, device)
     losses = json.loads(output.with_suffix(".json").read_text())["history"][-1]["loss"]
     assert meta["target"] == "full"
     assert losses[-1] < losses[0]
@@ -276,16 +287,17 @@ def test_a_state_from_other_settings_is_ignored(
     assert all(torch.equal(resumed[n], fresh[n]) for n in fresh)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 def test_gradient_accumulation_matches_one_batch(
-    sequences: np.ndarray, counts: BigramCounts
+    sequences: np.ndarray, counts: BigramCounts, device: torch.device
 ) -> None:
     tokens = torch.from_numpy(sequences.astype(np.int64))
     results = []
     for parts in (1, 2):
-        lm = MaskedLM(small_neox(), VOCAB)
+        lm = MaskedLM(small_neox().to(device), VOCAB)
         target = BigramTarget.build(counts, lm.unembed)
         run = make_run(max_steps=4, grad_accumulation=parts, stop_fraction=1e-9)
-        results.append(train_attempt(lm, run, tokens, target, 0, Path("/nonexistent"), CPU, []))
+        results.append(train_attempt(lm, run, tokens, target, 0, Path("/nonexistent"), device, []))
     for name, logits in results[0].logits.items():
         torch.testing.assert_close(logits, results[1].logits[name], atol=1e-5, rtol=1e-4)
 
@@ -354,3 +366,14 @@ def test_the_memory_estimate_counts_each_part(
     caplog.set_level("INFO", logger="bigram_subnetworks.masks.train")
     train_mask(small_neox(), make_run(max_steps=2), sequences, counts, tmp_path / "m", CPU)
     assert any("memory estimate:" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast runs on CUDA only")
+def test_bf16_autocast_trains_on_cuda(
+    tmp_path: Path, sequences: np.ndarray, counts: BigramCounts
+) -> None:
+    output = tmp_path / "bf16.safetensors"
+    run = make_run(lam="0", bf16=True)
+    _, meta = train_mask(small_neox(), run, sequences, counts, output, torch.device("cuda"))
+    losses = json.loads(output.with_suffix(".json").read_text())["history"][-1]["loss"]
+    assert meta["steps"] > 0 and np.mean(losses[-5:]) < np.mean(losses[:5])
