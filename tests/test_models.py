@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -470,17 +475,22 @@ def test_mask_edit_refuses_a_malformed_head(
     assert not (tmp_path / "x").exists()
 
 
+def kill_once_written(command: list[str], path: Path) -> None:
+    """Start `command`, SIGKILL it as soon as `path` exists (failing if it ends first)."""
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not path.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert path.exists() and process.poll() is None, f"the job ended before writing {path}"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
 def test_a_killed_train_mask_job_resumes_to_the_same_mask(
     tmp_path: Path, data_dirs: tuple[Path, Path], pretrained: Path
 ) -> None:
     """SIGKILL a real `bsn train-mask` process after it saved a state; the rerun resumes from it
     and ends with the same mask file as an uninterrupted run."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     settings = {"max_steps": 400, "save_every": 20, "stop_fraction": 1e-9, "batch_size": 4}
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(config_dict() | {"masks": config_dict()["masks"] | settings}))
@@ -497,13 +507,7 @@ def test_a_killed_train_mask_job_resumes_to_the_same_mask(
 
     killed = tmp_path / "killed.safetensors"
     state = tmp_path / ".killed.safetensors.state" / "state.json"
-    process = subprocess.Popen(command(killed), stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert state.exists() and process.poll() is None, "no state saved before the job ended"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
+    kill_once_written(command(killed), state)
     saved_step = json.loads(state.read_text())["step"]
     assert not killed.exists() and 0 < saved_step < 400
 
@@ -520,12 +524,6 @@ def test_a_killed_pretrain_job_restarts_to_the_same_model(
     """SIGKILL a real `bsn pretrain` process mid-way (checkpoints already staged); nothing is
     left where the stage's output goes, and the rerun writes the same weights as an
     uninterrupted run (pretraining restarts from step 0: these models train in minutes)."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     model = MODEL | {"pretrain": MODEL["pretrain"] | {"steps": 1500, "checkpoints": 8}}
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(config_dict(tiny=model)))
@@ -543,13 +541,7 @@ def test_a_killed_pretrain_job_restarts_to_the_same_model(
     killed = tmp_path / "killed" / "tiny"
     # Kill it once the last checkpoint before the end is staged.
     staged = killed.with_name(".tiny.tmp") / f"step-{checkpoint_steps(1500, 8)[-2]}"
-    process = subprocess.Popen(command(killed), stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not staged.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert staged.exists() and process.poll() is None, "the job ended before it was killed"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
+    kill_once_written(command(killed), staged)
     assert not killed.exists()  # a later stage finds no model, not a partial one
 
     subprocess.run(command(killed), check=True, capture_output=True, timeout=300)

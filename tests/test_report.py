@@ -23,8 +23,11 @@ import pyarrow as pa
 import pytest
 import yaml
 
+from bigram_subnetworks.analysis.checkpoints import SCHEMA as CHECKPOINT_SCHEMA
+from bigram_subnetworks.analysis.evaluate import METRIC_SCHEMA
+from bigram_subnetworks.analysis.residual import SCHEMA as RESIDUAL_SCHEMA
 from bigram_subnetworks.cli import main
-from bigram_subnetworks.config import Config, validate_config
+from bigram_subnetworks.config import Config, lambda_value, validate_config
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import write_json, write_parquet
 from bigram_subnetworks.report import FIGURES, figure_names, find_benchmark_files, run_report
@@ -121,34 +124,6 @@ class Spec:
 def _parquet(path: Path, rows: list[dict[str, Any]], schema: pa.Schema | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_parquet(pa.Table.from_pylist(rows, schema=schema), path)
-
-
-MASK_SCHEMA = pa.schema(
-    [
-        ("model", pa.string()),
-        ("target", pa.string()),
-        ("lambda", pa.string()),
-        ("lambda_value", pa.float64()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-    ]
-)
-CHECKPOINT_SCHEMA = pa.schema(
-    [
-        ("model", pa.string()),
-        ("step", pa.int64()),
-        ("target", pa.string()),
-        ("lambda", pa.string()),
-        ("lambda_value", pa.float64()),
-        ("budget", pa.int64()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-    ]
-)
-
-
-def _lambda_value(label: str) -> float:
-    return -math.inf if label == "neginf" else float(label)
 
 
 def _mask_metrics(kept: int, masked: int, r: float, full_r: float) -> dict[str, float]:
@@ -257,7 +232,7 @@ def write_run(root: Path, cfg: Config, spec: Spec) -> tuple[Path, Path]:
                         "model": name,
                         "target": target,
                         "lambda": label,
-                        "lambda_value": _lambda_value(label),
+                        "lambda_value": lambda_value(label),
                         "metric": metric,
                         "value": value,
                     }
@@ -357,23 +332,13 @@ def write_run(root: Path, cfg: Config, spec: Spec) -> tuple[Path, Path]:
                 write_json({"history": attempts, "attempts": len(attempts)}, log_file)
 
     metrics = run_dir / "metrics"
-    _parquet(metrics / "masks.parquet", masks, MASK_SCHEMA)
+    _parquet(metrics / "masks.parquet", masks, METRIC_SCHEMA)
     _parquet(metrics / "blocks.parquet", blocks)
     _parquet(metrics / "overlap.parquet", overlap)
     _parquet(metrics / "overlap_null.parquet", null)
     _parquet(metrics / "ablations.parquet", ablations)
     _parquet(metrics / "generations.parquet", generations)
-    residual_schema = pa.schema(
-        [
-            ("model", pa.string()),
-            ("condition", pa.string()),
-            ("metric", pa.string()),
-            ("layer", pa.int32()),
-            ("layer_b", pa.int32()),
-            ("value", pa.float64()),
-        ]
-    )
-    _parquet(metrics / "residual.parquet", residual, residual_schema)
+    _parquet(metrics / "residual.parquet", residual, RESIDUAL_SCHEMA)
     if cfg.checkpoints is not None:
         _write_checkpoints(metrics, cfg, spec)
     write_json(selection, run_dir / "selection.json")
@@ -404,7 +369,7 @@ def _write_checkpoints(metrics: Path, cfg: Config, spec: Spec) -> None:
                             **base,
                             "target": target,
                             "lambda": label,
-                            "lambda_value": _lambda_value(label),
+                            "lambda_value": lambda_value(label),
                             "metric": metric,
                             "value": value,
                         }

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
@@ -181,6 +182,19 @@ def linear_map_logits(
     return logits if bias is None else logits + bias
 
 
+# residual.parquet: one row per model × condition × metric × layer (× second layer).
+SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("condition", pa.string()),
+        ("metric", pa.string()),
+        ("layer", pa.int32()),
+        ("layer_b", pa.int32()),
+        ("value", pa.float64()),
+    ]
+)
+
+
 def _row(metric: str, layer: int, value: float, layer_b: int | None = None) -> dict[str, Any]:
     return {"metric": metric, "layer": layer, "layer_b": layer_b, "value": value}
 
@@ -285,7 +299,6 @@ def run_residual(
 ) -> None:
     """The residual stage: `residual.parquet` for the full model, the selected bigram mask and a
     random mask with the same count in every block, for every model."""
-    import pyarrow as pa
 
     from bigram_subnetworks.analysis.evaluate import bigram_surprisal, eval_sample
     from bigram_subnetworks.analysis.select import read_selection
@@ -334,15 +347,5 @@ def run_residual(
             extra = [_row("layer0_linear_map_bigram_r", 0, r)]
             rows += [{"model": name, "condition": condition, **row} for row in result.rows + extra]
         log.info("%s: residual analyses of %d conditions", name, len(conditions))
-    schema = pa.schema(
-        [
-            ("model", pa.string()),
-            ("condition", pa.string()),
-            ("metric", pa.string()),
-            ("layer", pa.int32()),
-            ("layer_b", pa.int32()),
-            ("value", pa.float64()),
-        ]
-    )
     with atomic_outputs(output) as (temp,):
-        write_parquet(pa.Table.from_pylist(rows, schema=schema), temp, seed=cfg.seed)
+        write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), temp, seed=cfg.seed)
