@@ -21,6 +21,7 @@ from bigram_subnetworks.data.bigrams import count_bigrams
 from bigram_subnetworks.masks.toolkit import block_counts, kept
 from bigram_subnetworks.masks.train import MaskedLM
 from bigram_subnetworks.models.layout import layout_of
+from bigram_subnetworks.report.summary import ABLATION_CONDITIONS
 
 CPU = torch.device("cpu")
 
@@ -49,14 +50,9 @@ def test_ablation_conditions_keep_the_right_weights(model: GPTNeoXForCausalLM) -
     layout = layout_of(model)
     bigram, optimal = random_mask(layout, 0.1, 0), random_mask(layout, 0.2, 1)
     conditions = ablation_masks(layout, bigram, optimal, seed=0)
-    assert list(conditions) == [
-        "full model",
-        "bigram alone",
-        "random alone",
-        "bigram removed",
-        "random removed",
-        "optimal removed",
-    ]
+    # The stage writes exactly the conditions the report reads, in its display order.
+    assert tuple(conditions) == ABLATION_CONDITIONS
+    assert ABLATION_CONDITIONS[0] == "full model" and ABLATION_CONDITIONS[-1] == "optimal removed"
     total = layout.n_masked
     assert kept(conditions["full model"]) == total
     assert kept(conditions["bigram removed"]) == total - kept(bigram)
