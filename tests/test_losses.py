@@ -288,3 +288,91 @@ def test_distillation_minimum_is_teacher_entropy() -> None:
     assert float(other) > float(entropy) + 1e-3
     half = distillation_cross_entropy(teacher.bfloat16(), teacher.bfloat16())
     assert half.dtype == torch.float32
+
+
+# --- bf16 autocast --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def offset_lm_batch() -> tuple[object, BigramTarget, torch.Tensor]:
+    """A tiny random GPT-NeoX whose logits share a large offset (GPT-2's sit near −60 to −100),
+    a bigram table counted from a Zipfian bigram process, and a batch of that process."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from bigram_subnetworks.masks.train import MaskedLM
+
+    vocab, d = 256, 32
+    rng = np.random.default_rng(0)
+    zipf = 1 / np.arange(1, vocab + 1)
+    zipf /= zipf.sum()
+    successors = np.stack([rng.permutation(vocab) for _ in range(vocab)])
+    tokens = np.empty((16, 32), dtype=np.int64)
+    tokens[:, 0] = rng.choice(vocab, size=16, p=zipf)
+    for t in range(1, tokens.shape[1]):
+        tokens[:, t] = successors[tokens[:, t - 1], rng.choice(vocab, size=16, p=zipf)]
+    counts = count_bigrams(tokens, vocab)
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(
+        vocab_size=vocab,
+        hidden_size=d,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        rotary_pct=0.25,
+    )
+    model = GPTNeoXForCausalLM(config).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        # Every final hidden state contains the norm's bias b; a shared row part u with u · b = −60
+        # shifts all logits of a position alike, which the exact cross-entropy ignores.
+        b = torch.randn(d, generator=gen)
+        model.gpt_neox.final_layer_norm.bias.copy_(b)
+        spread = 0.5 * torch.randn(vocab, d, generator=gen)
+        model.get_output_embeddings().weight.copy_(spread - 60.0 * b / b.dot(b))
+    lm = MaskedLM(model, vocab)
+    return lm, BigramTarget.build(counts, lm.unembed), torch.from_numpy(tokens[:8])
+
+
+def test_bf16_autocast_bigram_loss_matches_float32(
+    offset_lm_batch: tuple[object, BigramTarget, torch.Tensor],
+) -> None:
+    """Under bf16 autocast the loss head runs in float32: the masked model's bigram loss agrees
+    with the float32 one to 1e-3 nats (bf16 logits in the logsumexp were off by ~5e-3)."""
+    from bigram_subnetworks.masks.train import target_loss
+
+    lm, target, batch = offset_lm_batch
+    soft = lm.soft_masks({n: torch.zeros(lm.layout.shapes[n]) for n in lm.layout.masked}, 1.0)
+    exact = target_loss(lm, "bigram", batch, soft, target)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = target_loss(lm, "bigram", batch, soft, target)
+        hidden = lm.hidden(batch, soft)
+        head_only = bigram_cross_entropy(hidden, batch, lm.unembed, target)
+    assert half.dtype == torch.float32
+    assert abs(float(half) - float(exact)) < 1e-3
+    # With the same hidden states, autocast changes nothing in the head.
+    reference = bigram_cross_entropy(hidden.double(), batch, lm.unembed.double(), target)
+    assert float(head_only) == pytest.approx(float(reference), abs=1e-5)
+
+
+def test_bf16_autocast_distillation_head_is_float32(
+    offset_lm_batch: tuple[object, BigramTarget, torch.Tensor],
+) -> None:
+    """The full-model target under bf16 autocast: student and teacher bodies run in bf16, their
+    logits and the cross-entropy in float32, so the loss equals a float64 head on the same hidden
+    states (bf16 logits were off by ~1e-2 nats)."""
+    from bigram_subnetworks.masks.train import target_loss
+
+    lm, _, batch = offset_lm_batch
+    soft = lm.soft_masks({n: torch.zeros(lm.layout.shapes[n]) for n in lm.layout.masked}, 1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = target_loss(lm, "full", batch, soft, None)
+        student = lm.hidden(batch, soft)
+        teacher = lm.body(input_ids=batch).last_hidden_state
+        logits_dtype = lm.logits(student).dtype
+    unembed = lm.unembed.double()
+    reference = distillation_cross_entropy(
+        student.double() @ unembed.T, teacher.double() @ unembed.T
+    )
+    assert float(half) == pytest.approx(float(reference), abs=1e-5)
+    assert half.dtype == logits_dtype == torch.float32

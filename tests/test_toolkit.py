@@ -547,3 +547,95 @@ def test_metadata_values_are_json_strings(tmp_path: Path, layout: Layout) -> Non
         raw = handle.metadata()
     assert json.loads(raw["target"]) == "bigram"
     assert json.loads(raw["kept"]) == 0 and json.loads(raw["total"]) == layout.n_masked
+
+
+# --- generation never leaves the tokenizer's vocabulary ------------------------------------------
+
+
+def favour_padded_rows(model: Any, real_vocab: int) -> Any:
+    """Make the embedding rows from `real_vocab` on (padding, as in Pythia) the most likely."""
+
+    def hook(module: Any, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        boosted = output.clone()
+        boosted[..., real_vocab:] += 100.0
+        return boosted
+
+    return model.get_output_embeddings().register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.5])
+def test_generation_stays_inside_the_tokenizer_vocabulary(
+    tiny_model: Any, temperature: float
+) -> None:
+    """With the tokenizer's vocab_size, ids of padded embedding rows are never generated, greedy
+    or sampled, even where those rows are the most likely; the real rows' choices are unchanged."""
+    real = VOCAB - 10
+    prompt = torch.randint(0, real, (2, 3), generator=torch.Generator().manual_seed(5))
+    plain = generate(tiny_model, prompt, 12, temperature, seed=3, vocab_size=real)
+    handle = favour_padded_rows(tiny_model, real)
+    try:
+        unrestricted = generate(tiny_model, prompt, 12, temperature, seed=3)
+        restricted = generate(tiny_model, prompt, 12, temperature, seed=3, vocab_size=real)
+    finally:
+        handle.remove()
+    assert bool((unrestricted >= real).all())  # the padded rows do win without the restriction
+    assert int(restricted.max()) < real
+    assert torch.equal(restricted, plain)
+    one_line_user_error(
+        lambda: generate(tiny_model, prompt, 1, vocab_size=VOCAB + 1), "only 50 embedding rows"
+    )
+
+
+def test_mask_generate_command_emits_only_tokenizer_ids(
+    tmp_path: Path, small_bpe: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`bsn mask generate` on a model whose embedding is padded past the tokenizer (400 tokens,
+    416 rows) and whose padded rows are the most likely: every generated id is a real token."""
+    import argparse
+
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+    import bigram_subnetworks.masks.toolkit as toolkit
+    from bigram_subnetworks.data.tokenizer import vocab_size_of
+    from bigram_subnetworks.mask_cli import add_mask_commands
+
+    real = vocab_size_of(small_bpe)
+    config = GPTNeoXConfig(
+        vocab_size=real + 16,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(config)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # every final hidden state is b; the padded rows point along it
+        b = torch.randn(16, generator=gen)
+        model.gpt_neox.final_layer_norm.weight.zero_()
+        model.gpt_neox.final_layer_norm.bias.copy_(b)
+        head = model.get_output_embeddings().weight
+        head.copy_(0.1 * torch.randn(head.shape, generator=gen))
+        head[real:] = b
+    model.save_pretrained(tmp_path)
+    PreTrainedTokenizerFast(tokenizer_object=small_bpe).save_pretrained(tmp_path)
+
+    generated: list[torch.Tensor] = []
+    real_generate = toolkit.generate
+
+    def record(*args: Any, **kwargs: Any) -> torch.Tensor:
+        generated.append(real_generate(*args, **kwargs))
+        return generated[-1]
+
+    monkeypatch.setattr(toolkit, "generate", record)
+    parser = argparse.ArgumentParser()
+    add_mask_commands(parser.add_subparsers(dest="command"))
+    for temperature in ("0", "1.0"):
+        argv = ["mask", "generate", "--model-dir", str(tmp_path), "--prompt", "We the people"]
+        args = parser.parse_args([*argv, "--max-new-tokens", "6", "--temperature", temperature])
+        args.func(args)
+    assert len(generated) == 2
+    assert all(ids.numel() == 6 and int(ids.max()) < real for ids in generated)
+    assert capsys.readouterr().out.startswith("We the people")

@@ -140,6 +140,21 @@ def test_relative_jumps_count_as_spikes() -> None:
     assert unrecovered_spike([0.1, 0.1, 0.2, 0.2, 0.2], rules) == 2
 
 
+def test_steps_before_a_full_window_are_checked_against_the_losses_so_far() -> None:
+    """As the authors' check does, from step 1 on: the reference is the mean of the (up to
+    `window`) previous losses, so a spike at step 3 of a 10-step window counts."""
+    rules = StabilitySettings(window=10, recovery_margin=5)
+    never = [3.0, 2.9, 2.8, 3.6] + [3.3] * 16  # step 3: 3.6 > 2.9 + 0.25; never back to 2.9
+    assert unrecovered_spike(never, rules) == 3
+    recovered = [3.0, 2.9, 2.8, 3.6, 2.85] + [2.8 - 0.01 * i for i in range(15)]  # 2.85 <= 2.9
+    assert unrecovered_spike(recovered, rules) is None
+    late = [3.0, 2.9, 2.8, 3.6] + [3.3] * 11 + [2.5] * 5  # back at step 15 = the deadline (20 - 5)
+    assert unrecovered_spike(late, rules) == 3
+    first = [2.0, 2.6] + [2.6] * 10  # step 1 against step 0 alone
+    assert unrecovered_spike(first, rules) == 1
+    assert unrecovered_spike([2.0], rules) is None
+
+
 # ---------------------------------------------------------------------------------- training
 
 
@@ -377,3 +392,51 @@ def test_bf16_autocast_trains_on_cuda(
     _, meta = train_mask(small_neox(), run, sequences, counts, output, torch.device("cuda"))
     losses = json.loads(output.with_suffix(".json").read_text())["history"][-1]["loss"]
     assert meta["steps"] > 0 and np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+# ------------------------------------------------------------------------ the training sample
+
+
+def test_training_rows_are_a_seeded_sample() -> None:
+    """Under the cap: a sample without replacement in corpus order, the same for the same seed and
+    another for another seed; at or above the number of rows: all of them."""
+    first = train_module.training_rows(1000, 100, seed=0)
+    assert len(first) == len(set(first.tolist())) == 100
+    assert np.all(np.diff(first) > 0) and first[-1] < 1000
+    assert np.array_equal(train_module.training_rows(1000, 100, seed=0), first)
+    assert not np.array_equal(train_module.training_rows(1000, 100, seed=1), first)
+    assert not np.array_equal(first, np.arange(100))
+    assert np.array_equal(train_module.training_rows(64, None, seed=0), np.arange(64))
+    assert np.array_equal(train_module.training_rows(64, 64, seed=3), np.arange(64))
+
+
+def test_training_uses_the_seeded_sample_of_sequences(
+    tmp_path: Path, sequences: np.ndarray, counts: BigramCounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With max_sequences below the number of sequences, the rows fed to training are a seeded
+    sample (not the first rows): the same seed feeds the same rows, another seed others."""
+    fed: list[np.ndarray] = []
+    real_attempt = train_module.train_attempt
+
+    def record(lm: Any, run: Any, tokens: torch.Tensor, *args: Any) -> Any:
+        fed.append(tokens.numpy().copy())
+        return real_attempt(lm, run, tokens, *args)
+
+    monkeypatch.setattr(train_module, "train_attempt", record)
+    for index, seed in enumerate((0, 0, 1)):
+        run = MaskRun("bigram", "1", settings(max_steps=2, max_sequences=16), seed, {"m": "t"})
+        train_mask(small_neox(), run, sequences, counts, tmp_path / f"{index}.safetensors", CPU)
+    assert all(rows.shape == (16, sequences.shape[1]) for rows in fed)
+    assert np.array_equal(fed[0], fed[1])
+    assert not np.array_equal(fed[0], fed[2])
+    assert not np.array_equal(fed[0], sequences[:16])
+    for rows, seed in zip((fed[0], fed[2]), (0, 1), strict=True):
+        assert np.array_equal(rows, sequences[train_module.training_rows(64, 16, seed)])
+
+
+def test_the_fingerprint_covers_the_trainer_semantics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state saved by a trainer of other semantics (another TRAINING_SEMANTICS) is not resumed."""
+    run = make_run()
+    before = run.fingerprint()
+    monkeypatch.setattr(train_module, "TRAINING_SEMANTICS", train_module.TRAINING_SEMANTICS + 1)
+    assert run.fingerprint() != before

@@ -143,8 +143,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if args.mask
         else contextlib.nullcontext()
     )
+    # The model's embedding may have more rows than the tokenizer has tokens (Pythia pads 50,277
+    # to 50,304): only real token ids are generated.
+    vocab_size = max(tokenizer.get_vocab().values()) + 1
     with context:
-        new = generate(model, ids, args.max_new_tokens, args.temperature, args.seed)
+        new = generate(model, ids, args.max_new_tokens, args.temperature, args.seed, vocab_size)
     print(args.prompt + tokenizer.decode(new.tolist()))
 
 

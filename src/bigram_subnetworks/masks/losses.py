@@ -7,11 +7,17 @@ bigram row P[c] is
     CE(P[c], softmax(z)) = logsumexp(z) − Σ_j P[c, j] z_j = logsumexp(z) − h · M[c] − (P b)[c]
 
 with M = P W_U, computed once because W_U is frozen. No (batch, seq, vocab) target is ever built.
+
+Every loss here runs in float32 (or wider) with autocast switched off, also inside a bf16 autocast
+region: bf16 logits are rounded by up to 2^-9 of their size, an error that logsumexp(z) picks up
+but h · M[c] does not, so the two terms would no longer cancel. Under autocast the hidden states
+(and, for distillation, the teacher's) may still come from a bf16 body; only the head is exact.
 """
 
 from __future__ import annotations
 
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +64,13 @@ def unigram_distribution(counts: BigramCounts) -> torch.Tensor:
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 for half types, else the dtype itself (float64 stays float64)."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def full_precision(device: torch.device) -> AbstractContextManager[object]:
+    """Autocast off on `device` (a no-op where autocast does not exist), for the loss head."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return nullcontext()
 
 
 def dense_bigram_matrix(counts: BigramCounts) -> torch.Tensor:
@@ -113,8 +126,11 @@ class BigramTarget:
 def logits_from_hidden(
     hidden: torch.Tensor, unembed: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    logits = hidden @ unembed.T
-    return logits if bias is None else logits + bias
+    """W_U h (+ b) in float32 or wider, also under autocast (never in a half type)."""
+    acc = _accumulation_dtype(torch.promote_types(hidden.dtype, unembed.dtype))
+    with full_precision(hidden.device):
+        logits = hidden.to(acc) @ unembed.to(acc).T
+        return logits if bias is None else logits + bias.to(acc)
 
 
 def bigram_cross_entropy(
@@ -124,11 +140,14 @@ def bigram_cross_entropy(
     target: BigramTarget,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean over positions of CE(P[current], softmax(W_U h + b)), in nats."""
+    """Mean over positions of CE(P[current], softmax(W_U h + b)), in nats.
+
+    Both terms see the same hidden states at the same (float32 or wider) precision."""
     logits = logits_from_hidden(hidden, unembed, bias)
-    acc = _accumulation_dtype(logits.dtype)
-    expected = target.expected_logit(hidden, current)
-    return (torch.logsumexp(logits.to(acc), dim=-1) - expected.to(acc)).mean()
+    acc = logits.dtype
+    with full_precision(hidden.device):
+        expected = target.expected_logit(hidden.to(acc), current)
+        return (torch.logsumexp(logits, dim=-1) - expected.to(acc)).mean()
 
 
 def dense_bigram_cross_entropy(
@@ -142,5 +161,6 @@ def dense_bigram_cross_entropy(
 def distillation_cross_entropy(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Mean CE(softmax(teacher), softmax(student)): the 'optimal pruning' target."""
     acc = _accumulation_dtype(torch.promote_types(student.dtype, teacher.dtype))
-    target = torch.softmax(teacher.to(acc), dim=-1)
-    return -(target * torch.log_softmax(student.to(acc), dim=-1)).sum(-1).mean()
+    with full_precision(student.device):
+        target = torch.softmax(teacher.to(acc), dim=-1)
+        return -(target * torch.log_softmax(student.to(acc), dim=-1)).sum(-1).mean()

@@ -280,16 +280,21 @@ def generate(
     max_new_tokens: int,
     temperature: float = 0.0,
     seed: int = 0,
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """Continue (batch, seq) or (seq,) prompts; returns only the new token ids, same rank.
 
     Greedy when temperature == 0, else sampling from softmax(logits / temperature) with a
     generator seeded by `seed`. Put the model in eval mode first (dropout would add randomness).
+    `vocab_size` is the tokenizer's: ids from it up to the embedding's padded size (Pythia has
+    50,304 rows for 50,277 tokens) get logit −inf, so they are never chosen.
     """
     if temperature < 0:
         raise UserError(f"temperature {temperature}: must be >= 0 (0 = greedy)")
     if max_new_tokens < 0:
         raise UserError(f"max_new_tokens {max_new_tokens}: must be >= 0")
+    if vocab_size is not None and vocab_size < 1:
+        raise UserError(f"vocab_size {vocab_size}: must be >= 1")
     device = next(model.parameters()).device
     ids = (input_ids[None] if input_ids.dim() == 1 else input_ids).to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -299,6 +304,13 @@ def generate(
             out = model(input_ids=step, past_key_values=past, use_cache=True)
             past = out.past_key_values
             logits = out.logits[:, -1].float()
+            if vocab_size is not None:
+                if vocab_size > logits.shape[-1]:
+                    raise UserError(
+                        f"the tokenizer has {vocab_size} tokens but the model only "
+                        f"{logits.shape[-1]} embedding rows; use the model's own tokenizer"
+                    )
+                logits[:, vocab_size:] = -torch.inf
             if temperature == 0:
                 step = logits.argmax(dim=-1, keepdim=True)
             else:

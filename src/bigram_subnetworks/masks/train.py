@@ -7,6 +7,8 @@ forced out.
 Training stops once the undecided entries (σ in [0.1, 0.9]) are fewer than `stop_fraction` of the
 entries above 0.9, or at `max_steps`; the mask is s > 0. A loss spike that is not recovered
 `recovery_margin` steps before the end triggers a new attempt on a new shuffle of the data.
+With `max_sequences` below the number of train sequences, a run trains on a uniform sample of them
+drawn with its seed (the same seed gives the same sample); every attempt reshuffles that sample.
 
 Targets: `bigram` (the exact soft-target cross-entropy against P(next | current), via M = P·W_U,
 see losses.py) and `full` (the unmasked model's own output distribution: "optimal pruning").
@@ -38,13 +40,14 @@ from tqdm.auto import tqdm
 
 from bigram_subnetworks.config import MaskSettings, StabilitySettings, lambda_value
 from bigram_subnetworks.data.bigrams import BigramCounts
-from bigram_subnetworks.data.tokenize import batch_order
+from bigram_subnetworks.data.tokenize import batch_order, sample_rows
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import atomic_outputs, write_json
 from bigram_subnetworks.masks.losses import (
     BigramTarget,
     bigram_cross_entropy,
     distillation_cross_entropy,
+    logits_from_hidden,
 )
 from bigram_subnetworks.masks.toolkit import Mask, keep_all, keep_none, save_mask
 from bigram_subnetworks.models.layout import Layout, body, layout_of, unembedding
@@ -53,6 +56,12 @@ log = logging.getLogger(__name__)
 
 TARGETS = ("bigram", "full")
 UNDECIDED_LOW, UNDECIDED_HIGH = 0.1, 0.9
+# Part of every run's fingerprint: raise it whenever the trainer changes what a run produces, so
+# that a saved state of the old behaviour is never resumed. 2: float32 loss head under bf16
+# autocast, the stability check from step 1, a seeded sample of the train sequences.
+TRAINING_SEMANTICS = 2
+# Tags the seed of the sequence sample apart from the batch orders' seeds [seed, attempt].
+SAMPLE_STREAM = 0x5A4D
 
 
 @dataclass
@@ -96,6 +105,7 @@ class MaskRun:
             "settings": self.settings.model_dump(mode="json"),
             "seed": self.seed,
             "model": self.model_info,
+            "semantics": TRAINING_SEMANTICS,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -149,8 +159,8 @@ class MaskedLM:
         return out.last_hidden_state
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = hidden @ self.unembed.T
-        return logits if self.unembed_bias is None else logits + self.unembed_bias
+        """Logits over the tokenizer's vocabulary, in float32 even under bf16 autocast."""
+        return logits_from_hidden(hidden, self.unembed, self.unembed_bias)
 
     @torch.no_grad()
     def teacher_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -190,19 +200,23 @@ def should_stop(undecided: int, high: int, stop_fraction: float) -> bool:
 def unrecovered_spike(losses: list[float], settings: StabilitySettings) -> int | None:
     """The first step whose loss spiked (> mean of the previous `window` + abs_jump, or × rel_jump)
     and did not fall back to that mean at least `recovery_margin` steps before the end; None if
-    the curve is stable."""
+    the curve is stable.
+
+    As in the authors' `check_loss_stability`, every step from step 1 on is checked: before a full
+    window exists the reference is the mean of all previous losses (at least one)."""
     values = np.asarray(losses, dtype=np.float64)
     n, window = len(values), settings.window
-    if n <= window:
+    if n < 2:
         return None
-    means = np.convolve(values, np.ones(window) / window, mode="valid")[:-1]  # mean of [i-w, i)
-    current = values[window:]
+    # means[i - 1] is the mean of values[max(0, i - window) : i], for steps i = 1 .. n - 1.
+    means = np.array([values[max(0, i - window) : i].mean() for i in range(1, n)])
+    current = values[1:]
     spikes = np.flatnonzero(
         (current > means + settings.abs_jump) | (current > means * settings.rel_jump)
     )
     deadline = n - settings.recovery_margin  # recovery must happen at a step < deadline
     for spike in spikes:
-        step = spike + window
+        step = spike + 1
         recovered = np.flatnonzero(values[step + 1 :] <= means[spike])
         if recovered.size == 0 or step + 1 + recovered[0] >= deadline:
             return int(step)
@@ -434,6 +448,15 @@ def log_memory_estimate(lm: MaskedLM, run: MaskRun, seq_len: int, device: torch.
             )
 
 
+def training_rows(n_sequences: int, max_sequences: int | None, seed: int) -> np.ndarray:
+    """The train sequences (row indices, in corpus order) a run uses: all of them, or above
+    `max_sequences` a uniform sample without replacement, seeded by the run's seed: the same seed
+    gives the same sample, another seed another. Drawn from its own stream, apart from the batch
+    orders; the attempts of a run share the sample and reshuffle it."""
+    stream = int(np.random.SeedSequence([seed, SAMPLE_STREAM]).generate_state(1)[0])
+    return sample_rows(n_sequences, max_sequences, stream)
+
+
 def binarize(lm: MaskedLM, logits: dict[str, torch.Tensor]) -> Mask:
     """Keep an entry iff its logit is positive and its weight is not already zero."""
     return {name: ((s > 0) & lm.allowed[name]).cpu() for name, s in logits.items()}
@@ -482,7 +505,10 @@ def train_mask(
             f"token id {int(sequences.max())} is outside the model's vocabulary of {vocab_size}; "
             "rebuild the data stages with this model's tokenizer"
         )
-    tokens = torch.from_numpy(sequences[: run.settings.max_sequences].astype(np.int64))
+    rows = training_rows(len(sequences), run.settings.max_sequences, run.seed)
+    if len(rows) < len(sequences):
+        log.info("training on a seeded sample of %d of %d sequences", len(rows), len(sequences))
+    tokens = torch.from_numpy(sequences[rows].astype(np.int64))
     bigram = None
     if counts is not None and run.target == "bigram":
         bigram = BigramTarget.build(counts, lm.unembed, lm.unembed_bias)
