@@ -395,8 +395,8 @@ def test_unsupported_or_mismatched_models_are_refused(tiny_gpt2: Any) -> None:
     with pytest.raises(UserError, match="not supported"):
         arch_of(torch.nn.Linear(2, 2))
     other = torch.nn.Module()
-    other.config = types.SimpleNamespace(model_type="llama")  # type: ignore[assignment]
-    with pytest.raises(UserError, match="'llama': not supported"):
+    other.config = types.SimpleNamespace(model_type="mamba")  # type: ignore[assignment]
+    with pytest.raises(UserError, match="'mamba': not supported"):
         layout_of(other)
     with pytest.raises(UserError, match="load the model as GPT2LMHeadModel"):
         layout_of(GPT2Model(tiny_gpt2.config))

@@ -81,21 +81,96 @@ def dense_bigram_matrix(counts: BigramCounts) -> torch.Tensor:
     return dense
 
 
+def softcap_logits(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """c·tanh(z / c), computed as transformers' Gemma2ForCausalLM does."""
+    return torch.tanh(logits / cap) * cap
+
+
+# The attribute by which an unembedding tensor (MaskedLM.unembed) carries its model's final-logit
+# soft-cap to `BigramTarget.build` when the caller passes none.
+SOFTCAP_ATTRIBUTE = "logit_softcap"
+
+
+@dataclass
+class SoftcappedBigram:
+    """P as sparse rows, for soft-capped logits z = c·tanh((W_U h + b) / c)."""
+
+    unembed: torch.Tensor  # (V, d)
+    bias: torch.Tensor | None  # (V,)
+    cap: float
+    crow: torch.Tensor  # (V + 1,) int64: row r of P is entries crow[r] .. crow[r + 1]
+    col: torch.Tensor  # (nnz,) int64
+    value: torch.Tensor  # (nnz,) P entries, float32 (float64 for a float64 unembedding)
+    unigram: torch.Tensor  # (V,) the back-off of contexts never seen
+    unseen: torch.Tensor  # (V,) bool
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return softcap_logits(logits_from_hidden(hidden, self.unembed, self.bias), self.cap)
+
+    def expected_from_logits(self, logits: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        """Σ_v P[current, v] · logits_v for every position (shape of `current`), float32+."""
+        flat = current.reshape(-1)
+        z = logits.reshape(-1, logits.shape[-1])
+        start = self.crow[flat]
+        count = self.crow[flat + 1] - start
+        total = int(count.sum())
+        positions = torch.arange(flat.numel(), device=z.device)
+        row = torch.repeat_interleave(positions, count, output_size=total)
+        offset = torch.arange(total, device=z.device) - (torch.cumsum(count, 0) - count)[row]
+        entry = start[row] + offset
+        contribution = self.value[entry] * z[row, self.col[entry]].to(self.value.dtype)
+        expected = torch.zeros(flat.numel(), dtype=self.value.dtype, device=z.device)
+        expected = expected.index_add(0, row, contribution)
+        backoff = torch.nonzero(self.unseen[flat]).squeeze(1)  # their sparse rows are empty
+        if backoff.numel():  # (a product and a sum, not a matmul: autocast leaves them alone)
+            unigram_term = (z[backoff].to(self.unigram.dtype) * self.unigram).sum(-1)
+            expected = expected.index_add(0, backoff, unigram_term)
+        return expected.reshape(current.shape)
+
+    def cross_entropy(self, linear: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        """Mean CE(P[current], softmax(capped logits)) from the uncapped logits W_U h + b."""
+        logits = softcap_logits(linear.to(self.value.dtype), self.cap)
+        expected = self.expected_from_logits(logits, current)
+        return (torch.logsumexp(logits, dim=-1) - expected).mean()
+
+    def to(self, device: torch.device) -> SoftcappedBigram:
+        return SoftcappedBigram(
+            self.unembed.to(device),
+            None if self.bias is None else self.bias.to(device),
+            self.cap,
+            *(t.to(device) for t in (self.crow, self.col, self.value, self.unigram, self.unseen)),
+        )
+
+
 @dataclass
 class BigramTarget:
-    """Precomputed M = P W_U (and P b) for one frozen unembedding."""
+    """Precomputed M = P W_U (and P b) for one frozen unembedding; for soft-capped logits, the
+    sparse rows of P instead (`capped`, with `m` None)."""
 
-    m: torch.Tensor  # (V, d)
+    m: torch.Tensor | None  # (V, d); None when `capped` is set
     bias_term: torch.Tensor | None  # (V,) = P b, when the unembedding has a bias
+    capped: SoftcappedBigram | None = None
 
     @classmethod
     def build(
-        cls, counts: BigramCounts, unembed: torch.Tensor, bias: torch.Tensor | None = None
+        cls,
+        counts: BigramCounts,
+        unembed: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        softcap: float | None = None,
     ) -> BigramTarget:
-        """`unembed` is the LM head weight cut to the tokenizer's vocabulary, shape (V, d)."""
+        """`unembed` is the LM head weight cut to the tokenizer's vocabulary, shape (V, d).
+
+        `softcap` is the model's final-logit soft-cap (`layout.logit_softcap`); when None it is
+        read from `unembed`'s `logit_softcap` attribute if present (MaskedLM.unembed carries it),
+        so a target built from a MaskedLM always matches that model's logits."""
         vocab = counts.vocab_size
         if unembed.shape[0] != vocab:
             raise ValueError(f"unembedding has {unembed.shape[0]} rows, bigram table {vocab}")
+        if softcap is None:
+            softcap = getattr(unembed, SOFTCAP_ATTRIBUTE, None)
+        if softcap is not None:
+            return cls(None, None, cls._capped(counts, unembed, bias, float(softcap)))
         weight = unembed.detach().to("cpu", torch.float64)
         p = bigram_matrix(counts)
         unseen = torch.from_numpy(context_totals(counts) == 0)
@@ -113,12 +188,36 @@ class BigramTarget:
             bias_term=None if bias_term is None else bias_term.to(device, dtype),
         )
 
+    @staticmethod
+    def _capped(
+        counts: BigramCounts, unembed: torch.Tensor, bias: torch.Tensor | None, cap: float
+    ) -> SoftcappedBigram:
+        p = bigram_matrix(counts)
+        device, dtype = unembed.device, _accumulation_dtype(unembed.dtype)
+        return SoftcappedBigram(
+            unembed=unembed.detach(),
+            bias=None if bias is None else bias.detach(),
+            cap=cap,
+            crow=p.crow_indices().to(device),
+            col=p.col_indices().to(device),
+            value=p.values().to(device, dtype),
+            unigram=unigram_distribution(counts).to(device, dtype),
+            unseen=torch.from_numpy(context_totals(counts) == 0).to(device),
+        )
+
     def to(self, device: torch.device) -> BigramTarget:
+        if self.capped is not None:
+            return BigramTarget(None, None, self.capped.to(device))
+        assert self.m is not None
         bias = None if self.bias_term is None else self.bias_term.to(device)
         return BigramTarget(self.m.to(device), bias)
 
     def expected_logit(self, hidden: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        """Σ_v P[current, v] · logit_v for every position, without forming the logits."""
+        """Σ_v P[current, v] · logit_v for every position, without forming the logits (for
+        soft-capped logits, through the logits of these positions)."""
+        if self.capped is not None:
+            return self.capped.expected_from_logits(self.capped.logits(hidden), current)
+        assert self.m is not None
         expected = (hidden * self.m[current]).sum(-1)
         return expected if self.bias_term is None else expected + self.bias_term[current]
 
@@ -144,6 +243,8 @@ def bigram_cross_entropy(
 
     Both terms see the same hidden states at the same (float32 or wider) precision."""
     logits = logits_from_hidden(hidden, unembed, bias)
+    if target.capped is not None:  # soft-capped logits: the expectation goes through them
+        return target.capped.cross_entropy(logits, current)
     acc = logits.dtype
     with full_precision(hidden.device):
         expected = target.expected_logit(hidden.to(acc), current)

@@ -44,13 +44,15 @@ from bigram_subnetworks.data.tokenize import batch_order, sample_rows
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import atomic_outputs, write_json
 from bigram_subnetworks.masks.losses import (
+    SOFTCAP_ATTRIBUTE,
     BigramTarget,
     bigram_cross_entropy,
     distillation_cross_entropy,
     logits_from_hidden,
+    softcap_logits,
 )
 from bigram_subnetworks.masks.toolkit import Mask, keep_all, keep_none, save_mask
-from bigram_subnetworks.models.layout import Layout, body, layout_of, unembedding
+from bigram_subnetworks.models.layout import Layout, body, layout_of, logit_softcap, unembedding
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +116,11 @@ class MaskRun:
 
 
 class MaskedLM:
-    """A frozen causal LM whose block weights are multiplied by soft masks σ(T·s)."""
+    """A frozen causal LM whose block weights are multiplied by soft masks σ(T·s).
+
+    Its logits are soft-capped as the family's own LM head does (Gemma-2: c·tanh(z / c)); `unembed`
+    then carries c as its `logit_softcap` attribute, so that a BigramTarget built from it takes
+    the exact soft-capped bigram loss."""
 
     def __init__(self, model: torch.nn.Module, vocab_size: int) -> None:
         self.model = model
@@ -135,6 +141,9 @@ class MaskedLM:
         self.unembed = unembedding(model).detach()[:vocab_size]
         head_bias = getattr(model.get_output_embeddings(), "bias", None)
         self.unembed_bias = None if head_bias is None else head_bias.detach()[:vocab_size]
+        self.logit_softcap = logit_softcap(model)
+        if self.logit_softcap is not None:
+            setattr(self.unembed, SOFTCAP_ATTRIBUTE, self.logit_softcap)
         config = model.config
         self.max_positions: int | None = getattr(
             config, "max_position_embeddings", getattr(config, "n_positions", None)
@@ -160,7 +169,8 @@ class MaskedLM:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the tokenizer's vocabulary, in float32 even under bf16 autocast."""
-        return logits_from_hidden(hidden, self.unembed, self.unembed_bias)
+        logits = logits_from_hidden(hidden, self.unembed, self.unembed_bias)
+        return logits if self.logit_softcap is None else softcap_logits(logits, self.logit_softcap)
 
     @torch.no_grad()
     def teacher_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -511,7 +521,7 @@ def train_mask(
     tokens = torch.from_numpy(sequences[rows].astype(np.int64))
     bigram = None
     if counts is not None and run.target == "bigram":
-        bigram = BigramTarget.build(counts, lm.unembed, lm.unembed_bias)
+        bigram = BigramTarget.build(counts, lm.unembed, lm.unembed_bias, lm.logit_softcap)
     log_memory_estimate(lm, run, tokens.shape[1], device)
     state_dir = _state_dir(output)
     saved = _peek_state(state_dir, run.fingerprint())
