@@ -7,10 +7,12 @@ and tested on its own. Every command validates the whole config before doing any
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from bigram_subnetworks import __version__
@@ -23,6 +25,7 @@ from bigram_subnetworks.config import (
 )
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.mask_cli import add_mask_commands
+from bigram_subnetworks.stages import Stage, always
 
 log = logging.getLogger("bigram_subnetworks")
 
@@ -52,6 +55,15 @@ def cmd_validate(args: argparse.Namespace, cfg: Config) -> None:
     )
 
 
+def _check_or_write(path: Path, text: str, command: str) -> None:
+    """Write `text` to `path` atomically, or with --check fail when the file differs."""
+    from bigram_subnetworks.io import atomic_outputs
+
+    with atomic_outputs(path) as (temp,):
+        temp.write_text(text, encoding="utf-8")
+    log.info("wrote %s (%s)", path, command)
+
+
 def cmd_schema(args: argparse.Namespace) -> None:
     text = json_schema_text()
     if args.check:
@@ -61,159 +73,45 @@ def cmd_schema(args: argparse.Namespace) -> None:
                 f"{args.output}: out of date; run `bsn schema --output {args.output}`"
             )
         return
-    from bigram_subnetworks.io import atomic_outputs
-
-    with atomic_outputs(args.output) as (temp,):
-        temp.write_text(text, encoding="utf-8")
+    _check_or_write(args.output, text, "bsn schema")
 
 
-def cmd_corpus(args: argparse.Namespace, cfg: Config) -> None:
-    from bigram_subnetworks.data.corpus import build_corpus
+def cmd_dvc(args: argparse.Namespace, cfg: Config) -> None:
+    from bigram_subnetworks.frontends import dvc_yaml
 
-    build_corpus(cfg.corpus, cfg.seed, args.output_dir)
-
-
-def cmd_tokenizer(args: argparse.Namespace, cfg: Config) -> None:
-    from bigram_subnetworks.data.tokenizer import build_tokenizer
-
-    build_tokenizer(cfg.tokenizer, args.documents, args.output_dir)
-
-
-def cmd_tokenize(args: argparse.Namespace, cfg: Config) -> None:
-    from bigram_subnetworks.data.tokenize import tokenize_corpus
-    from bigram_subnetworks.data.tokenizer import TOKENIZER_FILE, load_tokenizer
-
-    loaded = load_tokenizer(args.tokenizer)
-    tokenize_corpus(
-        args.documents,
-        loaded,
-        cfg.data,
-        cfg.seed,
-        args.output_dir,
-        tokenizer_path=args.tokenizer / TOKENIZER_FILE,
-    )
+    text = dvc_yaml(cfg, Path(args.config).as_posix())
+    if args.check:
+        current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
+        if current != text:
+            raise ConfigError(
+                f"{args.output}: out of date for {args.config}; run "
+                f"`bsn dvc --config {args.config}` and commit it"
+            )
+        return
+    _check_or_write(args.output, text, f"bsn dvc --config {args.config}")
+    print(f"{args.output}: {len(text.splitlines())} lines for {args.config}; now run `dvc repro`")
 
 
-def cmd_bigram_stats(args: argparse.Namespace, cfg: Config) -> None:
-    from bigram_subnetworks.data.bigrams import build_bigram_stats
+def run_stage(stage: Stage, args: argparse.Namespace, cfg: Config) -> None:
+    """Run one registry stage: its function gets the config, restricted to the keys the stage
+    declares, and one keyword per wildcard, input and output."""
+    from bigram_subnetworks.config import restrict
+    from bigram_subnetworks.stages import job_fields, key_parts
 
-    build_bigram_stats(args.tokens, args.output_dir)
+    wildcards = {name: getattr(args, name) for name in stage.wildcards}
+    fields = job_fields(cfg, wildcards) if stage.name != "config" else {}
+    view = restrict(cfg, [key_parts(key, fields) for key in stage.reads], stage.name)
+    if stage.torch:
+        from bigram_subnetworks.models.loading import tune_cpu
 
-
-def cmd_pretrain(args: argparse.Namespace, cfg: Config) -> None:
-    from bigram_subnetworks.models.loading import tune_cpu
-    from bigram_subnetworks.models.pretrain import prepare_model
-
-    tune_cpu(args.threads)
-    prepare_model(args.model, cfg, args.data_dir, args.tokenizer, args.output_dir)
-
-
-def cmd_train_mask(args: argparse.Namespace, cfg: Config) -> None:
-    from bigram_subnetworks.data.bigrams import read_bigram_counts
-    from bigram_subnetworks.data.tokenize import read_sequences
-    from bigram_subnetworks.masks.train import MaskRun, train_mask
-    from bigram_subnetworks.models.loading import load_model, model_identity, pick_device, tune_cpu
-
-    tune_cpu(args.threads)
-    model, info = load_model(args.model_dir, trust_remote_code=_trusts_remote_code(cfg, args))
-    run = MaskRun(
-        target=args.target,
-        lambda_label=args.lam,
-        settings=cfg.masks,
-        seed=cfg.seed,
-        model_info=model_identity(args.model_dir, info),
-    )
-    counts = read_bigram_counts(args.data_dir)
-    sequences = read_sequences(args.data_dir / "tokens_train.parquet")
-    train_mask(model, run, sequences, counts, args.output, pick_device(cfg.device))
+        tune_cpu(args.threads)
+    module, function = stage.run.split(":")
+    paths = {name: getattr(args, name) for name in {**stage.inputs, **stage.outputs}}
+    getattr(importlib.import_module(module), function)(view, **wildcards, **paths)
 
 
-def cmd_evaluate(args: argparse.Namespace, cfg: Config) -> None:
-    from bigram_subnetworks.analysis.evaluate import run_evaluation
-    from bigram_subnetworks.models.loading import tune_cpu
-
-    tune_cpu(args.threads)
-    run_evaluation(cfg, args.models_dir, args.masks_dir, args.data_dir, args.output_dir)
-
-
-def cmd_select(args: argparse.Namespace, cfg: Config) -> None:
-    from bigram_subnetworks.analysis.select import run_selection
-
-    run_selection(args.metrics, list(cfg.models), cfg.analysis.selection_tolerance, args.output)
-
-
-def cmd_overlap(args: argparse.Namespace, cfg: Config) -> None:
-    from bigram_subnetworks.analysis.overlap import run_overlap
-
-    run_overlap(cfg, args.models_dir, args.masks_dir, args.selection, args.output_dir)
-
-
-def cmd_ablate(args: argparse.Namespace, cfg: Config) -> None:
-    from bigram_subnetworks.analysis.ablate import run_ablation
-    from bigram_subnetworks.models.loading import tune_cpu
-
-    tune_cpu(args.threads)
-    run_ablation(
-        cfg,
-        args.models_dir,
-        args.masks_dir,
-        args.selection,
-        args.data_dir,
-        args.tokenizer,
-        args.output_dir,
-    )
-
-
-def cmd_residual(args: argparse.Namespace, cfg: Config) -> None:
-    from bigram_subnetworks.analysis.residual import run_residual
-    from bigram_subnetworks.models.loading import tune_cpu
-
-    tune_cpu(args.threads)
-    run_residual(cfg, args.models_dir, args.masks_dir, args.selection, args.data_dir, args.output)
-
-
-def cmd_checkpoint_masks(args: argparse.Namespace, cfg: Config) -> None:
-    from bigram_subnetworks.analysis.checkpoints import train_checkpoint_masks
-    from bigram_subnetworks.models.loading import tune_cpu
-
-    tune_cpu(args.threads)
-    train_checkpoint_masks(
-        cfg, args.model, args.model_dir, args.step, args.data_dir, args.output_dir
-    )
-
-
-def cmd_checkpoints(args: argparse.Namespace, cfg: Config) -> None:
-    from bigram_subnetworks.analysis.checkpoints import run_checkpoints
-
-    run_checkpoints(cfg, args.checkpoints_dir, args.output)
-
-
-def cmd_controls(args: argparse.Namespace, cfg: Config) -> None:
-    from bigram_subnetworks.analysis.controls import run_controls
-    from bigram_subnetworks.models.loading import tune_cpu
-
-    tune_cpu(args.threads)
-    run_controls(
-        cfg,
-        args.models_dir,
-        args.checkpoints_dir,
-        args.metrics_dir,
-        args.selection,
-        args.data_dir,
-        args.masks_output_dir,
-        args.output,
-    )
-
-
-def cmd_report(args: argparse.Namespace, cfg: Config) -> None:
-    from bigram_subnetworks.report import find_benchmark_files, run_report
-
-    benchmarks = find_benchmark_files(cfg, args.run_dir, args.data_dir)
-    run_report(cfg, args.run_dir, args.data_dir, args.output_dir, args.metrics_json, benchmarks)
-
-
-def _trusts_remote_code(cfg: Config, args: argparse.Namespace) -> bool:
-    spec = cfg.models.get(args.model)
+def _trusts_remote_code(cfg: Config, model: str) -> bool:
+    spec = cfg.models.get(model)
     return bool(getattr(spec, "trust_remote_code", False))
 
 
@@ -227,138 +125,97 @@ def _lambda_label(text: str) -> str:
 # ------------------------------------------------------------------------------- parser
 
 
-def _stage(
-    sub: argparse._SubParsersAction,
-    name: str,
-    func: Callable[[argparse.Namespace, Config], None],
-    help_text: str,
-) -> argparse.ArgumentParser:
-    parser = sub.add_parser(name, help=help_text, description=help_text)
-    parser.add_argument("--config", type=Path, required=True, help="Run config (YAML).")
+def _add_stage(sub: argparse._SubParsersAction, stage: Stage) -> None:
+    """`bsn <stage>`: options derived from the registry (wildcards, inputs, outputs)."""
+    from bigram_subnetworks.stages import option
+
+    lines = [stage.help, "", "reads:"]
+    lines += [
+        f"  {option(n)}: {p.artifact.help} ({p.artifact.path})" for n, p in stage.inputs.items()
+    ]
+    lines += ["writes:"]
+    lines += [
+        f"  {option(n)}: {p.artifact.help} ({p.artifact.path})" for n, p in stage.outputs.items()
+    ]
+    lines += ["config keys: " + (", ".join(k or "all" for k in stage.reads) or "none")]
+    parser = sub.add_parser(
+        stage.command,
+        help=stage.help,
+        description="\n".join(lines),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="The config: the run's effective config (results/<run>/config.yaml), or any config "
+        "file.",
+    )
+    for name in stage.wildcards:
+        parser.add_argument(
+            option(name),
+            dest=name,
+            required=True,
+            type=_lambda_label if name == "lam" else str,
+            help=WILDCARD_HELP[name],
+        )
+    for name, port in {**stage.inputs, **stage.outputs}.items():
+        parser.add_argument(
+            option(name),
+            dest=name,
+            type=Path,
+            nargs="+" if port.each is not None else None,
+            required=port.when is always,
+            help=f"{port.artifact.help}: {port.artifact.path}",
+        )
     parser.add_argument("--log", type=Path, help="Also write the log to this file.")
-    parser.set_defaults(func=func, needs_config=True)
-    return parser
+    if stage.torch:
+        parser.add_argument(
+            "--threads", type=int, default=None, help="Torch threads (default: all cores)."
+        )
+    parser.set_defaults(func=functools.partial(run_stage, stage), needs_config=True)
 
 
-# Path options shared by several stages, with what they point to.
-_PATH_HELP = {
-    "--data-dir": "data/<corpus>__<tokenizer>/",
-    "--tokenizer": "data/tokenizers/<name>/",
-    "--models-dir": "results/<run>/models/",
-    "--masks-dir": "results/<run>/masks/",
-    "--selection": "results/<run>/selection.json",
-    "--output-dir": "results/<run>/metrics/",
-    "--checkpoints-dir": "results/<run>/checkpoints/",
-    "--metrics-dir": "results/<run>/metrics/",
+WILDCARD_HELP = {
+    "model": "Model key: a model name of the config, or name+step-<N> / name+random-body.",
+    "target": "Mask target: bigram or full.",
+    "lam": "λ label: 0, 1, 1e1, 5e2, inf, neginf (quoted in YAML).",
 }
 
 
-def _paths(parser: argparse.ArgumentParser, *flags: str) -> None:
-    for flag in flags:
-        parser.add_argument(flag, type=Path, required=True, help=_PATH_HELP[flag])
-
-
-def _threads(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=int, default=None, help="Torch threads (default: all).")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from bigram_subnetworks.stages import STAGES
+
     parser = argparse.ArgumentParser(
         prog="bsn", description="Bigram subnetworks workflow: run one stage."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    _stage(sub, "validate", cmd_validate, "Validate a config file and exit.")
+    p = sub.add_parser("validate", help="Validate a config file and exit.")
+    p.add_argument("--config", type=Path, required=True, help="Run config (YAML).")
+    p.add_argument("--log", type=Path, help="Also write the log to this file.")
+    p.set_defaults(func=cmd_validate, needs_config=True)
 
     schema = sub.add_parser("schema", help="Write (or check) the config JSON schema.")
     schema.add_argument("--output", type=Path, default=Path("config/schema.json"))
     schema.add_argument("--check", action="store_true", help="Fail if the file is out of date.")
     schema.set_defaults(func=cmd_schema, needs_config=False)
 
-    p = _stage(sub, "corpus", cmd_corpus, "Read and split the corpus.")
-    p.add_argument("--output-dir", type=Path, required=True, help="data/<corpus>/")
-
-    p = _stage(sub, "tokenizer", cmd_tokenizer, "Train or adopt the tokenizer.")
-    p.add_argument("--documents", type=Path, required=True, help="documents.parquet")
-    p.add_argument("--output-dir", type=Path, required=True, help="data/tokenizers/<name>/")
-
-    p = _stage(sub, "tokenize", cmd_tokenize, "Cut documents into fixed-length token sequences.")
-    p.add_argument("--documents", type=Path, required=True, help="documents.parquet")
-    p.add_argument("--tokenizer", type=Path, required=True, help="data/tokenizers/<name>/")
-    p.add_argument("--output-dir", type=Path, required=True, help="data/<corpus>__<tokenizer>/")
-
-    p = _stage(sub, "bigram-stats", cmd_bigram_stats, "Count bigrams of the train sequences.")
-    p.add_argument("--tokens", type=Path, required=True, help="tokens_train.parquet")
-    p.add_argument("--output-dir", type=Path, required=True, help="data/<corpus>__<tokenizer>/")
-
-    p = _stage(sub, "pretrain", cmd_pretrain, "Pretrain an embedded model (or resolve a Hub one).")
-    p.add_argument("--model", required=True, help="Model name from the config's models.")
-    _paths(p, "--data-dir", "--tokenizer")
-    p.add_argument("--output-dir", type=Path, required=True, help="results/<run>/models/<name>/")
-    _threads(p)
-
-    p = _stage(sub, "train-mask", cmd_train_mask, "Train one mask (model × target × λ).")
-    p.add_argument("--model", required=True, help="Model name from the config's models.")
-    p.add_argument("--model-dir", type=Path, required=True, help="results/<run>/models/<name>/")
-    _paths(p, "--data-dir")
-    p.add_argument("--target", required=True, choices=["bigram", "full"])
-    p.add_argument("--lambda", dest="lam", required=True, type=_lambda_label, help="e.g. 1e1, inf")
-    p.add_argument("--output", type=Path, required=True, help="lambda-<label>.safetensors")
-    _threads(p)
-
-    p = _stage(sub, "evaluate", cmd_evaluate, "Evaluate every mask of every model of the run.")
-    _paths(p, "--models-dir", "--masks-dir", "--data-dir", "--output-dir")
-    _threads(p)
-
-    p = _stage(sub, "select", cmd_select, "Choose the analysed bigram mask and its optimal pair.")
-    p.add_argument("--metrics", type=Path, required=True, help="metrics/masks.parquet")
-    p.add_argument("--output", type=Path, required=True, help="results/<run>/selection.json")
-
-    p = _stage(sub, "overlap", cmd_overlap, "Overlap of bigram and optimal masks, with p-values.")
-    _paths(p, "--models-dir", "--masks-dir", "--selection", "--output-dir")
-
-    p = _stage(sub, "ablate", cmd_ablate, "Ablations and generations of the selected masks.")
-    _paths(p, "--models-dir", "--masks-dir", "--selection", "--data-dir", "--tokenizer")
-    _paths(p, "--output-dir")
-    _threads(p)
-
-    p = _stage(sub, "residual", cmd_residual, "Residual-stream analyses of the selected masks.")
-    _paths(p, "--models-dir", "--masks-dir", "--selection", "--data-dir")
-    p.add_argument("--output", type=Path, required=True, help="metrics/residual.parquet")
-    _threads(p)
-
-    p = _stage(
-        sub,
-        "checkpoint-masks",
-        cmd_checkpoint_masks,
-        "Train and score bigram masks at a checkpoint.",
+    dvc = sub.add_parser(
+        "dvc",
+        help="Write dvc.yaml for a config (from the stage registry).",
+        description="Write dvc.yaml for a config: every stage of the registry, with exactly the "
+        "config keys each one reads as DVC params. Then run `dvc repro`.",
     )
-    p.add_argument("--model", required=True, help="Model name from checkpoints.models.")
-    p.add_argument("--model-dir", type=Path, required=True, help="results/<run>/models/<name>/")
-    p.add_argument("--step", type=int, required=True, help="Training step of the checkpoint.")
-    _paths(p, "--data-dir")
-    p.add_argument(
-        "--output-dir", type=Path, required=True, help="results/<run>/checkpoints/<name>/step-<N>/"
-    )
-    _threads(p)
+    dvc.add_argument("--config", type=Path, required=True, help="Run config (YAML).")
+    dvc.add_argument("--output", type=Path, default=Path("dvc.yaml"), help="Default: dvc.yaml.")
+    dvc.add_argument("--check", action="store_true", help="Fail if the file is out of date.")
+    dvc.add_argument("--log", type=Path, help=argparse.SUPPRESS)
+    dvc.set_defaults(func=cmd_dvc, needs_config=True)
 
-    p = _stage(sub, "checkpoints", cmd_checkpoints, "Gather checkpoint metrics; fit r vs size.")
-    _paths(p, "--checkpoints-dir")
-    p.add_argument("--output", type=Path, required=True, help="metrics/checkpoints.parquet")
-
-    p = _stage(sub, "controls", cmd_controls, "Random-initialisation and embedding controls.")
-    _paths(p, "--models-dir", "--checkpoints-dir", "--metrics-dir", "--selection", "--data-dir")
-    p.add_argument("--masks-output-dir", type=Path, required=True, help="results/<run>/controls/")
-    p.add_argument("--output", type=Path, required=True, help="metrics/controls.parquet")
-    _threads(p)
-
-    p = _stage(sub, "report", cmd_report, "Figures, HTML report, paper comparison and metrics.")
-    p.add_argument("--run-dir", type=Path, required=True, help="results/<run>/")
-    _paths(p, "--data-dir")
-    p.add_argument("--output-dir", type=Path, required=True, help="results/<run>/report/")
-    p.add_argument("--metrics-json", type=Path, required=True, help="results/<run>/metrics.json")
-
+    for stage in STAGES.values():
+        _add_stage(sub, stage)
     add_mask_commands(sub)
     return parser
 

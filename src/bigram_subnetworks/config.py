@@ -225,6 +225,11 @@ class EmbeddedModel(_Section):
     rotary_base: Annotated[Number, Field(gt=0)] = Field(10000.0, description="Rotary base.")
     pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
 
+    @property
+    def final_step(self) -> int:
+        """The training step of the model's own (final) weights."""
+        return self.pretrain.steps
+
     @model_validator(mode="after")
     def _heads_divide_width(self) -> EmbeddedModel:
         if self.d_model % self.heads:
@@ -253,12 +258,24 @@ class HuggingFaceModel(_Section):
         False, description="Allow the model's own code from the Hub (off unless you trust it)."
     )
 
+    @property
+    def final_step(self) -> int | None:
+        """The step of `revision` when it is one of the checkpoint revisions (else unknown)."""
+        pattern = re.escape(self.checkpoint_revision).replace(r"\{step\}", r"(\d+)")
+        found = re.fullmatch(pattern, self.revision)
+        return int(found.group(1)) if found else None
+
 
 class LocalModel(_Section):
     """A directory written by `save_pretrained` (GPT-NeoX or GPT-2)."""
 
     source: Literal["local"]
     path: str = Field(description="The model directory.")
+
+    @property
+    def final_step(self) -> None:
+        """A local folder has no training steps."""
+        return None
 
 
 Model = Annotated[EmbeddedModel | HuggingFaceModel | LocalModel, Field(discriminator="source")]
@@ -437,24 +454,17 @@ class Config(_Section):
                 )
             for name in self.checkpoints.models:
                 _check_checkpoints(name, self.models.get(name), self.checkpoints.steps)
+            missing = [
+                label
+                for label in self.checkpoints.lambdas
+                if self.lambdas is None or label not in self.lambdas.bigram
+            ]
+            if missing:
+                raise ValueError(
+                    f"checkpoints.lambdas: {missing} not in lambdas.bigram; the final checkpoint "
+                    "reuses the main grid's masks, so add them there"
+                )
         return self
-
-    # Derived paths: the fixed artifact layout of design.md §4.
-    @property
-    def corpus_dir(self) -> Path:
-        return Path("data") / self.corpus.name
-
-    @property
-    def tokenizer_dir(self) -> Path:
-        return Path("data") / "tokenizers" / self.tokenizer.name
-
-    @property
-    def data_dir(self) -> Path:
-        return Path("data") / f"{self.corpus.name}__{self.tokenizer.name}"
-
-    @property
-    def run_dir(self) -> Path:
-        return Path("results") / self.run
 
 
 def _check_checkpoints(name: str, spec: Model | None, steps: list[int]) -> None:
@@ -627,3 +637,110 @@ def json_schema() -> dict[str, Any]:
 
 def json_schema_text() -> str:
     return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+# ------------------------------------------------------------------- the effective config
+
+EFFECTIVE_HEADER = (
+    "# The effective config of run {run!r}: validated, every default filled in, written by bsn.\n"
+    "# Edit the config file you ran (or pass --config overrides), not this file.\n"
+)
+
+
+def effective_config_text(cfg: Config) -> str:
+    """The effective config as YAML (canonical: the same config always gives the same bytes)."""
+    body = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    return EFFECTIVE_HEADER.format(run=cfg.run) + body
+
+
+def write_effective_config(cfg: Config, path: Path | str) -> bool:
+    """Write the effective config atomically unless the file already holds it; True if written."""
+    from bigram_subnetworks.io import atomic_outputs
+
+    path, text = Path(path), effective_config_text(cfg)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return False
+    with atomic_outputs(path) as (temp,):
+        temp.write_text(text, encoding="utf-8")
+    return True
+
+
+def run_stage(cfg: Config, *, output: Path) -> None:
+    """The `config` stage (DVC): validate a config file and write the run's effective config."""
+    write_effective_config(cfg, output)
+
+
+def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` merged recursively into `base` (mappings merge, other values replace)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_overrides(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# ------------------------------------------------------------ what a stage may read of it
+
+
+class UndeclaredConfigKey(AttributeError):
+    """A stage read a config key its registry entry does not declare (a bug in the stage)."""
+
+
+class ConfigView:
+    """Read-only access to the declared keys of a config section; any other key raises.
+
+    Stages receive their config through this view, so a stage that reads a key it does not
+    declare in `stages.py` fails at once instead of silently missing reruns.
+    """
+
+    def __init__(self, value: Any, allowed: dict[str, Any], where: str, stage: str) -> None:
+        self._value, self._allowed, self._where, self._stage = value, allowed, where, stage
+
+    def _child(self, name: str) -> Any:
+        if name not in self._allowed:
+            key = f"{self._where}.{name}" if self._where else name
+            raise UndeclaredConfigKey(
+                f"stage {self._stage!r} reads config key {key!r}, which its entry in stages.py "
+                "does not declare"
+            )
+        sub = self._allowed[name]
+        value = self._value[name] if isinstance(self._value, dict) else getattr(self._value, name)
+        if sub is None:
+            return value
+        where = f"{self._where}.{name}" if self._where else name
+        return ConfigView(value, sub, where, self._stage)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._child(name)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._child(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._child(name) if name in self._allowed else default
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._allowed
+
+    def __iter__(self) -> Any:
+        return iter(self._allowed)
+
+
+def restrict(cfg: Config, keys: list[list[str]], stage: str) -> Config:
+    """A view of `cfg` in which only `keys` (as path parts; [] = everything) can be read."""
+    if any(not parts for parts in keys):
+        return cfg
+    tree: dict[str, Any] = {}
+    for parts in keys:
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if node is None:
+                break
+        else:
+            node[parts[-1]] = None
+    return ConfigView(cfg, tree, "", stage)  # type: ignore[return-value]

@@ -18,7 +18,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from bigram_subnetworks.analysis.evaluate import LOG2E, eval_sample, score_mask
+from bigram_subnetworks.analysis.scoring import LOG2E, eval_sample, score_mask
+from bigram_subnetworks.artifacts import ABLATIONS, GENERATIONS
 from bigram_subnetworks.config import Config
 from bigram_subnetworks.data.bigrams import BigramCounts
 from bigram_subnetworks.masks.losses import BigramTarget
@@ -117,16 +118,20 @@ def generation_rows(
     return rows
 
 
-def run_ablation(
+def run_stage(
     cfg: Config,
-    models_dir: Path,
-    masks_dir: Path,
+    *,
+    models: list[Path],
+    masks: list[Path],
     selection: Path,
-    data_dir: Path,
-    tokenizer_dir: Path,
-    output_dir: Path,
+    tokens_eval: Path,
+    bigram_stats: Path,
+    tokenizer: Path,
+    ablations: Path,
+    generations: Path,
 ) -> None:
     """The ablate stage: `ablations.parquet` and `generations.parquet` for every model."""
+    from bigram_subnetworks.analysis.scoring import find_mask, index_masks
     from bigram_subnetworks.analysis.select import read_selection
     from bigram_subnetworks.data.bigrams import read_bigram_counts
     from bigram_subnetworks.data.tokenize import read_sequences
@@ -136,51 +141,49 @@ def run_ablation(
     from bigram_subnetworks.models.loading import load_model, model_identity, pick_device
 
     settings = cfg.analysis
-    counts = read_bigram_counts(data_dir)
-    sequences = eval_sample(
-        read_sequences(data_dir / "tokens_eval.parquet"), settings.eval_sequences, cfg.seed
-    )
-    tokenizer = load_tokenizer(tokenizer_dir).tokenizer
+    counts = read_bigram_counts(bigram_stats)
+    sequences = eval_sample(read_sequences(tokens_eval), settings.eval_sequences, cfg.seed)
+    text_tokenizer = load_tokenizer(tokenizer).tokenizer
     device = pick_device(cfg.device)
+    index = index_masks(masks)
     surprisals: list[dict[str, Any]] = []
-    generations: list[dict[str, Any]] = []
-    for name in cfg.models:
-        model, info = load_model(models_dir / name)
+    texts: list[dict[str, Any]] = []
+    for model_dir in models:
+        name = model_dir.name
+        model, info = load_model(model_dir)
         model = model.to(device).eval()
-        identity = model_identity(models_dir / name, info)
+        identity = model_identity(model_dir, info)
         lm = MaskedLM(model, counts.vocab_size)
         chosen = read_selection(selection, name)
-        folder = masks_dir / name
         bigram = load_mask(
-            folder / "bigram" / f"lambda-{chosen['bigram']['lambda']}.safetensors",
-            lm.layout,
-            identity,
-        )
+            find_mask(index, name, "bigram", chosen["bigram"]["lambda"]), lm.layout, identity
+        )[0]
         optimal = (
             load_mask(
-                folder / "full" / f"lambda-{chosen['optimal']['lambda']}.safetensors",
-                lm.layout,
-                identity,
+                find_mask(index, name, "full", chosen["optimal"]["lambda"]), lm.layout, identity
             )[0]
             if chosen["optimal"]
             else None
         )
-        conditions = ablation_masks(lm.layout, bigram[0], optimal, cfg.seed)
+        conditions = ablation_masks(lm.layout, bigram, optimal, cfg.seed)
         surprisals += surprisal_rows(
             name, lm, conditions, counts, sequences, settings.batch_size, device
         )
-        generations += generation_rows(
+        texts += generation_rows(
             name,
             model,
             conditions,
-            tokenizer,
+            text_tokenizer,
             list(settings.prompts),
             settings.max_new_tokens,
             settings.temperature,
             cfg.seed,
         )
         log.info("%s: %d ablation conditions", name, len(conditions))
-    paths = (output_dir / "ablations.parquet", output_dir / "generations.parquet")
-    with atomic_outputs(*paths) as (table_file, text_file):
-        write_parquet(pa.Table.from_pylist(surprisals), table_file, seed=cfg.seed)
-        write_parquet(pa.Table.from_pylist(generations), text_file, seed=cfg.seed)
+    with atomic_outputs(ablations, generations) as (table_file, text_file):
+        write_parquet(
+            pa.Table.from_pylist(surprisals, schema=ABLATIONS.schema), table_file, seed=cfg.seed
+        )
+        write_parquet(
+            pa.Table.from_pylist(texts, schema=GENERATIONS.schema), text_file, seed=cfg.seed
+        )

@@ -1,9 +1,10 @@
 """Bigram subnetworks across pretraining checkpoints (the paper's §4).
 
-At every configured checkpoint of a model, bigram masks are trained for a λ subset and scored like
-the final model's masks (r, kept fraction, LM loss, ...), plus where the mask sits: the share of
-its kept weights in the first layer's MLP, in all MLPs and in attention. The checkpoint's own full
-model is scored too, so its bigram r is tracked per step.
+The bigram masks of every configured checkpoint (trained by the train_mask stage under model keys
+`<model>+step-<N>`; the final checkpoint's are the main grid's) are scored like the final model's
+masks (r, kept fraction, LM loss, ...), plus where each mask sits: the share of its kept weights in
+the first layer's MLP, in all MLPs and in attention. Each checkpoint's own full model is scored too,
+so its bigram r is tracked per step.
 
 Per checkpoint, bigram r is fitted against the number of active (kept) parameters N over the λ
 sweep as a power law in the deficit, 1 − r = c · N^(−k), by least squares on log(1 − r) against
@@ -23,30 +24,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from bigram_subnetworks.artifacts import CHECKPOINTS, model_key
 from bigram_subnetworks.config import Config, lambda_value
 from bigram_subnetworks.errors import UserError
-from bigram_subnetworks.io import atomic_outputs, read_parquet, write_parquet
+from bigram_subnetworks.io import atomic_outputs, write_parquet
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.parquet"
-SCHEMA = pa.schema(
-    [
-        ("model", pa.string()),
-        ("step", pa.int64()),
-        ("target", pa.string()),
-        ("lambda", pa.string()),
-        ("lambda_value", pa.float64()),
-        ("budget", pa.int64()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-    ]
-)
-
-
-def checkpoint_dir(checkpoints_dir: Path, model: str, step: int) -> Path:
-    """Where the masks and metrics of one checkpoint go: <checkpoints_dir>/<model>/step-<N>/."""
-    return Path(checkpoints_dir) / model / f"step-{step}"
+SCHEMA = CHECKPOINTS.schema
 
 
 def location_shares(blocks: list[dict[str, Any]]) -> dict[str, float]:
@@ -63,59 +48,6 @@ def location_shares(blocks: list[dict[str, Any]]) -> dict[str, float]:
         "mlp_share": mlp_kept / kept,
         "attention_share": (kept - mlp_kept) / kept,
     }
-
-
-def train_checkpoint_masks(
-    cfg: Config, name: str, model_dir: Path, step: int, data_dir: Path, output_dir: Path
-) -> None:
-    """The checkpoint-masks stage: train the configured λ subset of bigram masks at one checkpoint
-    and write them with `metrics.parquet` (every mask, the checkpoint's full model and the empty
-    mask, with location shares)."""
-    from bigram_subnetworks.analysis.evaluate import eval_sample, evaluate_model, find_masks
-    from bigram_subnetworks.data.bigrams import read_bigram_counts
-    from bigram_subnetworks.data.tokenize import read_sequences
-    from bigram_subnetworks.masks.train import MaskRun, train_mask
-    from bigram_subnetworks.models.loading import load_checkpoint, pick_device
-
-    if cfg.checkpoints is None:
-        raise UserError("checkpoints: not configured; add a checkpoints section to the config")
-    spec = cfg.models.get(name)
-    trust = bool(getattr(spec, "trust_remote_code", False))
-    model, identity = load_checkpoint(model_dir, step, trust_remote_code=trust)
-    counts = read_bigram_counts(data_dir)
-    train = read_sequences(data_dir / "tokens_train.parquet")
-    device = pick_device(cfg.device)
-    for label in cfg.checkpoints.lambdas:
-        run = MaskRun("bigram", label, cfg.masks, cfg.seed, identity)
-        log.info("%s step %d: training the bigram mask with λ=%s", name, step, label)
-        train_mask(
-            model, run, train, counts, output_dir / "bigram" / f"lambda-{label}.safetensors", device
-        )
-
-    evaluation = eval_sample(
-        read_sequences(data_dir / "tokens_eval.parquet"), cfg.analysis.eval_sequences, cfg.seed
-    )
-    metrics, blocks = evaluate_model(
-        name,
-        model,
-        find_masks(output_dir),
-        counts,
-        evaluation,
-        cfg.analysis.batch_size,
-        device,
-        identity,
-    )
-    by_mask: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for block in blocks:
-        if block["head"] is None:
-            by_mask[(block["target"], block["lambda"])].append(block)
-    rows = [{**row, "step": step, "budget": None} for row in metrics]
-    for (target, label), mask_blocks in by_mask.items():
-        for metric, value in location_shares(mask_blocks).items():
-            rows.append(_row(name, step, target, label, metric, value))
-    with atomic_outputs(output_dir / METRICS_FILE) as (temp,):
-        write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), temp, seed=cfg.seed)
-    log.info("%s step %d: %d masks scored -> %s", name, step, len(by_mask), output_dir)
 
 
 def _row(
@@ -198,28 +130,91 @@ def fit_rows(
     return rows
 
 
-def run_checkpoints(cfg: Config, checkpoints_dir: Path, output: Path) -> None:
-    """The checkpoints stage: gather every checkpoint's metrics, add the power-law fits and write
-    `checkpoints.parquet` (one row per model × step × mask × metric, fits with a null λ)."""
+def checkpoint_rows(
+    name: str,
+    step: int,
+    model: Any,
+    identity: dict[str, Any],
+    masks: list[Any],
+    counts: Any,
+    sequences: np.ndarray,
+    batch_size: int,
+    device: Any,
+) -> list[dict[str, Any]]:
+    """The rows of one checkpoint: every mask, the checkpoint's full model and the empty mask,
+    with the location shares of each mask."""
+    from bigram_subnetworks.analysis.scoring import evaluate_model
+
+    metrics, blocks = evaluate_model(
+        name, model, masks, counts, sequences, batch_size, device, identity
+    )
+    by_mask: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for block in blocks:
+        if block["head"] is None:
+            by_mask[(block["target"], block["lambda"])].append(block)
+    rows = [{**row, "step": step, "budget": None} for row in metrics]
+    for (target, label), mask_blocks in by_mask.items():
+        for metric, value in location_shares(mask_blocks).items():
+            rows.append(_row(name, step, target, label, metric, value))
+    return rows
+
+
+def run_stage(
+    cfg: Config,
+    *,
+    models: list[Path],
+    masks: list[Path],
+    tokens_eval: Path,
+    bigram_stats: Path,
+    checkpoints: Path,
+) -> None:
+    """The checkpoints stage: score every checkpoint's masks and full model, add the power-law
+    fits and write `checkpoints.parquet` (one row per model × step × mask × metric; fits have a
+    null λ)."""
+    from bigram_subnetworks.analysis.scoring import eval_sample, index_masks
+    from bigram_subnetworks.data.bigrams import read_bigram_counts
+    from bigram_subnetworks.data.tokenize import read_sequences
+    from bigram_subnetworks.models.loading import pick_device, read_model_info
+    from bigram_subnetworks.models.variants import load_variant
+
     if cfg.checkpoints is None:
         raise UserError("checkpoints: not configured; add a checkpoints section to the config")
+    counts = read_bigram_counts(bigram_stats)
+    sequences = eval_sample(read_sequences(tokens_eval), cfg.analysis.eval_sequences, cfg.seed)
+    device = pick_device(cfg.device)
+    index = index_masks(masks)
     rows: list[dict[str, Any]] = []
-    for model in cfg.checkpoints.models:
+    for model_dir in models:
+        name = model_dir.name
+        final = read_model_info(model_dir).get("final_step")
         for step in cfg.checkpoints.steps:
-            path = checkpoint_dir(checkpoints_dir, model, step) / METRICS_FILE
-            table = read_parquet(path, columns=SCHEMA.names).to_pylist()
+            variant = None if step == final else f"step-{step}"
+            model, identity = load_variant(model_dir, variant)
+            step_masks = index.get(model_key(name, variant), [])
+            table = checkpoint_rows(
+                name,
+                step,
+                model,
+                identity,
+                step_masks,
+                counts,
+                sequences,
+                cfg.analysis.batch_size,
+                device,
+            )
             rows += table
             values: dict[str, dict[str, float]] = defaultdict(dict)
             for row in table:
                 if row["target"] == "bigram":
                     values[row["lambda"]][row["metric"]] = row["value"]
-            masks = [(v["kept"], v["bigram_r"]) for v in values.values()]
-            rows += fit_rows(model, step, masks, cfg.checkpoints.budgets)
-    with atomic_outputs(output) as (temp,):
+            scored = [(v["kept"], v["bigram_r"]) for v in values.values()]
+            rows += fit_rows(name, step, scored, cfg.checkpoints.budgets)
+            log.info("%s step %d: %d masks scored", name, step, len(step_masks))
+    with atomic_outputs(checkpoints) as (temp,):
         write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), temp, seed=cfg.seed)
     log.info(
         "%d checkpoints of %d model(s) -> %s",
-        len(cfg.checkpoints.steps) * len(cfg.checkpoints.models),
-        len(cfg.checkpoints.models),
-        output,
+        len(cfg.checkpoints.steps) * len(models),
+        len(models),
+        checkpoints,
     )

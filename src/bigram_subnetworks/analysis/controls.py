@@ -4,58 +4,30 @@ For every model of the checkpoint analysis, bigram r (with λ = 0 masks, as in t
 the full model; its bigram subnetwork (λ = 0, and the selected λ); a bigram subnetwork of the
 randomly initialised model (the step-0 checkpoint's λ = 0 mask); a bigram subnetwork of a model
 whose body is the step-0 initialisation but whose token embeddings, unembedding (and GPT-2's
-position embeddings) are the trained ones (trained here); the embeddings alone (the empty mask);
-and the embeddings plus the layer-0 linear map of the residual analysis.
+position embeddings) are the trained ones (the model variant `random-body`); the embeddings alone
+(the empty mask); and the embeddings plus the layer-0 linear map of the residual analysis.
+
+Every mask is trained by the train_mask stage; this stage scores the control model and gathers
+the other stages' tables.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import torch
 
-from bigram_subnetworks.analysis.checkpoints import METRICS_FILE, checkpoint_dir
+from bigram_subnetworks.artifacts import CONTROLS, RANDOM_BODY, model_key
 from bigram_subnetworks.config import Config
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import atomic_outputs, read_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 
-RANDOM_BODY = "random-body"  # the mask folder of the trained-embeddings control
-SCHEMA = pa.schema(
-    [
-        ("model", pa.string()),
-        ("control", pa.string()),
-        ("lambda", pa.string()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-    ]
-)
-
-
-def embedding_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The token embedding, the unembedding and (GPT-2) the position embedding."""
-    from bigram_subnetworks.models.layout import body
-
-    modules = [model.get_input_embeddings(), model.get_output_embeddings()]
-    position = getattr(body(model), "wpe", None)
-    return modules + ([position] if position is not None else [])
-
-
-@torch.no_grad()
-def transplant_embeddings(target: torch.nn.Module, source: torch.nn.Module) -> None:
-    """Copy the embedding modules' parameters of `source` into `target` (same shapes)."""
-    for into, origin in zip(embedding_modules(target), embedding_modules(source), strict=True):
-        for (name, param), other in zip(into.named_parameters(), origin.parameters(), strict=True):
-            if param.shape != other.shape:
-                raise UserError(
-                    f"embedding {name}: shapes {tuple(param.shape)} and "
-                    f"{tuple(other.shape)} differ; the checkpoints are not one model"
-                )
-            param.copy_(other)
+SCHEMA = CONTROLS.schema
 
 
 def _values(table: list[dict[str, Any]], model: str, target: str, label: str) -> dict[str, float]:
@@ -81,94 +53,68 @@ def _control_rows(
     ]
 
 
-def run_controls(
+def run_stage(
     cfg: Config,
-    models_dir: Path,
-    checkpoints_dir: Path,
-    metrics_dir: Path,
+    *,
+    models: list[Path],
+    masks: list[Path],
+    mask_metrics: Path,
+    checkpoints: Path,
+    residual: Path,
     selection: Path,
-    data_dir: Path,
-    masks_output_dir: Path,
-    output: Path,
+    tokens_eval: Path,
+    bigram_stats: Path,
+    controls: Path,
 ) -> None:
-    """The controls stage: train the trained-embeddings control masks and write `controls.parquet`
-    from them and the other stages' tables."""
-    from bigram_subnetworks.analysis.evaluate import (
+    """The controls stage: score the trained-embeddings control masks (`<model>+random-body`)
+    and write `controls.parquet` from them and the other stages' tables."""
+    from bigram_subnetworks.analysis.scoring import (
         REFERENCE,
-        MaskFile,
         eval_sample,
         evaluate_model,
+        index_masks,
     )
     from bigram_subnetworks.analysis.select import read_selection
     from bigram_subnetworks.data.bigrams import read_bigram_counts
     from bigram_subnetworks.data.tokenize import read_sequences
-    from bigram_subnetworks.masks.train import MaskRun, train_mask
-    from bigram_subnetworks.models.loading import (
-        load_checkpoint,
-        load_model,
-        model_identity,
-        pick_device,
-    )
+    from bigram_subnetworks.models.loading import pick_device
+    from bigram_subnetworks.models.variants import load_variant
 
-    if cfg.checkpoints is None:
-        raise UserError("checkpoints: not configured; the controls use its step-0 checkpoint")
     columns = ["model", "target", "lambda", "metric", "value"]
-    evaluated = read_parquet(metrics_dir / "masks.parquet", columns=columns).to_pylist()
-    residual = read_parquet(
-        metrics_dir / "residual.parquet", columns=["model", "condition", "metric", "value"]
+    evaluated = read_parquet(mask_metrics, columns=columns).to_pylist()
+    step0 = [
+        row
+        for row in read_parquet(checkpoints, columns=["step", *columns]).to_pylist()
+        if row["step"] == 0
+    ]
+    residual_rows = read_parquet(
+        residual, columns=["model", "condition", "metric", "value"]
     ).to_pylist()
-    counts = read_bigram_counts(data_dir)
-    train = read_sequences(data_dir / "tokens_train.parquet")
-    evaluation = eval_sample(
-        read_sequences(data_dir / "tokens_eval.parquet"), cfg.analysis.eval_sequences, cfg.seed
-    )
+    counts = read_bigram_counts(bigram_stats)
+    evaluation = eval_sample(read_sequences(tokens_eval), cfg.analysis.eval_sequences, cfg.seed)
     device = pick_device(cfg.device)
+    index = index_masks(masks)
     rows: list[dict[str, Any]] = []
-    for name in cfg.checkpoints.models:
-        trust = bool(getattr(cfg.models[name], "trust_remote_code", False))
-        trained, info = load_model(models_dir / name, trust_remote_code=trust)
-        hybrid, identity = load_checkpoint(models_dir / name, 0, trust_remote_code=trust)
-        transplant_embeddings(hybrid, trained)
-        identity |= {"embeddings_from": model_identity(models_dir / name, info)}
-        path = masks_output_dir / name / RANDOM_BODY / "lambda-0.safetensors"
-        log.info(
-            "%s: training the λ=0 bigram mask of the random body with trained embeddings", name
-        )
-        train_mask(
-            hybrid,
-            MaskRun("bigram", "0", cfg.masks, cfg.seed, identity),
-            train,
-            counts,
-            path,
-            device,
-        )
+    for model_dir in models:
+        name = model_dir.name
+        hybrid, _ = load_variant(model_dir, RANDOM_BODY)
+        hybrid_masks = [
+            replace(m, target=RANDOM_BODY) for m in index.get(model_key(name, RANDOM_BODY), [])
+        ]
         hybrid_rows, _ = evaluate_model(
-            name,
-            hybrid,
-            [MaskFile(RANDOM_BODY, "0", path)],
-            counts,
-            evaluation,
-            cfg.analysis.batch_size,
-            device,
+            name, hybrid, hybrid_masks, counts, evaluation, cfg.analysis.batch_size, device
         )
-
-        step0 = read_parquet(
-            checkpoint_dir(checkpoints_dir, name, 0) / METRICS_FILE, columns=columns
-        ).to_pylist()
         chosen = read_selection(selection, name)["bigram"]["lambda"]
         linear = [
             r["value"]
-            for r in residual
+            for r in residual_rows
             if r["model"] == name
             and r["condition"] == "full model"
             and r["metric"] == "layer0_linear_map_bigram_r"
         ]
         if not linear:
-            raise UserError(
-                f"{metrics_dir / 'residual.parquet'}: no layer-0 linear map r for "
-                f"{name}; rerun the residual stage"
-            )
-        controls = [
+            raise UserError(f"{residual}: no layer-0 linear map r for {name}; rerun residual")
+        table = [
             ("full model", "neginf", _values(evaluated, name, REFERENCE, "neginf")),
             ("bigram subnetwork", "0", _values(evaluated, name, "bigram", "0")),
             ("bigram subnetwork (selected λ)", chosen, _values(evaluated, name, "bigram", chosen)),
@@ -177,7 +123,7 @@ def run_controls(
             ("embeddings only", "inf", _values(evaluated, name, REFERENCE, "inf")),
             ("embeddings + layer-0 linear map", "neginf", {"bigram_r": linear[0]}),
         ]
-        for control, label, values in controls:
+        for control, label, values in table:
             rows += _control_rows(name, control, label, values)
         summary = ", ".join(
             f"{r['control']} {r['value']:.3f}"
@@ -185,6 +131,6 @@ def run_controls(
             if r["model"] == name and r["metric"] == "bigram_r"
         )
         log.info("%s: bigram r of the controls: %s", name, summary)
-    with atomic_outputs(output) as (temp,):
+    with atomic_outputs(controls) as (temp,):
         write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), temp, seed=cfg.seed)
-    log.info("controls of %d model(s) -> %s", len(cfg.checkpoints.models), output)
+    log.info("controls of %d model(s) -> %s", len(models), controls)

@@ -1,307 +1,74 @@
-"""Evaluate every mask of a run on held-out sequences: sparsity, bigram fidelity, LM quality.
-
-Per mask (and for the full model and the empty mask): kept count and fraction; the Pearson r
-between the masked model's per-token surprisal and the bigram model's (bits; bigram surprisals of
-zero-probability pairs clipped to the largest finite one, and a variant that drops those tokens);
-the soft-target bigram cross-entropy; the LM loss and perplexity; the r with the full model's
-surprisal. Per block (layer × Q/K/V/O/MLP-in/MLP-out) and per head: kept fractions.
-
-Predictions are scored at positions 0..T-2 of every eval sequence (the next token is known), each
-conditioned on its real current token, as in the paper.
-"""
+"""The evaluate stage: score every mask of the main grid, and each full model, on held-out
+sequences (the scoring itself is `analysis.scoring`)."""
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import torch
-from tqdm.auto import tqdm
 
-from bigram_subnetworks.config import Config, lambda_value
-from bigram_subnetworks.data.bigrams import BigramCounts, context_totals, pair_counts
-from bigram_subnetworks.errors import UserError
-from bigram_subnetworks.io import atomic_outputs, write_parquet
-from bigram_subnetworks.masks.losses import BigramTarget
-from bigram_subnetworks.masks.toolkit import (
-    Mask,
-    block_counts,
-    head_counts,
-    keep_all,
-    keep_none,
-    load_mask,
+from bigram_subnetworks.analysis.scoring import (
+    BLOCK_SCHEMA,
+    METRIC_SCHEMA,
+    eval_sample,
+    evaluate_model,
+    index_masks,
 )
-from bigram_subnetworks.masks.train import MaskedLM
+from bigram_subnetworks.config import Config
+from bigram_subnetworks.io import atomic_outputs, write_parquet
 
 log = logging.getLogger(__name__)
 
-LOG2E = 1.0 / math.log(2.0)
-REFERENCE = "reference"  # target label of the full-model and empty-mask rows
 
-
-@dataclass(frozen=True)
-class MaskFile:
-    """One trained mask of a model: its target, λ label and file."""
-
-    target: str
-    label: str
-    path: Path
-
-    @property
-    def lam(self) -> float:
-        return lambda_value(self.label)
-
-
-def find_masks(masks_dir: Path) -> list[MaskFile]:
-    """Every `<target>/lambda-<label>.safetensors` under a model's mask folder, sorted by target
-    and λ."""
-    found = [
-        MaskFile(path.parent.name, path.stem.removeprefix("lambda-"), path)
-        for path in masks_dir.glob("*/lambda-*.safetensors")
-    ]
-    if not found:
-        raise UserError(f"{masks_dir}: no masks found; run the train_mask stage first")
-    return sorted(found, key=lambda m: (m.target, m.lam))
-
-
-def bigram_surprisal(counts: BigramCounts, sequences: np.ndarray) -> np.ndarray:
-    """Bigram surprisal (bits) of every next token, shape (n, T-1); inf where P = 0.
-
-    P(next | cur) is unsmoothed; contexts never seen in training back off to the unigram
-    distribution (the start context is never a prediction context here)."""
-    prev = sequences[:, :-1].ravel().astype(np.int64)
-    nxt = sequences[:, 1:].ravel().astype(np.int64)
-    totals = context_totals(counts)[prev]
-    unigram = counts.unigram.astype(np.float64) / max(counts.unigram.sum(), 1)
-    seen = totals > 0
-    prob = np.where(
-        seen,
-        pair_counts(counts, prev, nxt) / np.where(seen, totals, 1.0),
-        unigram[nxt],
-    )
-    with np.errstate(divide="ignore"):
-        bits = -np.log2(prob)
-    return bits.reshape(sequences.shape[0], -1)
-
-
-def clip_infinite(values: np.ndarray) -> np.ndarray:
-    """Infinite values replaced by the largest finite one (as the paper's evaluation does)."""
-    finite = np.isfinite(values)
-    if finite.all():
-        return values
-    if not finite.any():
-        raise UserError("every bigram surprisal is infinite; the eval data shares no bigram")
-    return np.where(finite, values, values[finite].max())
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson r of two flat arrays; NaN when either is constant."""
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    a, b = a - a.mean(), b - b.mean()
-    denominator = math.sqrt(float(a @ a) * float(b @ b))
-    return float(a @ b) / denominator if denominator > 0 else float("nan")
-
-
-def _batches(sequences: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-    for start in range(0, len(sequences), batch_size):
-        yield sequences[start : start + batch_size]
-
-
-@torch.no_grad()
-def score_mask(
-    lm: MaskedLM,
-    mask: Mask,
-    sequences: torch.Tensor,
-    bigram: BigramTarget,
-    batch_size: int,
-    device: torch.device,
-) -> tuple[np.ndarray, float]:
-    """Per-token surprisal (bits, shape (n, T-1)) of the model under a hard mask, and its mean
-    soft-target bigram cross-entropy (nats) over the same positions."""
-    hard = {name: keep.to(device, torch.float32) for name, keep in mask.items()}
-    surprisal, bigram_ce, positions = [], 0.0, 0
-    for batch in _batches(sequences, batch_size):
-        batch = batch.to(device)
-        hidden = lm.hidden(batch, hard)[:, :-1]
-        current = batch[:, :-1]
-        logits = lm.logits(hidden).float()
-        log_normaliser = torch.logsumexp(logits, dim=-1)  # shared by both losses
-        nll = log_normaliser - logits.gather(-1, batch[:, 1:, None]).squeeze(-1)
-        surprisal.append((nll * LOG2E).cpu().numpy())
-        ce = log_normaliser - bigram.expected_logit(hidden, current).float()
-        bigram_ce += float(ce.sum())
-        positions += current.numel()
-    return np.concatenate(surprisal), bigram_ce / positions
-
-
-def _metric_rows(
-    model: str, target: str, label: str, metrics: dict[str, float]
-) -> list[dict[str, Any]]:
-    return [
-        {
-            "model": model,
-            "target": target,
-            "lambda": label,
-            "lambda_value": lambda_value(label),
-            "metric": name,
-            "value": float(value),
-        }
-        for name, value in metrics.items()
-    ]
-
-
-def _block_rows(model: str, target: str, label: str, mask: Mask, lm: MaskedLM) -> list[dict]:
-    rows = []
-    for entry in block_counts(mask, lm.layout) + head_counts(mask, lm.layout):
-        rows.append(
-            {
-                "model": model,
-                "target": target,
-                "lambda": label,
-                "layer": entry["layer"],
-                "kind": entry["kind"],
-                "head": entry.get("head"),
-                "kept": entry["kept"],
-                "size": entry["size"],
-                "fraction": entry["kept"] / entry["size"],
-            }
-        )
-    return rows
-
-
-def evaluate_model(
-    name: str,
-    model: torch.nn.Module,
-    mask_files: list[MaskFile],
-    counts: BigramCounts,
-    sequences: np.ndarray,
-    batch_size: int,
-    device: torch.device,
-    identity: dict[str, Any] | None = None,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Metric rows and block rows for the full model, the empty mask and every mask file (with
-    the model's `identity`, mask files trained on other weights are refused)."""
-    model = model.to(device).eval()
-    lm = MaskedLM(model, counts.vocab_size)
-    if int(sequences.max()) >= counts.vocab_size:
-        raise UserError(
-            f"eval token id {int(sequences.max())} is outside the bigram vocabulary of "
-            f"{counts.vocab_size}; rebuild the data stages"
-        )
-    tokens = torch.from_numpy(sequences.astype(np.int64))
-    bigram = BigramTarget.build(counts, lm.unembed, lm.unembed_bias)
-    reference_bits = bigram_surprisal(counts, sequences)
-    clipped = clip_infinite(reference_bits)
-    finite = np.isfinite(reference_bits)
-
-    candidates: list[tuple[str, str, Mask]] = [
-        (REFERENCE, "neginf", keep_all(lm.layout)),
-        (REFERENCE, "inf", keep_none(lm.layout)),
-    ]
-    candidates += [(m.target, m.label, m.path) for m in mask_files]  # type: ignore[misc]
-    metrics: list[dict[str, Any]] = []
-    blocks: list[dict[str, Any]] = []
-    full_bits: np.ndarray | None = None
-    for target, label, source in tqdm(candidates, desc=f"evaluate {name}", unit="mask"):
-        mask = load_mask(source, lm.layout, identity)[0] if isinstance(source, Path) else source
-        bits, bigram_ce = score_mask(lm, mask, tokens, bigram, batch_size, device)
-        if full_bits is None:
-            full_bits = bits  # the first candidate is the full model
-        kept = sum(int(t.sum()) for t in mask.values())
-        loss = float(bits.mean()) / LOG2E
-        values = {
-            "kept": kept,
-            "kept_fraction": kept / lm.n_masked,
-            "bigram_r": pearson(bits, clipped),
-            "bigram_r_dropinf": pearson(bits[finite], reference_bits[finite]),
-            "bigram_cross_entropy": bigram_ce,
-            "lm_loss": loss,
-            "perplexity": math.exp(loss),
-            "mean_surprisal_bits": float(bits.mean()),
-            "full_model_r": pearson(bits, full_bits),
-        }
-        metrics += _metric_rows(name, target, label, values)
-        blocks += _block_rows(name, target, label, mask, lm)
-    return metrics, blocks
-
-
-METRIC_SCHEMA = pa.schema(
-    [
-        ("model", pa.string()),
-        ("target", pa.string()),
-        ("lambda", pa.string()),
-        ("lambda_value", pa.float64()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-    ]
-)
-BLOCK_SCHEMA = pa.schema(
-    [
-        ("model", pa.string()),
-        ("target", pa.string()),
-        ("lambda", pa.string()),
-        ("layer", pa.int32()),
-        ("kind", pa.string()),
-        ("head", pa.int32()),
-        ("kept", pa.int64()),
-        ("size", pa.int64()),
-        ("fraction", pa.float64()),
-    ]
-)
-
-
-def eval_sample(sequences: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
-    """A seeded sample of at most `cap` eval sequences, in their original order."""
-    from bigram_subnetworks.data.tokenize import sample_rows
-
-    return sequences[sample_rows(len(sequences), cap, seed)]
-
-
-def run_evaluation(
-    cfg: Config, models_dir: Path, masks_dir: Path, data_dir: Path, metrics_dir: Path
+def run_stage(
+    cfg: Config,
+    *,
+    models: list[Path],
+    masks: list[Path],
+    tokens_eval: Path,
+    bigram_stats: Path,
+    mask_metrics: Path,
+    blocks: Path,
 ) -> None:
-    """The evaluate stage: `masks.parquet` and `blocks.parquet` for every model of the run."""
+    """The evaluate stage: `masks.parquet` and `blocks.parquet` for the given models and masks."""
     from bigram_subnetworks.data.bigrams import read_bigram_counts
     from bigram_subnetworks.data.tokenize import read_sequences
     from bigram_subnetworks.models.loading import load_model, model_identity, pick_device
 
-    counts = read_bigram_counts(data_dir)
-    sequences = eval_sample(
-        read_sequences(data_dir / "tokens_eval.parquet"), cfg.analysis.eval_sequences, cfg.seed
-    )
+    counts = read_bigram_counts(bigram_stats)
+    sequences = eval_sample(read_sequences(tokens_eval), cfg.analysis.eval_sequences, cfg.seed)
     device = pick_device(cfg.device)
+    index = index_masks(masks)
     metrics: list[dict[str, Any]] = []
-    blocks: list[dict[str, Any]] = []
-    for name in cfg.models:
-        model, info = load_model(models_dir / name)
-        rows, block_rows = evaluate_model(
+    block_rows: list[dict[str, Any]] = []
+    for model_dir in models:
+        name = model_dir.name
+        model, info = load_model(model_dir)
+        rows, model_blocks = evaluate_model(
             name,
             model,
-            find_masks(masks_dir / name),
+            index.get(name, []),
             counts,
             sequences,
             cfg.analysis.batch_size,
             device,
-            model_identity(models_dir / name, info),
+            model_identity(model_dir, info),
         )
         metrics += rows
-        blocks += block_rows
-    paths = (metrics_dir / "masks.parquet", metrics_dir / "blocks.parquet")
-    with atomic_outputs(*paths) as (metric_file, block_file):
+        block_rows += model_blocks
+    with atomic_outputs(mask_metrics, blocks) as (metric_file, block_file):
         write_parquet(
             pa.Table.from_pylist(metrics, schema=METRIC_SCHEMA), metric_file, seed=cfg.seed
         )
-        write_parquet(pa.Table.from_pylist(blocks, schema=BLOCK_SCHEMA), block_file, seed=cfg.seed)
+        write_parquet(
+            pa.Table.from_pylist(block_rows, schema=BLOCK_SCHEMA), block_file, seed=cfg.seed
+        )
     log.info(
         "evaluated %d masks of %d models on %d eval sequences -> %s",
         len({(r["model"], r["target"], r["lambda"]) for r in metrics}),
-        len(cfg.models),
+        len(models),
         len(sequences),
-        metrics_dir,
+        mask_metrics.parent,
     )

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bigram_subnetworks.artifacts import OVERLAP, OVERLAP_NULL
+
 if TYPE_CHECKING:
     import torch
 
@@ -217,28 +219,35 @@ def pair_rows(
     return rows, selected_null
 
 
-def run_overlap(
-    cfg: Config, models_dir: Path, masks_dir: Path, selection: Path, output_dir: Path
+def run_stage(
+    cfg: Config,
+    *,
+    models: list[Path],
+    masks: list[Path],
+    selection: Path,
+    overlap: Path,
+    overlap_null: Path,
 ) -> None:
     """The overlap stage: `overlap.parquet` (every bigram × optimal pair of every model) and
     `overlap_null.parquet` (the null draws of each model's selected pair)."""
     import pyarrow as pa
 
-    from bigram_subnetworks.analysis.evaluate import find_masks
+    from bigram_subnetworks.analysis.scoring import index_masks
     from bigram_subnetworks.analysis.select import read_selection
     from bigram_subnetworks.io import atomic_outputs, write_parquet
     from bigram_subnetworks.masks.toolkit import load_mask
     from bigram_subnetworks.models.layout import layout_of
     from bigram_subnetworks.models.loading import load_model, model_identity
 
-    settings = cfg.analysis
+    index = index_masks(masks)
     rows: list[dict] = []
     nulls: list[dict] = []
-    for model in cfg.models:
-        network, info = load_model(models_dir / model)
-        layout, identity = layout_of(network), model_identity(models_dir / model, info)
+    for model_dir in models:
+        model = model_dir.name
+        network, info = load_model(model_dir)
+        layout, identity = layout_of(network), model_identity(model_dir, info)
         chosen = read_selection(selection, model)
-        trained = [m for m in find_masks(masks_dir / model) if np.isfinite(m.lam)]
+        trained = [m for m in index.get(model, []) if np.isfinite(m.lam)]
         loaded = {(m.target, m.label): load_mask(m.path, layout, identity)[0] for m in trained}
         bigram = {label: mask for (target, label), mask in loaded.items() if target == "bigram"}
         optimal = {label: mask for (target, label), mask in loaded.items() if target == "full"}
@@ -246,16 +255,14 @@ def run_overlap(
             (chosen["bigram"]["lambda"], chosen["optimal"]["lambda"]) if chosen["optimal"] else None
         )
         model_rows, null = pair_rows(
-            model, bigram, optimal, layout, pair, settings.overlap_draws, cfg.seed
+            model, bigram, optimal, layout, pair, cfg.analysis.overlap_draws, cfg.seed
         )
         rows += model_rows
         if null is not None:
             nulls += [{"model": model, "draw": i, "overlap": float(v)} for i, v in enumerate(null)]
         log.info("%s: %d bigram × optimal pairs tested", model, len(model_rows))
-    paths = (output_dir / "overlap.parquet", output_dir / "overlap_null.parquet")
-    null_schema = pa.schema(
-        [("model", pa.string()), ("draw", pa.int64()), ("overlap", pa.float64())]
-    )
-    with atomic_outputs(*paths) as (table_file, null_file):
-        write_parquet(pa.Table.from_pylist(rows), table_file, seed=cfg.seed)
-        write_parquet(pa.Table.from_pylist(nulls, schema=null_schema), null_file, seed=cfg.seed)
+    with atomic_outputs(overlap, overlap_null) as (table_file, null_file):
+        write_parquet(pa.Table.from_pylist(rows, schema=OVERLAP.schema), table_file, seed=cfg.seed)
+        write_parquet(
+            pa.Table.from_pylist(nulls, schema=OVERLAP_NULL.schema), null_file, seed=cfg.seed
+        )

@@ -24,6 +24,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from bigram_subnetworks.artifacts import RESIDUAL
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.models.layout import (
     block_modules,
@@ -182,17 +183,7 @@ def linear_map_logits(
     return logits if bias is None else logits + bias
 
 
-# residual.parquet: one row per model × condition × metric × layer (× second layer).
-SCHEMA = pa.schema(
-    [
-        ("model", pa.string()),
-        ("condition", pa.string()),
-        ("metric", pa.string()),
-        ("layer", pa.int32()),
-        ("layer_b", pa.int32()),
-        ("value", pa.float64()),
-    ]
-)
+SCHEMA = RESIDUAL.schema  # one row per model × condition × metric × layer (× second layer)
 
 
 def _row(metric: str, layer: int, value: float, layer_b: int | None = None) -> dict[str, Any]:
@@ -281,7 +272,7 @@ def linear_map_bigram_r(
     under final_norm(L_out(x_0)) @ W_Uᵀ, against the clipped bigram surprisal."""
     import numpy as np
 
-    from bigram_subnetworks.analysis.evaluate import LOG2E, clip_infinite, pearson
+    from bigram_subnetworks.analysis.scoring import LOG2E, clip_infinite, pearson
 
     bits = []
     for start in range(0, len(sequences), batch_size):
@@ -294,13 +285,24 @@ def linear_map_bigram_r(
     return pearson(np.concatenate(bits), clip_infinite(reference_bits))
 
 
-def run_residual(
-    cfg: Config, models_dir: Path, masks_dir: Path, selection: Path, data_dir: Path, output: Path
+def run_stage(
+    cfg: Config,
+    *,
+    models: list[Path],
+    masks: list[Path],
+    selection: Path,
+    tokens_eval: Path,
+    bigram_stats: Path,
+    residual: Path,
 ) -> None:
     """The residual stage: `residual.parquet` for the full model, the selected bigram mask and a
     random mask with the same count in every block, for every model."""
-
-    from bigram_subnetworks.analysis.evaluate import bigram_surprisal, eval_sample
+    from bigram_subnetworks.analysis.scoring import (
+        bigram_surprisal,
+        eval_sample,
+        find_mask,
+        index_masks,
+    )
     from bigram_subnetworks.analysis.select import read_selection
     from bigram_subnetworks.data.bigrams import read_bigram_counts
     from bigram_subnetworks.data.tokenize import read_sequences
@@ -310,22 +312,22 @@ def run_residual(
     from bigram_subnetworks.models.loading import load_model, model_identity, pick_device
 
     settings = cfg.analysis
-    counts = read_bigram_counts(data_dir)
-    sequences = eval_sample(
-        read_sequences(data_dir / "tokens_eval.parquet"), settings.residual_sequences, cfg.seed + 1
-    )
+    counts = read_bigram_counts(bigram_stats)
+    sequences = eval_sample(read_sequences(tokens_eval), settings.residual_sequences, cfg.seed + 1)
     tokens = torch.from_numpy(sequences.astype("int64"))
     heldout = max(1, len(tokens) // 4)
     reference_bits = bigram_surprisal(counts, sequences)
     device = pick_device(cfg.device)
+    index = index_masks(masks)
     rows: list[dict[str, Any]] = []
-    for name in cfg.models:
-        model, info = load_model(models_dir / name)
+    for model_dir in models:
+        name = model_dir.name
+        model, info = load_model(model_dir)
         model = model.to(device).eval()
         layout = layout_of(model)
         chosen = read_selection(selection, name)["bigram"]["lambda"]
-        path = masks_dir / name / "bigram" / f"lambda-{chosen}.safetensors"
-        bigram = load_mask(path, layout, model_identity(models_dir / name, info))[0]
+        path = find_mask(index, name, "bigram", chosen)
+        bigram = load_mask(path, layout, model_identity(model_dir, info))[0]
         conditions = {
             "full model": keep_all(layout),
             "bigram": bigram,
@@ -347,5 +349,5 @@ def run_residual(
             extra = [_row("layer0_linear_map_bigram_r", 0, r)]
             rows += [{"model": name, "condition": condition, **row} for row in result.rows + extra]
         log.info("%s: residual analyses of %d conditions", name, len(conditions))
-    with atomic_outputs(output) as (temp,):
+    with atomic_outputs(residual) as (temp,):
         write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), temp, seed=cfg.seed)

@@ -15,6 +15,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from bigram_subnetworks.artifacts import MASK_METRICS
+from bigram_subnetworks.config import Config
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import atomic_outputs, read_json, read_parquet, write_json
 
@@ -87,13 +89,13 @@ def select_masks(table: pa.Table, models: list[str], tolerance: float) -> dict[s
     return selection
 
 
-def run_selection(metrics_path: Path, models: list[str], tolerance: float, output: Path) -> None:
-    """The select stage: `selection.json` from `masks.parquet`."""
-    columns = ["model", "target", "lambda", "lambda_value", "metric", "value"]
-    table = read_parquet(metrics_path, columns=columns)
-    selection = select_masks(table, models, tolerance)
-    with atomic_outputs(output) as (temp,):
-        write_json(selection, temp)
+def run_stage(cfg: Config, *, mask_metrics: Path, selection: Path) -> None:
+    """The select stage: `selection.json` from `masks.parquet` (every model in it, in order)."""
+    table = read_parquet(mask_metrics, columns=MASK_METRICS.schema.names)
+    models = list(dict.fromkeys(table.column("model").to_pylist()))
+    chosen = select_masks(table, models, cfg.analysis.selection_tolerance)
+    with atomic_outputs(selection) as (temp,):
+        write_json(chosen, temp)
 
 
 def read_selection(path: Path, model: str) -> dict[str, Any]:

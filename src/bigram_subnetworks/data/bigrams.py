@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from bigram_subnetworks.artifacts import BIGRAM_STATS, TOKENS_META
+from bigram_subnetworks.config import Config
 from bigram_subnetworks.data.tokenize import read_sequences
 from bigram_subnetworks.io import (
     ArtifactError,
@@ -139,7 +141,7 @@ def write_bigram_stats(
         "n_contexts_seen": int(np.unique(counts.prev[counts.prev < counts.vocab_size]).size),
         **(extra_meta or {}),
     }
-    files = [output_dir / name for name in ("bigrams.parquet", "unigrams.parquet", "bigrams.json")]
+    files = [output_dir / name for name in BIGRAM_STATS.files]
     with atomic_outputs(*files) as (big, uni, js):
         write_parquet(bigrams, big, row_group_size=1 << 20)
         write_parquet(unigrams, uni)
@@ -149,13 +151,13 @@ def write_bigram_stats(
 
 def read_bigram_counts(data_dir: Path | str) -> BigramCounts:
     """Read the bigram statistics written by `write_bigram_stats`."""
-    data_dir = Path(data_dir)
-    meta = read_json(data_dir / "bigrams.json")
-    table = read_parquet(data_dir / "bigrams.parquet", columns=["prev", "next", "count"])
-    unigrams = read_parquet(data_dir / "unigrams.parquet", columns=["token", "count"])
+    bigrams_file, unigrams_file, meta_file = (Path(data_dir) / name for name in BIGRAM_STATS.files)
+    meta = read_json(meta_file)
+    table = read_parquet(bigrams_file, columns=["prev", "next", "count"])
+    unigrams = read_parquet(unigrams_file, columns=["token", "count"])
     if unigrams.num_rows != meta["vocab_size"]:
         raise ArtifactError(
-            f"{data_dir / 'unigrams.parquet'}: {unigrams.num_rows} rows, expected "
+            f"{unigrams_file}: {unigrams.num_rows} rows, expected "
             f"{meta['vocab_size']}; rerun the bigram_stats stage"
         )
     return BigramCounts(
@@ -168,9 +170,12 @@ def read_bigram_counts(data_dir: Path | str) -> BigramCounts:
     )
 
 
-def build_bigram_stats(tokens_path: Path, output_dir: Path) -> dict[str, Any]:
-    """Run the bigram_stats stage on a tokens_train.parquet file."""
-    summary = read_json(tokens_path.parent / "tokens.json")
+def build_bigram_stats(
+    tokens_path: Path, output_dir: Path, tokens_meta: Path | None = None
+) -> dict[str, Any]:
+    """Run the bigram_stats stage on a tokens_train.parquet file (and its tokens.json, by default
+    the one beside it)."""
+    summary = read_json(tokens_meta or tokens_path.parent / Path(TOKENS_META.path).name)
     tokens = read_sequences(tokens_path)
     vocab_size = int(summary["vocab_size"])
     if tokens.size and int(tokens.max()) >= vocab_size:
@@ -243,3 +248,8 @@ def bigram_baseline_cross_entropy(
         losses[f"{alpha:g}"] = float(-np.log(prob).mean())
     best = min(losses, key=losses.__getitem__)
     return {"cross_entropy": losses[best], "alpha": float(best), "n_predictions": int(prev.size)}
+
+
+def run_stage(cfg: Config, *, tokens_train: Path, tokens_meta: Path, bigram_stats: Path) -> None:
+    """The bigram_stats stage."""
+    build_bigram_stats(tokens_train, bigram_stats, tokens_meta)

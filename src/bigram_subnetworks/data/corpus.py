@@ -22,14 +22,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bigram_subnetworks.config import HuggingFaceCorpus, LocalCorpus, SotuCorpus
+from bigram_subnetworks.artifacts import CORPUS_MANIFEST, DOCUMENTS
+from bigram_subnetworks.config import Config, HuggingFaceCorpus, LocalCorpus, SotuCorpus
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import atomic_outputs, sha256_file, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
-DOCUMENTS_FILE = "documents.parquet"
-MANIFEST_FILE = "manifest.json"
+DOCUMENTS_FILE = Path(DOCUMENTS.path).name
+MANIFEST_FILE = Path(CORPUS_MANIFEST.path).name
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
 # Editorial notes in the transcripts: [Laughter], [Applause], [see APP Note], [1817-03-04] ...
 _EDITORIAL_NOTE = re.compile(r"\[[^\[\]\n]{1,200}\]")
@@ -326,3 +327,8 @@ def build_corpus(
         output_dir,
     )
     return manifest
+
+
+def run_stage(cfg: Config, *, source: Path | None, documents: Path, manifest: Path) -> None:
+    """The corpus stage (`source`: the local corpus folder, tracked by the front-ends)."""
+    build_corpus(cfg.corpus, cfg.seed, documents.parent)

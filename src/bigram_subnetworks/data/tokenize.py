@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from bigram_subnetworks.config import DataSettings
+from bigram_subnetworks.artifacts import TOKENS_EVAL, TOKENS_META, TOKENS_TRAIN
+from bigram_subnetworks.config import Config, DataSettings
 from bigram_subnetworks.data.tokenizer import LoadedTokenizer
 from bigram_subnetworks.io import (
     ArtifactError,
@@ -139,8 +140,8 @@ def tokenize_corpus(
             "sequences_available": len(sequences),
             "sequences": len(rows),
         }
-    paths = [output_dir / f"tokens_{split}.parquet" for split in SPLITS]
-    with atomic_outputs(*paths, output_dir / "tokens.json") as (*temps, meta):
+    paths = [output_dir / Path(artifact.path).name for artifact in (TOKENS_TRAIN, TOKENS_EVAL)]
+    with atomic_outputs(*paths, output_dir / Path(TOKENS_META.path).name) as (*temps, meta):
         for split, temp in zip(SPLITS, temps, strict=True):
             write_parquet(tables[split], temp, seed=seed, row_group_size=65536)
         write_json(summary, meta)
@@ -152,3 +153,25 @@ def tokenize_corpus(
         output_dir,
     )
     return summary
+
+
+def run_stage(
+    cfg: Config,
+    *,
+    documents: Path,
+    tokenizer: Path,
+    tokens_train: Path,
+    tokens_eval: Path,
+    tokens_meta: Path,
+) -> None:
+    """The tokenize stage: train and eval sequences (written beside each other)."""
+    from bigram_subnetworks.data.tokenizer import TOKENIZER_FILE, load_tokenizer
+
+    tokenize_corpus(
+        documents,
+        load_tokenizer(tokenizer),
+        cfg.data,
+        cfg.seed,
+        tokens_train.parent,
+        tokenizer_path=tokenizer / TOKENIZER_FILE,
+    )

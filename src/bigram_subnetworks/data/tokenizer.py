@@ -15,7 +15,8 @@ from typing import Any
 import pyarrow.compute as pc
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from bigram_subnetworks.config import PretrainedTokenizer, TrainedTokenizer
+from bigram_subnetworks.artifacts import TOKENIZER
+from bigram_subnetworks.config import Config, PretrainedTokenizer, TrainedTokenizer
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import (
     ArtifactError,
@@ -28,8 +29,7 @@ from bigram_subnetworks.io import (
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILE = "tokenizer.json"
-META_FILE = "meta.json"
+TOKENIZER_FILE, META_FILE = TOKENIZER.files
 EOS_TOKEN = "<|endoftext|>"
 
 
@@ -182,3 +182,8 @@ def load_tokenizer(tokenizer_dir: Path | str) -> LoadedTokenizer:
             f"{path}: not a valid tokenizer file; rerun the tokenizer stage"
         ) from None
     return LoadedTokenizer(tokenizer, meta["eos_token"], meta["eos_id"], meta["vocab_size"])
+
+
+def run_stage(cfg: Config, *, documents: Path | None, tokenizer: Path) -> None:
+    """The tokenizer stage (`documents`: the corpus, when the tokenizer is trained on it)."""
+    build_tokenizer(cfg.tokenizer, documents, tokenizer)

@@ -151,6 +151,7 @@ def pretrain_embedded(
         "seq_len": int(train.shape[1]),
         "parameters": sum(p.numel() for p in model.parameters()),
         "checkpoints": sorted(saves),
+        "final_step": spec.final_step,
         "final_eval_loss": final_eval,
         "bigram_baseline": baseline,
         "beats_bigram_baseline": final_eval < baseline["cross_entropy"],
@@ -191,6 +192,7 @@ def prepare_model(
         else describe_local_model(spec)
     )
     info["name"] = name
+    info["final_step"] = spec.final_step
     staging = output_dir.with_name(f".{output_dir.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -199,3 +201,20 @@ def prepare_model(
         shutil.rmtree(output_dir)
     staging.rename(output_dir)
     return info
+
+
+def run_stage(
+    cfg: Config,
+    *,
+    model: str,
+    tokens_train: Path,
+    tokens_eval: Path,
+    bigram_stats: Path,
+    tokenizer: Path,
+    model_dir: Path,
+) -> None:
+    """The pretrain stage of one model (the token files sit in the bigram statistics' folder)."""
+    for tokens in (tokens_train, tokens_eval):
+        if tokens.parent != bigram_stats:
+            raise UserError(f"{tokens}: expected in {bigram_stats}, beside the bigram statistics")
+    prepare_model(model, cfg, bigram_stats, tokenizer, model_dir)

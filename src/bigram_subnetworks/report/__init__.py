@@ -5,8 +5,6 @@ Modules: `tables` (load the run), `summary` (headline numbers), `paper` (the pap
 the verdicts), `figures`, `html` (HTML and Markdown rendering), `build` (the stage).
 """
 
-from bigram_subnetworks.report.build import run_report
 from bigram_subnetworks.report.figures import FIGURES, figure_names
-from bigram_subnetworks.report.tables import find_benchmark_files
 
-__all__ = ["FIGURES", "figure_names", "find_benchmark_files", "run_report"]
+__all__ = ["FIGURES", "figure_names"]

@@ -14,6 +14,7 @@ import pandas as pd
 import yaml
 
 from bigram_subnetworks.config import Config
+from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import atomic_outputs, write_json
 from bigram_subnetworks.report.figures import FIGURES, FigureData, render_figures
 from bigram_subnetworks.report.html import (
@@ -470,34 +471,38 @@ def plot_tables(tables: RunTables) -> dict[str, str]:
     return out
 
 
-def run_report(
+def run_stage(
     cfg: Config,
-    run_dir: Path,
-    data_dir: Path,
-    report_dir: Path,
+    *,
+    figures: list[Path],
+    html: Path,
+    summary: Path,
+    plots: list[Path],
     metrics_json: Path,
-    benchmark_files: list[Path] | None = None,
+    **inputs: Any,
 ) -> None:
-    """The report stage: `report_dir/figures/<name>.png`, `report_dir/index.html`,
-    `report_dir/summary.md`, `report_dir/plots/<name>.csv` and `metrics_json`, all written
-    atomically together."""
-    tables = load_run(cfg, Path(run_dir), Path(data_dir), benchmark_files)
+    """The report stage: figures, `index.html`, `summary.md`, the DVC plot tables and
+    `metrics.json`, all written atomically together, from the run's tables (`inputs`, by name)."""
+    from bigram_subnetworks.stages import benchmark_files
+
+    tables = load_run(cfg, inputs, [p for p in benchmark_files(cfg) if p.is_file()])
     models = summarise(tables)
     checkpoints = summarise_checkpoints(tables)
     found = verdicts(Evidence(tables, models, checkpoints, control_values(tables)))
-    figures = render_figures(cfg, FigureData(tables, models, checkpoints))
-    document = build_document(cfg, tables, models, checkpoints, found, figures)
-    report_dir = Path(report_dir)
-    figure_paths = [report_dir / "figures" / f"{name}.png" for name in figures]
-    plots = plot_tables(tables)
-    plot_paths = [report_dir / "plots" / f"{name}.csv" for name in plots]
-    text_paths = [report_dir / "index.html", report_dir / "summary.md", Path(metrics_json)]
-    with atomic_outputs(*figure_paths, *plot_paths, *text_paths) as temps:
-        for temp, png in zip(temps, figures.values(), strict=False):
+    pngs = render_figures(cfg, FigureData(tables, models, checkpoints))
+    document = build_document(cfg, tables, models, checkpoints, found, pngs)
+    csvs = plot_tables(tables)
+    if [p.stem for p in figures] != list(pngs) or [p.stem for p in plots] != list(csvs):
+        raise UserError(
+            f"report: the declared figures {[p.stem for p in figures]} and plots "
+            f"{[p.stem for p in plots]} differ from the ones drawn ({list(pngs)}, {list(csvs)})"
+        )
+    with atomic_outputs(*figures, *plots, html, summary, metrics_json) as temps:
+        for temp, png in zip(temps, pngs.values(), strict=False):
             temp.write_bytes(png)
-        for temp, csv in zip(temps[len(figures) :], plots.values(), strict=False):
+        for temp, csv in zip(temps[len(pngs) :], csvs.values(), strict=False):
             temp.write_text(csv, encoding="utf-8")
-        html_file, markdown_file, metrics_file = temps[len(figures) + len(plots) :]
+        html_file, markdown_file, metrics_file = temps[len(pngs) + len(csvs) :]
         html_file.write_text(render_html(document), encoding="utf-8")
         markdown_file.write_text(render_markdown(document), encoding="utf-8")
         write_json(headline_metrics(models, checkpoints, found), metrics_file)
@@ -505,8 +510,8 @@ def run_report(
     log.info(
         "report of %d model(s): %d figures, %d of %d claims hold -> %s",
         len(models),
-        len(figures),
+        len(pngs),
         held,
         len(found),
-        report_dir,
+        html.parent,
     )

@@ -16,60 +16,25 @@ from typing import Any
 
 import pandas as pd
 
+from bigram_subnetworks import artifacts as A
 from bigram_subnetworks.config import Config
 from bigram_subnetworks.io import read_json, read_parquet
+from bigram_subnetworks.stages import stages_for
 
 log = logging.getLogger(__name__)
 
-# Columns each table must have (the analysis stages' schemas; extra columns are ignored).
-TABLE_COLUMNS: dict[str, list[str]] = {
-    "masks": ["model", "target", "lambda", "lambda_value", "metric", "value"],
-    "blocks": ["model", "target", "lambda", "layer", "kind", "head", "kept", "size", "fraction"],
-    "overlap": [
-        "model",
-        "bigram_lambda",
-        "optimal_lambda",
-        "selected",
-        "observed",
-        "expected",
-        "ratio",
-        "p_value",
-        "share_a_in_b",
-        "kept_a",
-        "kept_b",
-        "draws",
-    ],
-    "overlap_null": ["model", "draw", "overlap"],
-    "ablations": [
-        "model",
-        "condition",
-        "kept_fraction",
-        "mean_surprisal_bits",
-        "sd_surprisal_bits",
-    ],
-    "generations": ["model", "condition", "prompt", "decoding", "text"],
-    "residual": ["model", "condition", "metric", "layer", "layer_b", "value"],
+# The tables a report reads, by the name of the report stage's input (schemas in artifacts.py).
+TABLES = {
+    "mask_metrics": A.MASK_METRICS,
+    "blocks": A.BLOCKS,
+    "overlap": A.OVERLAP,
+    "overlap_null": A.OVERLAP_NULL,
+    "ablations": A.ABLATIONS,
+    "generations": A.GENERATIONS,
+    "residual": A.RESIDUAL,
 }
-# Written only when the config has a checkpoints section.
-CHECKPOINT_COLUMNS: dict[str, list[str]] = {
-    "checkpoints": [
-        "model",
-        "step",
-        "target",
-        "lambda",
-        "lambda_value",
-        "budget",
-        "metric",
-        "value",
-    ],
-    "controls": ["model", "control", "lambda", "metric", "value"],
-}
+CHECKPOINT_TABLES = {"checkpoints": A.CHECKPOINTS, "controls": A.CONTROLS}
 HISTORY_SERIES = ("loss", "penalty", "kept", "undecided", "temperature")
-
-# Pipeline stages in DAG order (Snakemake rule names), for the cost table.
-DATA_STAGES = ("corpus", "tokenizer", "tokenize", "bigram_stats")
-RUN_STAGES = ("pretrain", "train_mask", "evaluate", "select", "overlap", "ablate", "residual")
-CHECKPOINT_STAGES = ("checkpoint_masks", "checkpoints", "controls")
 
 
 @dataclass(frozen=True)
@@ -77,7 +42,7 @@ class RunTables:
     """Everything the report reads from one run, as tidy frames (None: not configured)."""
 
     models: list[str]
-    masks: pd.DataFrame
+    mask_metrics: pd.DataFrame
     blocks: pd.DataFrame
     overlap: pd.DataFrame
     overlap_null: pd.DataFrame
@@ -94,7 +59,7 @@ class RunTables:
 
     def metric_table(self) -> pd.DataFrame:
         """`masks` as one row per (model, target, lambda) with one column per metric."""
-        return wide_metrics(self.masks, ["model", "target", "lambda", "lambda_value"])
+        return wide_metrics(self.mask_metrics, ["model", "target", "lambda", "lambda_value"])
 
 
 def wide_metrics(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -107,52 +72,36 @@ def wide_metrics(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return wide.reset_index()
 
 
-def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+def read_table(path: Path, artifact: A.Artifact) -> pd.DataFrame:
     """A Parquet table as a pandas frame (one-line error when missing, damaged or incomplete)."""
-    return read_parquet(path, columns=columns).to_pandas()
+    assert artifact.schema is not None
+    return read_parquet(path, columns=artifact.schema.names).to_pandas()
 
 
-def read_histories(cfg: Config, masks_dir: Path) -> pd.DataFrame:
-    """Per-step training curves of every configured trained mask (the attempt that was kept)."""
+def read_histories(mask_logs: list[Path]) -> pd.DataFrame:
+    """Per-step training curves of the given masks' training logs (the attempt that was kept)."""
     frames = []
-    grids = cfg.lambdas.model_dump() if cfg.lambdas is not None else {}
-    for model in cfg.models:
-        for target, labels in grids.items():
-            for label in labels:
-                log_file = masks_dir / model / target / f"lambda-{label}.json"
-                attempts = read_json(log_file).get("history") or []
-                if not attempts:  # the keep-all / keep-nothing baselines are not trained
-                    continue
-                last = attempts[-1]
-                series = {name: last.get(name, []) for name in HISTORY_SERIES}
-                steps = max(len(values) for values in series.values())
-                frame = pd.DataFrame(
-                    {name: _padded(values, steps) for name, values in series.items()}
-                )
-                frame.insert(0, "step", range(steps))
-                frame.insert(0, "attempts", len(attempts))
-                frame.insert(0, "lambda", label)
-                frame.insert(0, "target", target)
-                frame.insert(0, "model", model)
-                frames.append(frame)
+    for log_file in mask_logs:
+        fields = A.MASK_LOG.parse(str(log_file))
+        attempts = read_json(log_file).get("history") or []
+        if not attempts:  # the keep-all / keep-nothing baselines are not trained
+            continue
+        last = attempts[-1]
+        series = {name: last.get(name, []) for name in HISTORY_SERIES}
+        steps = max(len(values) for values in series.values())
+        frame = pd.DataFrame({name: _padded(values, steps) for name, values in series.items()})
+        frame.insert(0, "step", range(steps))
+        frame.insert(0, "attempts", len(attempts))
+        frame.insert(0, "lambda", fields["lam"])
+        frame.insert(0, "target", fields["target"])
+        frame.insert(0, "model", fields["model"])
+        frames.append(frame)
     columns = ["model", "target", "lambda", "attempts", "step", *HISTORY_SERIES]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
 def _padded(values: list[float], length: int) -> list[float]:
     return [float(v) for v in values] + [math.nan] * (length - len(values))
-
-
-def find_benchmark_files(cfg: Config, run_dir: Path, data_dir: Path) -> list[Path]:
-    """Snakemake's benchmark files of a run and of its data stages (those that exist)."""
-    found = sorted(Path(run_dir, "benchmarks").rglob("*.tsv"))
-    data_files = [
-        cfg.corpus_dir / "logs" / "corpus.benchmark.tsv",
-        cfg.tokenizer_dir / "logs" / "tokenizer.benchmark.tsv",
-        Path(data_dir) / "logs" / "tokenize.benchmark.tsv",
-        Path(data_dir) / "logs" / "bigram_stats.benchmark.tsv",
-    ]
-    return [path for path in data_files if path.is_file()] + found
 
 
 def benchmark_stage(path: Path) -> str:
@@ -200,18 +149,10 @@ def _number(text: str | None) -> float:
         return math.nan
 
 
-def expected_stages(cfg: Config) -> list[str]:
-    """The stages a run of this config has, in DAG order."""
-    stages = [*DATA_STAGES, *RUN_STAGES]
-    if cfg.checkpoints is not None:
-        stages += CHECKPOINT_STAGES
-    return stages
-
-
 def stage_costs(cfg: Config, benchmarks: pd.DataFrame) -> pd.DataFrame:
     """Wall-clock seconds per stage (sum over its jobs), jobs measured and peak memory; stages
     without a benchmark file have NaN seconds. Stages measured but not expected come last."""
-    stages = expected_stages(cfg)
+    stages = [stage.name for stage in stages_for(cfg, "snakemake")]
     stages += sorted(set(benchmarks["stage"]) - set(stages))
     rows = []
     for stage in stages:
@@ -228,32 +169,24 @@ def stage_costs(cfg: Config, benchmarks: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_run(
-    cfg: Config, run_dir: Path, data_dir: Path, benchmark_files: list[Path] | None = None
+    cfg: Config, inputs: dict[str, Any], benchmark_files: list[Path] | None = None
 ) -> RunTables:
-    """Read every table of a finished run (see the module docstring for what may be missing)."""
-    run_dir, data_dir = Path(run_dir), Path(data_dir)
-    metrics_dir = run_dir / "metrics"
-    tables = {
-        name: read_table(metrics_dir / f"{name}.parquet", columns)
-        for name, columns in TABLE_COLUMNS.items()
-    }
-    optional: dict[str, pd.DataFrame | None] = dict.fromkeys(CHECKPOINT_COLUMNS)
+    """Read every table of a finished run from the report stage's inputs (paths by name)."""
+    tables = {name: read_table(inputs[name], artifact) for name, artifact in TABLES.items()}
+    optional: dict[str, pd.DataFrame | None] = dict.fromkeys(CHECKPOINT_TABLES)
     if cfg.checkpoints is not None:
         optional = {
-            name: read_table(metrics_dir / f"{name}.parquet", columns)
-            for name, columns in CHECKPOINT_COLUMNS.items()
+            name: read_table(inputs[name], artifact) for name, artifact in CHECKPOINT_TABLES.items()
         }
-    models = list(cfg.models)
+    model_dirs = [Path(p) for p in inputs["models"]]
+    bigram_meta = Path(inputs["bigram_stats"]) / A.BIGRAM_STATS.files[-1]
     return RunTables(
-        models=models,
+        models=[d.name for d in model_dirs],
         **tables,
         **optional,
-        selection=read_json(run_dir / "selection.json"),
-        model_info={m: read_json(run_dir / "models" / m / "model.json") for m in models},
-        histories=read_histories(cfg, run_dir / "masks"),
-        data_info={
-            "bigrams": read_json(data_dir / "bigrams.json"),
-            "tokens": read_json(data_dir / "tokens.json"),
-        },
+        selection=read_json(inputs["selection"]),
+        model_info={d.name: read_json(d / A.MODEL.files[0]) for d in model_dirs},
+        histories=read_histories([Path(p) for p in inputs["mask_logs"]]),
+        data_info={"bigrams": read_json(bigram_meta), "tokens": read_json(inputs["tokens_meta"])},
         benchmarks=read_benchmarks(benchmark_files),
     )

@@ -1,0 +1,262 @@
+"""Every artifact of the pipeline, declared once: its path template and, for tables, its schema.
+
+Stages, the stage registry (`stages.py`), both front-ends, the report and the tests take paths and
+schemas from here; nothing else spells them out. Templates use `{placeholders}`:
+
+- `{run}`: the run name (`results/<run>/`);
+- `{corpus}`, `{tokenizer}`, `{data}`: keys of the shared data folders, each a readable name plus a
+  short hash of the settings that produce it (see `stages.data_keys`), so two configs share data
+  when they agree and never overwrite each other's when they differ;
+- `{model}`: a model name, or for masks a *model key*: the name, optionally followed by
+  `+<variant>` for masks of a checkpoint (`neox-4x96+step-292`) or a control model
+  (`neox-4x96+random-body`);
+- `{target}`, `{lam}`: a mask's target (bigram | full) and λ label.
+
+Torch-free: importing this module never imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file (or, with `files`, a folder whose listed files the front-ends track)."""
+
+    path: str
+    help: str
+    files: tuple[str, ...] = ()  # a folder: the files in it that rules depend on
+    dvc_folder: bool = False  # DVC tracks the whole folder (e.g. model weights + checkpoints)
+    schema: pa.Schema | None = None
+
+    @property
+    def is_folder(self) -> bool:
+        return bool(self.files)
+
+    def fields(self) -> set[str]:
+        return {name for _, name, _, _ in string.Formatter().parse(self.path) if name}
+
+    def render(self, **values: str) -> str:
+        """The path with every placeholder filled in."""
+        return self.path.format(**values)
+
+    def tracked(self, **values: str) -> list[str]:
+        """The files a front-end tracks for this artifact."""
+        path = self.render(**values)
+        return [f"{path}/{name}" for name in self.files] if self.files else [path]
+
+    def parse(self, path: str) -> dict[str, str]:
+        """The placeholder values of a path made from this template (ValueError otherwise)."""
+        pattern = ""
+        for literal, name, _, _ in string.Formatter().parse(self.path):
+            pattern += re.escape(literal)
+            if name:
+                pattern += f"(?P<{name}>[^/]+)"
+        found = re.search(f"(?:^|/){pattern}$", Path(path).as_posix())
+        if found is None:
+            raise ValueError(f"{path} is not a path of the form {self.path}")
+        return found.groupdict()
+
+
+def _schema(*columns: tuple[str, pa.DataType]) -> pa.Schema:
+    return pa.schema(list(columns))
+
+
+# --------------------------------------------------------------------------- shared data
+
+RUN_CONFIG = Artifact(
+    "results/{run}/config.yaml",
+    "the effective config of the run (validated, defaults filled in); every stage reads it",
+)
+DOCUMENTS = Artifact(
+    "data/{corpus}/documents.parquet",
+    "documents with their split",
+    schema=_schema(("doc_id", pa.string()), ("split", pa.string()), ("text", pa.large_string())),
+)
+CORPUS_MANIFEST = Artifact("data/{corpus}/manifest.json", "source, licence, checksums, counts")
+TOKENIZER = Artifact(
+    "data/tokenizers/{tokenizer}",
+    "the tokenizer folder (tokenizer.json, meta.json)",
+    files=("tokenizer.json", "meta.json"),
+)
+TOKEN_SCHEMA = _schema(("seq_id", pa.uint32()), ("input_ids", pa.list_(pa.uint32())))
+TOKENS_TRAIN = Artifact(
+    "data/{data}/tokens_train.parquet", "train token sequences", schema=TOKEN_SCHEMA
+)
+TOKENS_EVAL = Artifact(
+    "data/{data}/tokens_eval.parquet", "eval token sequences", schema=TOKEN_SCHEMA
+)
+TOKENS_META = Artifact("data/{data}/tokens.json", "sequence counts and tokenizer facts")
+BIGRAM_STATS = Artifact(
+    "data/{data}",
+    "the bigram statistics folder (bigrams.parquet, unigrams.parquet, bigrams.json)",
+    files=("bigrams.parquet", "unigrams.parquet", "bigrams.json"),
+)
+BIGRAMS_SCHEMA = _schema(("prev", pa.uint32()), ("next", pa.uint32()), ("count", pa.uint64()))
+UNIGRAMS_SCHEMA = _schema(("token", pa.uint32()), ("count", pa.uint64()))
+
+# ----------------------------------------------------------------------------- models, masks
+
+MODEL = Artifact(
+    "results/{run}/models/{model}",
+    "a model folder (model.json; embedded models: final/ and step-<N>/ weights)",
+    files=("model.json",),
+    dvc_folder=True,
+)
+MASK = Artifact(
+    "results/{run}/masks/{model}/{target}/lambda-{lam}.safetensors",
+    "a mask (safetensors, one bool tensor per masked weight)",
+)
+MASK_LOG = Artifact(
+    "results/{run}/masks/{model}/{target}/lambda-{lam}.json", "a mask's training log (JSON)"
+)
+VARIANT_SEPARATOR = "+"  # model key = name[+variant]
+RANDOM_BODY = "random-body"  # variant: the step-0 body with the trained embeddings (Table 2)
+
+# -------------------------------------------------------------------------------- analyses
+
+MASK_METRICS = Artifact(
+    "results/{run}/metrics/masks.parquet",
+    "one row per mask × metric",
+    schema=_schema(
+        ("model", pa.string()),
+        ("target", pa.string()),
+        ("lambda", pa.string()),
+        ("lambda_value", pa.float64()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+    ),
+)
+BLOCKS = Artifact(
+    "results/{run}/metrics/blocks.parquet",
+    "kept fraction per mask × block (and head)",
+    schema=_schema(
+        ("model", pa.string()),
+        ("target", pa.string()),
+        ("lambda", pa.string()),
+        ("layer", pa.int32()),
+        ("kind", pa.string()),
+        ("head", pa.int32()),
+        ("kept", pa.int64()),
+        ("size", pa.int64()),
+        ("fraction", pa.float64()),
+    ),
+)
+SELECTION = Artifact("results/{run}/selection.json", "the selected bigram mask and its pair")
+OVERLAP = Artifact(
+    "results/{run}/metrics/overlap.parquet",
+    "overlap of every bigram × optimal mask pair, with its null",
+    schema=_schema(
+        ("model", pa.string()),
+        ("bigram_lambda", pa.string()),
+        ("optimal_lambda", pa.string()),
+        ("selected", pa.bool_()),
+        ("observed", pa.float64()),
+        ("expected", pa.float64()),
+        ("expected_sd", pa.float64()),
+        ("ratio", pa.float64()),
+        ("p_value", pa.float64()),
+        ("null_mean", pa.float64()),
+        ("null_sd", pa.float64()),
+        ("share_a_in_b", pa.float64()),
+        ("kept_a", pa.float64()),
+        ("kept_b", pa.float64()),
+        ("observed_count", pa.int64()),
+        ("n_masked", pa.int64()),
+        ("draws", pa.int64()),
+        ("seed", pa.int64()),
+    ),
+)
+OVERLAP_NULL = Artifact(
+    "results/{run}/metrics/overlap_null.parquet",
+    "the null draws of each model's selected pair",
+    schema=_schema(("model", pa.string()), ("draw", pa.int64()), ("overlap", pa.float64())),
+)
+ABLATIONS = Artifact(
+    "results/{run}/metrics/ablations.parquet",
+    "surprisal under each ablation condition",
+    schema=_schema(
+        ("model", pa.string()),
+        ("condition", pa.string()),
+        ("kept", pa.int64()),
+        ("kept_fraction", pa.float64()),
+        ("mean_surprisal_bits", pa.float64()),
+        ("sd_surprisal_bits", pa.float64()),
+        ("lm_loss", pa.float64()),
+        ("perplexity", pa.float64()),
+        ("tokens", pa.int64()),
+    ),
+)
+GENERATIONS = Artifact(
+    "results/{run}/metrics/generations.parquet",
+    "prompt continuations under each ablation condition",
+    schema=_schema(
+        ("model", pa.string()),
+        ("condition", pa.string()),
+        ("prompt", pa.string()),
+        ("decoding", pa.string()),
+        ("text", pa.string()),
+    ),
+)
+RESIDUAL = Artifact(
+    "results/{run}/metrics/residual.parquet",
+    "residual-stream analyses per model × condition × layer",
+    schema=_schema(
+        ("model", pa.string()),
+        ("condition", pa.string()),
+        ("metric", pa.string()),
+        ("layer", pa.int32()),
+        ("layer_b", pa.int32()),
+        ("value", pa.float64()),
+    ),
+)
+CHECKPOINTS = Artifact(
+    "results/{run}/metrics/checkpoints.parquet",
+    "bigram masks across pretraining checkpoints, with power-law fits",
+    schema=_schema(
+        ("model", pa.string()),
+        ("step", pa.int64()),
+        ("target", pa.string()),
+        ("lambda", pa.string()),
+        ("lambda_value", pa.float64()),
+        ("budget", pa.int64()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+    ),
+)
+CONTROLS = Artifact(
+    "results/{run}/metrics/controls.parquet",
+    "the paper's Table 2 controls",
+    schema=_schema(
+        ("model", pa.string()),
+        ("control", pa.string()),
+        ("lambda", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+    ),
+)
+
+# ---------------------------------------------------------------------------------- report
+
+REPORT_FIGURE = Artifact("results/{run}/report/figures/{figure}.png", "a report figure")
+REPORT_HTML = Artifact("results/{run}/report/index.html", "the self-contained HTML report")
+REPORT_SUMMARY = Artifact("results/{run}/report/summary.md", "the report's numbers in Markdown")
+REPORT_PLOT = Artifact("results/{run}/report/plots/{plot}.csv", "data of a DVC plot")
+RUN_METRICS = Artifact("results/{run}/metrics.json", "headline numbers (DVC metrics)")
+
+
+def model_key(model: str, variant: str | None = None) -> str:
+    """The key of a model (or of one of its variants) in mask paths: `name[+variant]`."""
+    return f"{model}{VARIANT_SEPARATOR}{variant}" if variant else model
+
+
+def split_model_key(key: str) -> tuple[str, str | None]:
+    """(model name, variant or None) of a model key."""
+    name, _, variant = key.partition(VARIANT_SEPARATOR)
+    return name, variant or None

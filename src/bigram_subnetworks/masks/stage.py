@@ -1,0 +1,42 @@
+"""The train_mask stage: one mask for a model key (a model, a checkpoint or a control) × target × λ.
+
+Every mask of the pipeline is trained here, whatever it is for: the main grid, the checkpoint
+trajectories and the Table 2 controls are the same job over different model keys.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bigram_subnetworks.artifacts import split_model_key
+from bigram_subnetworks.config import Config
+from bigram_subnetworks.errors import UserError
+
+
+def run_stage(
+    cfg: Config,
+    *,
+    model: str,
+    target: str,
+    lam: str,
+    model_dir: Path,
+    tokens_train: Path,
+    bigram_stats: Path,
+    mask: Path,
+    mask_log: Path,
+) -> None:
+    """Train the mask of one job and write it (with its training log beside it)."""
+    from bigram_subnetworks.data.bigrams import read_bigram_counts
+    from bigram_subnetworks.data.tokenize import read_sequences
+    from bigram_subnetworks.masks.train import MaskRun, train_mask
+    from bigram_subnetworks.models.loading import pick_device
+    from bigram_subnetworks.models.variants import load_variant
+
+    if mask_log != mask.with_suffix(".json"):
+        raise UserError(f"{mask_log}: the training log goes beside the mask, as {mask.stem}.json")
+    base, variant = split_model_key(model)
+    trust = bool(getattr(cfg.models[base], "trust_remote_code", False))
+    network, identity = load_variant(model_dir, variant, trust_remote_code=trust)
+    run = MaskRun(target, lam, cfg.masks, cfg.seed, identity)
+    counts = read_bigram_counts(bigram_stats)
+    train_mask(network, run, read_sequences(tokens_train), counts, mask, pick_device(cfg.device))

@@ -1,0 +1,59 @@
+"""Model variants: the weights a mask is trained on, named by a model key `name[+variant]`.
+
+- no variant: the model's own weights (an embedded model's `final/`, a Hub revision, a folder);
+- `step-<N>`: the pretraining checkpoint of step N;
+- `random-body`: the step-0 (random) body with the trained model's embeddings and unembedding
+  (and GPT-2's position embeddings): the paper's Table 2 "trained embeddings" control.
+
+Every variant comes with the identity stored in its masks' metadata.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bigram_subnetworks.artifacts import RANDOM_BODY
+from bigram_subnetworks.errors import UserError
+from bigram_subnetworks.models.loading import load_checkpoint, load_model, model_identity
+
+
+def embedding_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The token embedding, the unembedding and (GPT-2) the position embedding."""
+    from bigram_subnetworks.models.layout import body
+
+    modules = [model.get_input_embeddings(), model.get_output_embeddings()]
+    position = getattr(body(model), "wpe", None)
+    return modules + ([position] if position is not None else [])
+
+
+@torch.no_grad()
+def transplant_embeddings(target: torch.nn.Module, source: torch.nn.Module) -> None:
+    """Copy the embedding modules' parameters of `source` into `target` (same shapes)."""
+    for into, origin in zip(embedding_modules(target), embedding_modules(source), strict=True):
+        for (name, param), other in zip(into.named_parameters(), origin.parameters(), strict=True):
+            if param.shape != other.shape:
+                raise UserError(
+                    f"embedding {name}: shapes {tuple(param.shape)} and "
+                    f"{tuple(other.shape)} differ; the checkpoints are not one model"
+                )
+            param.copy_(other)
+
+
+def load_variant(
+    model_dir: Path | str, variant: str | None, trust_remote_code: bool = False
+) -> tuple[Any, dict[str, Any]]:
+    """The model of a variant (see the module docstring) and its identity."""
+    if variant is None:
+        model, info = load_model(model_dir, trust_remote_code=trust_remote_code)
+        return model, model_identity(model_dir, info)
+    if variant.startswith("step-") and variant[5:].isdigit():
+        return load_checkpoint(model_dir, int(variant[5:]), trust_remote_code=trust_remote_code)
+    if variant == RANDOM_BODY:
+        trained, info = load_model(model_dir, trust_remote_code=trust_remote_code)
+        hybrid, identity = load_checkpoint(model_dir, 0, trust_remote_code=trust_remote_code)
+        transplant_embeddings(hybrid, trained)
+        return hybrid, identity | {"embeddings_from": model_identity(model_dir, info)}
+    raise UserError(f"model variant {variant!r} is unknown; use step-<N> or {RANDOM_BODY}")

@@ -1,0 +1,540 @@
+"""The stage registry: every stage of the pipeline, declared once.
+
+For each stage: its name (the Snakemake rule and DVC stage), the `bsn` command and the function it
+runs, its named inputs and outputs (artifacts from `artifacts.py`), the config keys it reads, its
+grid of jobs and its resources. Everything else derives from this table:
+
+- `bsn <command>`'s options (`cli.py`), one per wildcard, input and output;
+- the Snakemake rules (`workflow/rules/stages.smk` loops over the registry);
+- `dvc.yaml` (`bsn dvc` generates it for any config; see `dvc_yaml`);
+- the shared-data folder keys (`data_keys`): a readable name plus a hash of exactly the keys that
+  produce the folder, so configs share data when they agree and never overwrite each other;
+- rerun decisions: both front-ends track, per job, the values of exactly the keys the stage reads.
+
+Torch-free: the front-ends import this module at parse time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bigram_subnetworks import artifacts as A
+from bigram_subnetworks.artifacts import RANDOM_BODY, Artifact, model_key, split_model_key
+from bigram_subnetworks.config import Config
+
+Wildcards = dict[str, str]
+
+# ------------------------------------------------------------------------------------- grids
+
+
+def checkpoint_key(cfg: Config, model: str, step: int) -> str:
+    """The model key of a checkpoint's masks: the model's own key at its final step (the main grid's
+    masks are reused), else `<model>+step-<N>`."""
+    return model if step == cfg.models[model].final_step else model_key(model, f"step-{step}")
+
+
+def main_masks(cfg: Config) -> list[Wildcards]:
+    """Every mask of the main grid: model × target × λ label."""
+    if cfg.lambdas is None:
+        return []
+    return [
+        {"model": model, "target": target, "lam": label}
+        for model in cfg.models
+        for target in ("bigram", "full")
+        for label in getattr(cfg.lambdas, target)
+    ]
+
+
+def checkpoint_masks(cfg: Config) -> list[Wildcards]:
+    """The bigram masks of every configured checkpoint (the final one's from the main grid)."""
+    if cfg.checkpoints is None:
+        return []
+    return [
+        {"model": checkpoint_key(cfg, model, step), "target": "bigram", "lam": label}
+        for model in cfg.checkpoints.models
+        for step in cfg.checkpoints.steps
+        for label in cfg.checkpoints.lambdas
+    ]
+
+
+def control_masks(cfg: Config) -> list[Wildcards]:
+    """The masks of the Table 2 controls that no other grid trains."""
+    if cfg.checkpoints is None:
+        return []
+    return [
+        {"model": model_key(model, RANDOM_BODY), "target": "bigram", "lam": "0"}
+        for model in cfg.checkpoints.models
+    ]
+
+
+def all_masks(cfg: Config) -> list[Wildcards]:
+    """Every mask the config asks for, each once."""
+    seen: dict[str, Wildcards] = {}
+    for job in main_masks(cfg) + checkpoint_masks(cfg) + control_masks(cfg):
+        seen.setdefault(job_id(job), job)
+    return list(seen.values())
+
+
+def models_grid(cfg: Config) -> list[Wildcards]:
+    return [{"model": model} for model in cfg.models]
+
+
+def checkpoint_models(cfg: Config) -> list[Wildcards]:
+    return [{"model": m} for m in (cfg.checkpoints.models if cfg.checkpoints else [])]
+
+
+def job_id(wildcards: Wildcards) -> str:
+    """A job's name within its stage: its wildcard values joined by '-'."""
+    return "-".join(wildcards.values())
+
+
+# ---------------------------------------------------------------------------------- stages
+
+
+def always(cfg: Config) -> bool:
+    """The default condition of ports and stages: present in every config."""
+    return True
+
+
+@dataclass(frozen=True)
+class Port:
+    """A named input or output: one artifact for the job's own wildcards, or (with `each`) the
+    artifact for every job of a grid. `rename` maps an artifact placeholder to another field (a
+    mask job reads the folder of its model key's base model: {"model": "base"})."""
+
+    artifact: Artifact
+    each: Callable[[Config], list[Wildcards]] | None = None
+    when: Callable[[Config], bool] = always
+    rename: tuple[tuple[str, str], ...] = ()
+
+    def _fields(self, fields: dict[str, str]) -> dict[str, str]:
+        return fields | {placeholder: fields[source] for placeholder, source in self.rename}
+
+    def _jobs(self, cfg: Config, fields: dict[str, str]) -> list[dict[str, str]]:
+        if self.each is None:
+            return [self._fields(fields)]
+        return [self._fields(fields | job) for job in self.each(cfg)]
+
+    def paths(self, cfg: Config, fields: dict[str, str]) -> list[str]:
+        """What the command receives: files, or folders for folder artifacts."""
+        return [self.artifact.render(**f) for f in self._jobs(cfg, fields)]
+
+    def tracked(self, cfg: Config, fields: dict[str, str], dvc: bool = False) -> list[str]:
+        """The files a front-end tracks (DVC: whole folders where the artifact says so)."""
+        if dvc and self.artifact.dvc_folder:
+            return self.paths(cfg, fields)
+        return [path for f in self._jobs(cfg, fields) for path in self.artifact.tracked(**f)]
+
+
+def _one(artifact: Artifact, **kwargs: Any) -> Port:
+    return Port(artifact, **kwargs)
+
+
+def _each(artifact: Artifact, grid: Callable[[Config], list[Wildcards]], **kwargs: Any) -> Port:
+    return Port(artifact, each=grid, **kwargs)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: a `bsn` command that runs `run(cfg, **paths)` over a grid of jobs."""
+
+    name: str
+    help: str
+    run: str  # "module:function", called with the (restricted) config and one keyword per port
+    inputs: dict[str, Port]
+    outputs: dict[str, Port]
+    reads: tuple[str, ...]  # config keys; "{model}"/"{base}" stand for the job's model name
+    wildcards: tuple[str, ...] = ()  # the keys of each grid job
+    grid: Callable[[Config], list[Wildcards]] | None = None
+    enabled: Callable[[Config], bool] = always
+    torch: bool = False  # runs models: all cores, and one GPU when the config uses CUDA
+    threads: bool = False  # uses all cores without torch
+    shared: bool = False  # writes shared data: logs beside it, not under results/<run>/
+    front_ends: tuple[str, ...] = ("snakemake", "dvc")
+
+    @property
+    def command(self) -> str:
+        return self.name.replace("_", "-")
+
+    def jobs(self, cfg: Config) -> list[Wildcards]:
+        return self.grid(cfg) if self.grid else [{}]
+
+    def ports(self, cfg: Config) -> dict[str, Port]:
+        """Inputs then outputs that apply to this config."""
+        ports = {**self.inputs, **self.outputs}
+        return {name: port for name, port in ports.items() if port.when(cfg)}
+
+    def log(self, cfg: Config) -> str:
+        """The log path template (wildcards left as `{name}` placeholders)."""
+        if self.shared:
+            first = next(iter(self.outputs.values())).artifact
+            folder = first.path if first.is_folder else first.path.rsplit("/", 1)[0]
+            return f"{folder}/logs/{self.name}.log"
+        names = self.wildcards
+        if not names:
+            return f"results/{{run}}/logs/{self.name}.log"
+        return f"results/{{run}}/logs/{self.name}/{'-'.join(f'{{{n}}}' for n in names)}.log"
+
+    def benchmark(self, cfg: Config) -> str:
+        """Where Snakemake writes the job's benchmark (beside the log for shared data)."""
+        log = self.log(cfg)
+        if self.shared:
+            return log.removesuffix(".log") + ".benchmark.tsv"
+        return log.replace("/logs/", "/benchmarks/", 1).removesuffix(".log") + ".tsv"
+
+
+def _local_corpus(cfg: Config) -> bool:
+    return cfg.corpus.source == "local"
+
+
+def _trained_tokenizer(cfg: Config) -> bool:
+    return cfg.tokenizer.source == "train"
+
+
+def _has_checkpoints(cfg: Config) -> bool:
+    return cfg.checkpoints is not None
+
+
+def _figures(cfg: Config) -> list[Wildcards]:
+    from bigram_subnetworks.report.figures import figure_names
+
+    return [{"figure": name} for name in figure_names(cfg)]
+
+
+def _plots(cfg: Config) -> list[Wildcards]:
+    names = ["sparsity", "checkpoints"] if cfg.checkpoints else ["sparsity"]
+    return [{"plot": name} for name in names]
+
+
+# The effective config every stage reads (DVC makes it in the `config` stage; Snakemake writes it
+# when it reads the workflow, from its own `config`, which --configfile/--config/modules set).
+CORPUS_SOURCE = Artifact("{corpus_path}", "the local corpus folder (its files are tracked)")
+SCORING = ("seed", "device", "analysis.eval_sequences", "analysis.batch_size")
+MASK_OF_BASE = (("model", "base"),)
+DATA = {
+    "tokens_eval": _one(A.TOKENS_EVAL),
+    "bigram_stats": _one(A.BIGRAM_STATS),
+}
+RUN_MODELS = _each(A.MODEL, models_grid)
+MAIN_MASKS = _each(A.MASK, main_masks)
+
+_STAGES = [
+    Stage(
+        "config",
+        "Validate a config and write the run's effective config (every default filled in).",
+        "bigram_subnetworks.config:run_stage",
+        inputs={},
+        outputs={"output": _one(A.RUN_CONFIG)},
+        reads=("",),
+        front_ends=("dvc",),
+    ),
+    Stage(
+        "corpus",
+        "Read and split the corpus.",
+        "bigram_subnetworks.data.corpus:run_stage",
+        inputs={"source": _one(CORPUS_SOURCE, when=_local_corpus)},
+        outputs={"documents": _one(A.DOCUMENTS), "manifest": _one(A.CORPUS_MANIFEST)},
+        reads=("seed", "corpus"),
+        shared=True,
+    ),
+    Stage(
+        "tokenizer",
+        "Train the tokenizer on the train split, or adopt a model's own.",
+        "bigram_subnetworks.data.tokenizer:run_stage",
+        inputs={"documents": _one(A.DOCUMENTS, when=_trained_tokenizer)},
+        outputs={"tokenizer": _one(A.TOKENIZER)},
+        reads=("tokenizer",),
+        threads=True,
+        shared=True,
+    ),
+    Stage(
+        "tokenize",
+        "Cut documents into fixed-length token sequences.",
+        "bigram_subnetworks.data.tokenize:run_stage",
+        inputs={"documents": _one(A.DOCUMENTS), "tokenizer": _one(A.TOKENIZER)},
+        outputs={
+            "tokens_train": _one(A.TOKENS_TRAIN),
+            "tokens_eval": _one(A.TOKENS_EVAL),
+            "tokens_meta": _one(A.TOKENS_META),
+        },
+        reads=("seed", "data"),
+        threads=True,
+        shared=True,
+    ),
+    Stage(
+        "bigram_stats",
+        "Count the bigrams of the train sequences.",
+        "bigram_subnetworks.data.bigrams:run_stage",
+        inputs={"tokens_train": _one(A.TOKENS_TRAIN), "tokens_meta": _one(A.TOKENS_META)},
+        outputs={"bigram_stats": _one(A.BIGRAM_STATS)},
+        reads=(),
+        shared=True,
+    ),
+    Stage(
+        "pretrain",
+        "Pretrain an embedded model; record a Hub model's commit; check a local model.",
+        "bigram_subnetworks.models.pretrain:run_stage",
+        inputs={
+            "tokens_train": _one(A.TOKENS_TRAIN),
+            **DATA,
+            "tokenizer": _one(A.TOKENIZER),
+        },
+        outputs={"model_dir": _one(A.MODEL)},
+        reads=("seed", "device", "models.{model}"),
+        wildcards=("model",),
+        grid=models_grid,
+        torch=True,
+    ),
+    Stage(
+        "train_mask",
+        "Train one mask: model key (a model, a checkpoint or a control) × target × λ.",
+        "bigram_subnetworks.masks.stage:run_stage",
+        inputs={
+            "model_dir": _one(A.MODEL, rename=MASK_OF_BASE),
+            "tokens_train": _one(A.TOKENS_TRAIN),
+            "bigram_stats": _one(A.BIGRAM_STATS),
+        },
+        outputs={"mask": _one(A.MASK), "mask_log": _one(A.MASK_LOG)},
+        reads=("seed", "device", "masks", "models.{base}"),
+        wildcards=("model", "target", "lam"),
+        grid=all_masks,
+        torch=True,
+    ),
+    Stage(
+        "evaluate",
+        "Score every mask of the main grid (and each full model) on held-out sequences.",
+        "bigram_subnetworks.analysis.evaluate:run_stage",
+        inputs={"models": RUN_MODELS, "masks": MAIN_MASKS, **DATA},
+        outputs={"mask_metrics": _one(A.MASK_METRICS), "blocks": _one(A.BLOCKS)},
+        reads=SCORING,
+        torch=True,
+    ),
+    Stage(
+        "select",
+        "Choose each model's analysed bigram mask and its optimal-pruning pair.",
+        "bigram_subnetworks.analysis.select:run_stage",
+        inputs={"mask_metrics": _one(A.MASK_METRICS)},
+        outputs={"selection": _one(A.SELECTION)},
+        reads=("analysis.selection_tolerance",),
+    ),
+    Stage(
+        "overlap",
+        "Overlap of every bigram and optimal mask pair, with its null distribution.",
+        "bigram_subnetworks.analysis.overlap:run_stage",
+        inputs={"models": RUN_MODELS, "masks": MAIN_MASKS, "selection": _one(A.SELECTION)},
+        outputs={"overlap": _one(A.OVERLAP), "overlap_null": _one(A.OVERLAP_NULL)},
+        reads=("seed", "analysis.overlap_draws"),
+    ),
+    Stage(
+        "ablate",
+        "Ablations and generations of each model's selected masks.",
+        "bigram_subnetworks.analysis.ablate:run_stage",
+        inputs={
+            "models": RUN_MODELS,
+            "masks": MAIN_MASKS,
+            "selection": _one(A.SELECTION),
+            **DATA,
+            "tokenizer": _one(A.TOKENIZER),
+        },
+        outputs={"ablations": _one(A.ABLATIONS), "generations": _one(A.GENERATIONS)},
+        reads=(
+            *SCORING,
+            "analysis.prompts",
+            "analysis.max_new_tokens",
+            "analysis.temperature",
+        ),
+        torch=True,
+    ),
+    Stage(
+        "residual",
+        "Residual-stream analyses of each model's selected bigram mask.",
+        "bigram_subnetworks.analysis.residual:run_stage",
+        inputs={
+            "models": RUN_MODELS,
+            "masks": MAIN_MASKS,
+            "selection": _one(A.SELECTION),
+            **DATA,
+        },
+        outputs={"residual": _one(A.RESIDUAL)},
+        reads=("seed", "device", "analysis.residual_sequences", "analysis.batch_size"),
+        torch=True,
+    ),
+    Stage(
+        "checkpoints",
+        "Score the bigram masks of every checkpoint; fit r against active parameters.",
+        "bigram_subnetworks.analysis.checkpoints:run_stage",
+        inputs={
+            "models": _each(A.MODEL, checkpoint_models),
+            "masks": _each(A.MASK, checkpoint_masks),
+            **DATA,
+        },
+        outputs={"checkpoints": _one(A.CHECKPOINTS)},
+        reads=(*SCORING, "checkpoints.steps", "checkpoints.budgets"),
+        enabled=_has_checkpoints,
+        torch=True,
+    ),
+    Stage(
+        "controls",
+        "The paper's Table 2 controls: random initialisation, trained embeddings, linear map.",
+        "bigram_subnetworks.analysis.controls:run_stage",
+        inputs={
+            "models": _each(A.MODEL, checkpoint_models),
+            "masks": _each(A.MASK, control_masks),
+            "mask_metrics": _one(A.MASK_METRICS),
+            "checkpoints": _one(A.CHECKPOINTS),
+            "residual": _one(A.RESIDUAL),
+            "selection": _one(A.SELECTION),
+            **DATA,
+        },
+        outputs={"controls": _one(A.CONTROLS)},
+        reads=SCORING,
+        enabled=_has_checkpoints,
+        torch=True,
+    ),
+    Stage(
+        "report",
+        "Figures, the HTML report, the paper comparison and DVC metrics of a finished run.",
+        "bigram_subnetworks.report.build:run_stage",
+        inputs={
+            "models": RUN_MODELS,
+            "mask_logs": _each(A.MASK_LOG, main_masks),
+            "tokens_meta": _one(A.TOKENS_META),
+            "bigram_stats": _one(A.BIGRAM_STATS),
+            "mask_metrics": _one(A.MASK_METRICS),
+            "blocks": _one(A.BLOCKS),
+            "selection": _one(A.SELECTION),
+            "overlap": _one(A.OVERLAP),
+            "overlap_null": _one(A.OVERLAP_NULL),
+            "ablations": _one(A.ABLATIONS),
+            "generations": _one(A.GENERATIONS),
+            "residual": _one(A.RESIDUAL),
+            "checkpoints": _one(A.CHECKPOINTS, when=_has_checkpoints),
+            "controls": _one(A.CONTROLS, when=_has_checkpoints),
+        },
+        outputs={
+            "figures": _each(A.REPORT_FIGURE, _figures),
+            "html": _one(A.REPORT_HTML),
+            "summary": _one(A.REPORT_SUMMARY),
+            "plots": _each(A.REPORT_PLOT, _plots),
+            "metrics_json": _one(A.RUN_METRICS),
+        },
+        reads=("",),
+    ),
+]
+STAGES: dict[str, Stage] = {stage.name: stage for stage in _STAGES}
+
+
+def stages_for(cfg: Config, front_end: str) -> list[Stage]:
+    """The stages a config has in a front-end, in DAG order."""
+    return [s for s in _STAGES if s.enabled(cfg) and front_end in s.front_ends]
+
+
+# ------------------------------------------------------------------------ keys and settings
+
+
+def _lookup(tree: Any, parts: list[str]) -> Any:
+    for part in parts:
+        if not part:
+            continue
+        tree = tree[part]
+    return tree
+
+
+def key_parts(key: str, fields: dict[str, str]) -> list[str]:
+    """A declared key as path parts, with `{model}`/`{base}` filled in from the job's fields."""
+    return [part.format(**fields) for part in key.split(".")] if key else []
+
+
+def settings(stage: Stage, cfg: Config, fields: dict[str, str]) -> dict[str, Any]:
+    """The values of exactly the config keys a job reads (its rerun trigger in both front-ends)."""
+    tree = cfg.model_dump(mode="json")
+    return {
+        ".".join(parts) or "<config>": _lookup(tree, parts)
+        for parts in (key_parts(key, fields) for key in stage.reads)
+    }
+
+
+def _digest(payload: Any) -> str:
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def data_keys(cfg: Config) -> dict[str, str]:
+    """Folder keys of the shared data: a readable name plus a hash of what produces the folder."""
+    corpus = f"{cfg.corpus.name}-{_digest(settings(STAGES['corpus'], cfg, {}))}"
+    trained_on = corpus if cfg.tokenizer.source == "train" else None
+    tokenizer_settings = [settings(STAGES["tokenizer"], cfg, {}), trained_on]
+    tokenizer = f"{cfg.tokenizer.name}-{_digest(tokenizer_settings)}"
+    data_settings = [settings(STAGES["tokenize"], cfg, {}), corpus, tokenizer]
+    data = f"{cfg.corpus.name}__{cfg.tokenizer.name}-{_digest(data_settings)}"
+    return {"corpus": corpus, "tokenizer": tokenizer, "data": data}
+
+
+def config_fields(cfg: Config) -> dict[str, str]:
+    """Placeholder values shared by every job of a config."""
+    fields = {"run": cfg.run, **data_keys(cfg)}
+    if cfg.corpus.source == "local":
+        fields["corpus_path"] = str(cfg.corpus.path).rstrip("/")
+    return fields
+
+
+def job_fields(cfg: Config, wildcards: Wildcards) -> dict[str, str]:
+    """Every placeholder value of one job: the config's, its wildcards and the model key's base."""
+    fields = config_fields(cfg) | wildcards
+    if "model" in wildcards:
+        fields["base"] = split_model_key(wildcards["model"])[0]
+    return fields
+
+
+def run_config_path(cfg: Config) -> str:
+    return A.RUN_CONFIG.render(run=cfg.run)
+
+
+# -------------------------------------------------------------------------------- commands
+
+
+def option(name: str) -> str:
+    """The command-line option of a wildcard or port."""
+    return "--lambda" if name == "lam" else "--" + name.replace("_", "-")
+
+
+def arguments(stage: Stage, cfg: Config, wildcards: Wildcards) -> list[str]:
+    """A job's command-line arguments after `--config`: wildcards, inputs, outputs, log."""
+    fields = job_fields(cfg, wildcards)
+    args: list[str] = []
+    for name, value in wildcards.items():
+        args += [option(name), value]
+    for name, port in stage.ports(cfg).items():
+        args += [option(name), *port.paths(cfg, fields)]
+    return [*args, "--log", stage.log(cfg).format(**fields)]
+
+
+def command_line(stage: Stage, cfg: Config, wildcards: Wildcards, config_path: str) -> str:
+    return " ".join(
+        ["bsn", stage.command, "--config", config_path, *arguments(stage, cfg, wildcards)]
+    )
+
+
+def dvc_params(stage: Stage, cfg: Config, fields: dict[str, str]) -> list[str]:
+    """DVC parameter keys of a job; a key whose part holds a '.' falls back to its parent."""
+    keys = []
+    for key in stage.reads:
+        parts = key_parts(key, fields)
+        while any("." in part for part in parts):
+            parts = parts[:-1]
+        keys.append(".".join(parts))
+    return keys
+
+
+def benchmark_files(cfg: Config) -> list[Path]:
+    """Every benchmark file Snakemake writes for a config's jobs, in DAG order."""
+    return [
+        Path(stage.benchmark(cfg).format(**job_fields(cfg, job)))
+        for stage in stages_for(cfg, "snakemake")
+        for job in stage.jobs(cfg)
+    ]
