@@ -26,7 +26,8 @@ import logging
 import math
 import shutil
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,6 +309,54 @@ class Attempt:
     seconds: float
 
 
+@dataclass(frozen=True)
+class StepStats:
+    """What one step records: the target loss (averaged over the micro-batches), the penalty of
+    the last micro-batch, and the counts of the soft mask the step's gradients were taken at."""
+
+    loss: float
+    penalty: float
+    kept: int
+    undecided: int
+    high: int
+
+
+def step_autocast(bf16: bool, device: torch.device) -> AbstractContextManager[Any]:
+    """bf16 autocast on CUDA when asked; nothing otherwise (`bf16` is ignored on a CPU)."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def step_gradients(
+    lm: MaskedLM,
+    run: MaskRun,
+    logits: dict[str, torch.Tensor],
+    batch: torch.Tensor,
+    temperature: float,
+    loss_fn: Callable[[torch.Tensor, Mask], torch.Tensor],
+    autocast: AbstractContextManager[Any],
+) -> StepStats:
+    """The gradients of one step on the mask logits (added to `.grad`; the caller zeroes them
+    first and applies the optimizer) and its statistics. `loss_fn(micro_batch, soft_masks)` is the
+    target loss, run under `autocast`; the objective adds λ · penalty and is split over
+    `grad_accumulation` micro-batches."""
+    penalize = math.isfinite(run.lam) and run.lam != 0
+    loss_sum = 0.0
+    for micro in torch.tensor_split(batch, run.settings.grad_accumulation):
+        soft = lm.soft_masks(logits, temperature)
+        with autocast:
+            loss = loss_fn(micro, soft)
+        penalty = sum(m.sum() for m in soft.values()) / lm.n_masked
+        objective = loss + run.lam * penalty if penalize else loss
+        (objective * (micro.shape[0] / batch.shape[0])).backward()
+        loss_sum += float(loss.detach()) * micro.shape[0] / batch.shape[0]
+    with torch.no_grad():
+        undecided, high = undecided_and_high(soft)
+        kept = sum(int(((s > 0) & lm.allowed[n]).sum()) for n, s in logits.items())
+    return StepStats(loss_sum, float(penalty.detach()), kept, undecided, high)
+
+
 def _peek_state(state_dir: Path, fingerprint: str) -> dict[str, Any] | None:
     """The saved state's metadata if it belongs to this job (it is loaded in full later)."""
     try:
@@ -351,12 +400,11 @@ def train_attempt(
         history = TrainingLog(**saved["log"])
         start, seconds = saved["step"], saved["seconds"]
         log.info("resuming attempt %d at step %d from %s", attempt + 1, start, state_dir)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if settings.bf16 and device.type == "cuda"
-        else nullcontext()
-    )
-    penalize = math.isfinite(run.lam) and run.lam != 0
+    autocast = step_autocast(settings.bf16, device)
+
+    def loss_fn(micro: torch.Tensor, soft: Mask) -> torch.Tensor:
+        return target_loss(lm, run.target, micro, soft, bigram)
+
     began = time.perf_counter() - seconds
     progress = tqdm(
         total=settings.max_steps,
@@ -369,30 +417,21 @@ def train_attempt(
         temperature = settings.temp_increase**step
         batch = sequences[order[step]].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        loss_sum = 0.0
-        for micro in torch.tensor_split(batch, settings.grad_accumulation):
-            soft = lm.soft_masks(logits, temperature)
-            with autocast:
-                loss = target_loss(lm, run.target, micro, soft, bigram)
-            penalty = sum(m.sum() for m in soft.values()) / lm.n_masked
-            objective = loss + run.lam * penalty if penalize else loss
-            (objective * (micro.shape[0] / batch.shape[0])).backward()
-            loss_sum += float(loss.detach()) * micro.shape[0] / batch.shape[0]
-        with torch.no_grad():
-            undecided, high = undecided_and_high(soft)
-            kept = sum(int(((s > 0) & lm.allowed[n]).sum()) for n, s in logits.items())
-        history.loss.append(loss_sum)
-        history.penalty.append(float(penalty.detach()))
-        history.kept.append(kept / lm.n_masked)
-        history.undecided.append(undecided / lm.n_masked)
+        stats = step_gradients(lm, run, logits, batch, temperature, loss_fn, autocast)
+        history.loss.append(stats.loss)
+        history.penalty.append(stats.penalty)
+        history.kept.append(stats.kept / lm.n_masked)
+        history.undecided.append(stats.undecided / lm.n_masked)
         history.temperature.append(temperature)
-        stopped = should_stop(undecided, high, settings.stop_fraction)
+        stopped = should_stop(stats.undecided, stats.high, settings.stop_fraction)
         if stopped:  # the mask was already decided before this step: keep it as it is
             break
         optimizer.step()
         step += 1
         progress.update(1)
-        progress.set_postfix(loss=f"{loss_sum:.3f}", kept=f"{history.kept[-1]:.3f}", refresh=False)
+        progress.set_postfix(
+            loss=f"{stats.loss:.3f}", kept=f"{history.kept[-1]:.3f}", refresh=False
+        )
         if step % settings.save_every == 0 and step < settings.max_steps:
             meta = {
                 "fingerprint": fingerprint,
