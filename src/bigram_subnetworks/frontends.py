@@ -86,7 +86,7 @@ def rule_spec(stage: Stage, cfg: Config) -> RuleSpec:
         log=stage.log(cfg).format(**patterns),
         benchmark=stage.benchmark(cfg).format(**patterns),
         settings=lambda wc: settings(stage, cfg, job_fields(cfg, _wildcards(wc))),
-        args=lambda wc: shlex.join(arguments(stage, cfg, _wildcards(wc))),
+        args=lambda wc: shlex.join(arguments(stage, cfg, job_fields(cfg, _wildcards(wc)))),
         wildcard_constraints={
             name: "|".join(re.escape(v) for v in sorted(found)) for name, found in values.items()
         },
@@ -130,16 +130,15 @@ PLOTS = [
 def _dvc_stage(stage: Stage, cfg: Config, fields: dict[str, str], source: str) -> dict[str, Any]:
     """One DVC stage (or a foreach `do` body, with `${item.x}` in `fields`)."""
     config_path = run_config_path(cfg)
-    wildcards = {name: fields[name] for name in stage.wildcards}
     if stage.name == "config":
-        args = arguments(stage, cfg, wildcards)
+        args = arguments(stage, cfg, fields)
         return {
             "cmd": shlex.join(["bsn", stage.command, "--config", source, *args]),
             "params": [{source: None}],
             "outs": [port.tracked(cfg, fields)[0] for port in stage.outputs.values()]
             + [stage.log(cfg).format(**fields)],
         }
-    cmd = ["bsn", stage.command, "--config", config_path, *arguments(stage, cfg, wildcards)]
+    cmd = ["bsn", stage.command, "--config", config_path, *arguments(stage, cfg, fields)]
     deps = [
         path
         for port in stage.inputs.values()
@@ -167,6 +166,25 @@ def _dvc_stage(stage: Stage, cfg: Config, fields: dict[str, str], source: str) -
     return body
 
 
+class _Quoted(str):
+    """A string DVC must read as a string: its YAML 1.2 parser would turn `1e1` into 10.0."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(
+    _Quoted, lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:str", value, "'")
+)
+
+
+def _uses_base(stage: Stage) -> bool:
+    """Whether a stage's jobs need their model key's base name (a mask reads its base model)."""
+    renamed = any(source == "base" for p in stage.inputs.values() for _, source in p.rename)
+    return renamed or any("{base}" in key for key in stage.reads)
+
+
 def dvc_yaml(cfg: Config, source: str) -> str:
     """dvc.yaml for a config file: one stage per registry stage, `foreach` over grids."""
     stages: dict[str, Any] = {}
@@ -176,9 +194,8 @@ def dvc_yaml(cfg: Config, source: str) -> str:
             continue
         items: dict[str, dict[str, str]] = {}
         for job in stage.jobs(cfg):
-            fields = job_fields(cfg, job)
-            extra = {"base": fields["base"]} if "base" in fields else {}
-            items[job_id(job)] = job | extra
+            extra = {"base": job_fields(cfg, job)["base"]} if _uses_base(stage) else {}
+            items[job_id(job)] = {k: _Quoted(v) for k, v in (job | extra).items()}
         placeholders = {name: f"${{item.{name}}}" for name in next(iter(items.values()))}
         body = _dvc_stage(stage, cfg, config_fields(cfg) | placeholders, source)
         stages[stage.name] = {"foreach": items, "do": body}
@@ -191,5 +208,7 @@ def dvc_yaml(cfg: Config, source: str) -> str:
         ((name, column),) = spec["y"].items()
         plots.append({title: {**spec, "y": {csv[name]: column}}})
     document = {"stages": stages, "plots": plots}
-    text = yaml.safe_dump(document, sort_keys=False, width=100, allow_unicode=True)
+    text = yaml.dump(
+        document, Dumper=_Dumper, sort_keys=False, width=1 << 16, allow_unicode=True
+    )
     return DVC_HEADER.format(source=source) + text

@@ -503,31 +503,36 @@ def option(name: str) -> str:
     return "--lambda" if name == "lam" else "--" + name.replace("_", "-")
 
 
-def arguments(stage: Stage, cfg: Config, wildcards: Wildcards) -> list[str]:
-    """A job's command-line arguments after `--config`: wildcards, inputs, outputs, log."""
-    fields = job_fields(cfg, wildcards)
+def arguments(stage: Stage, cfg: Config, fields: dict[str, str]) -> list[str]:
+    """A job's command-line arguments after `--config` (wildcards, inputs, outputs, log), from
+    its fields (`job_fields`)."""
     args: list[str] = []
-    for name, value in wildcards.items():
-        args += [option(name), value]
+    for name in stage.wildcards:
+        args += [option(name), fields[name]]
     for name, port in stage.ports(cfg).items():
         args += [option(name), *port.paths(cfg, fields)]
     return [*args, "--log", stage.log(cfg).format(**fields)]
 
 
-def command_line(stage: Stage, cfg: Config, wildcards: Wildcards, config_path: str) -> str:
-    return " ".join(
-        ["bsn", stage.command, "--config", config_path, *arguments(stage, cfg, wildcards)]
-    )
-
-
 def dvc_params(stage: Stage, cfg: Config, fields: dict[str, str]) -> list[str]:
-    """DVC parameter keys of a job; a key whose part holds a '.' falls back to its parent."""
+    """DVC parameter keys of a job (or of a `foreach` body: `fields` may hold `${item.x}`). DVC
+    splits keys at '.', so a key naming something with a '.' in its name (a model `gpt2-1.5b`)
+    is tracked through its parent."""
+    values = {
+        name: {job_fields(cfg, job).get(name, "") for job in stage.jobs(cfg)}
+        for name in ("model", "base")
+    }
+
+    def dotted(part: str) -> bool:
+        placeholder = part[1:-1] if part.startswith("{") else None
+        return any("." in v for v in values[placeholder]) if placeholder else "." in part
+
     keys = []
     for key in stage.reads:
-        parts = key_parts(key, fields)
-        while any("." in part for part in parts):
+        parts = key.split(".") if key else []
+        while any(dotted(part) for part in parts):
             parts = parts[:-1]
-        keys.append(".".join(parts))
+        keys.append(".".join(part.format(**fields) for part in parts))
     return keys
 
 
