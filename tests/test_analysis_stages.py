@@ -15,8 +15,8 @@ from bigram_subnetworks.analysis.ablate import (
     generation_rows,
     surprisal_rows,
 )
-from bigram_subnetworks.analysis.evaluate import evaluate_model
 from bigram_subnetworks.analysis.overlap import pair_rows
+from bigram_subnetworks.analysis.scoring import evaluate_model
 from bigram_subnetworks.data.bigrams import count_bigrams
 from bigram_subnetworks.masks.toolkit import block_counts, kept
 from bigram_subnetworks.masks.train import MaskedLM

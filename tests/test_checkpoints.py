@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from bigram_subnetworks.analysis.checkpoints import fit_power_law, fit_rows, location_shares
-from bigram_subnetworks.analysis.controls import embedding_modules, transplant_embeddings
+from bigram_subnetworks.models.layout import embedding_parameters
+from bigram_subnetworks.models.variants import transplant_embeddings
 
 
 @given(
@@ -80,7 +81,7 @@ def test_location_shares_split_the_kept_weights() -> None:
     assert all(math.isnan(v) for v in empty.values())
 
 
-def tiny_neox(seed: int) -> GPTNeoXForCausalLM:
+def tiny_neox(seed: int, tied: bool = False) -> GPTNeoXForCausalLM:
     torch.manual_seed(seed)
     config = GPTNeoXConfig(
         vocab_size=50,
@@ -89,23 +90,35 @@ def tiny_neox(seed: int) -> GPTNeoXForCausalLM:
         num_attention_heads=2,
         intermediate_size=32,
         max_position_embeddings=16,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
     )
     return GPTNeoXForCausalLM(config).eval()
 
 
-def test_transplanting_embeddings_keeps_the_body() -> None:
-    trained, initial = tiny_neox(1), tiny_neox(2)
-    embedding_ids = {id(p) for m in embedding_modules(initial) for p in m.parameters()}
-    assert len(embedding_ids) == 2  # untied token embedding and unembedding
+@pytest.mark.parametrize("tied", [False, True])
+def test_transplanting_embeddings_keeps_the_body(tied: bool) -> None:
+    trained, initial = tiny_neox(1, tied), tiny_neox(2, tied)
+    embeddings = embedding_parameters(initial)
+    assert len(embeddings) == (1 if tied else 2)  # a tied unembedding is the token embedding
+    embedding_ids = {id(p) for p in embeddings.values()}
     body_before = {
         n: p.clone() for n, p in initial.named_parameters() if id(p) not in embedding_ids
     }
     transplant_embeddings(initial, trained)
-    for into, origin in zip(embedding_modules(initial), embedding_modules(trained), strict=True):
-        assert torch.equal(into.weight, origin.weight)
+    for name, param in embedding_parameters(trained).items():
+        assert torch.equal(embedding_parameters(initial)[name], param)
+    assert torch.equal(
+        initial.get_output_embeddings().weight, trained.get_output_embeddings().weight
+    )
     assert body_before and all(
         torch.equal(param, body_before[name])
         for name, param in initial.named_parameters()
         if name in body_before
     )
+
+
+def test_transplanting_between_tied_and_untied_models_is_refused() -> None:
+    from bigram_subnetworks.errors import UserError
+
+    with pytest.raises(UserError, match="ties its unembedding"):
+        transplant_embeddings(tiny_neox(1, tied=True), tiny_neox(2, tied=False))

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from bigram_subnetworks.cli import main
+from bigram_subnetworks.config import Config, load_config
+from bigram_subnetworks.stages import STAGES, arguments, data_keys, job_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +32,12 @@ def test_data_stages_do_not_import_torch_or_transformers() -> None:
 SECRET = "hf_test_secret_that_must_never_be_logged"
 
 
+def registry_argv(stage: str, cfg: Config, config: str) -> list[str]:
+    """The argv the front-ends give `bsn` for a stage without a grid."""
+    entry = STAGES[stage]
+    return [entry.command, "--config", config, *arguments(entry, cfg, job_fields(cfg, {}))]
+
+
 def test_stages_chain_in_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -37,32 +45,28 @@ def test_stages_chain_in_process(
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(name, SECRET)
     config = str(ROOT / "config" / "smoke.yaml")
-    corpus, tok, data = Path("data/c"), Path("data/tokenizers/t"), Path("data/c__t")
-    assert main(["corpus", "--config", config, "--output-dir", str(corpus)]) == 0
-    documents = str(corpus / "documents.parquet")
-    assert main(["tokenizer", "--config", config, "--documents", documents,
-                 "--output-dir", str(tok)]) == 0  # fmt: skip
-    assert main(["tokenize", "--config", config, "--documents", documents,
-                 "--tokenizer", str(tok), "--output-dir", str(data)]) == 0  # fmt: skip
-    log = data / "logs" / "bigram_stats.log"
-    assert main(["bigram-stats", "--config", config, "--tokens",
-                 str(data / "tokens_train.parquet"), "--output-dir", str(data),
-                 "--log", str(log)]) == 0  # fmt: skip
+    cfg = load_config(config)
+    for stage in ("corpus", "tokenizer", "tokenize", "bigram_stats"):
+        assert main(registry_argv(stage, cfg, config)) == 0, stage
+    keys = data_keys(cfg)
     produced = sorted(p.relative_to("data").as_posix() for p in Path("data").rglob("*.*"))
     assert produced == [
-        "c/documents.parquet",
-        "c/manifest.json",
-        "c__t/bigrams.json",
-        "c__t/bigrams.parquet",
-        "c__t/logs/bigram_stats.log",
-        "c__t/tokens.json",
-        "c__t/tokens_eval.parquet",
-        "c__t/tokens_train.parquet",
-        "c__t/unigrams.parquet",
-        "tokenizers/t/meta.json",
-        "tokenizers/t/tokenizer.json",
+        f"{keys['corpus']}/documents.parquet",
+        f"{keys['corpus']}/logs/corpus.log",
+        f"{keys['corpus']}/manifest.json",
+        f"{keys['data']}/bigrams.json",
+        f"{keys['data']}/bigrams.parquet",
+        f"{keys['data']}/logs/bigram_stats.log",
+        f"{keys['data']}/logs/tokenize.log",
+        f"{keys['data']}/tokens.json",
+        f"{keys['data']}/tokens_eval.parquet",
+        f"{keys['data']}/tokens_train.parquet",
+        f"{keys['data']}/unigrams.parquet",
+        f"tokenizers/{keys['tokenizer']}/logs/tokenizer.log",
+        f"tokenizers/{keys['tokenizer']}/meta.json",
+        f"tokenizers/{keys['tokenizer']}/tokenizer.json",
     ]
-    assert "bigrams:" in log.read_text()
+    assert "bigrams:" in (Path("data") / keys["data"] / "logs" / "bigram_stats.log").read_text()
     # Secrets in the environment never reach logs, artifacts or the terminal.
     printed = capsys.readouterr()
     assert SECRET not in printed.out + printed.err
@@ -70,11 +74,24 @@ def test_stages_chain_in_process(
         assert SECRET.encode() not in path.read_bytes(), path
 
 
+def test_every_stage_help_names_what_it_reads_and_writes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for stage in STAGES.values():
+        with pytest.raises(SystemExit):
+            main([stage.command, "--help"])
+        text = capsys.readouterr().out
+        for port in {**stage.inputs, **stage.outputs}.values():
+            assert port.artifact.path in text, (stage.name, port.artifact.path)
+        assert "config keys:" in text
+
+
 def test_missing_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = str(ROOT / "config" / "smoke.yaml")
     missing = tmp_path / "nope" / "tokens_train.parquet"
-    code = main(["bigram-stats", "--config", config, "--tokens", str(missing),
-                 "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    code = main(["bigram-stats", "--config", config, "--tokens-train", str(missing),
+                 "--tokens-meta", str(missing.with_name("tokens.json")),
+                 "--bigram-stats", str(tmp_path / "out")])  # fmt: skip
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("bsn bigram-stats: error: ")

@@ -33,26 +33,6 @@ def test_shipped_configs_are_valid(path: Path) -> None:
     assert cfg.run
 
 
-def dvc_params() -> set[str]:
-    """The config keys dvc.yaml's stages track (templated ones such as models.${key} left out)."""
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    keys = {key for stage in stages.values() for key in stage.get("do", stage).get("params", [])}
-    return {key for key in keys if "$" not in key}
-
-
-@pytest.mark.parametrize("name", ["params.yaml", "config/smoke.yaml", "config/pythia.yaml"])
-def test_configs_spell_out_every_section_dvc_tracks(name: str) -> None:
-    """DVC reads tracked params from the file itself, so defaults filled in by the package do not
-    count: a missing section would stop `dvc repro` and `dvc commit`."""
-    raw = yaml.safe_load((ROOT / name).read_text())
-    assert {"analysis", "masks", "checkpoints", "seed"} <= dvc_params()
-    for key in dvc_params():
-        node = raw
-        for part in key.split("."):
-            assert isinstance(node, dict) and part in node, f"{name}: {key} is missing"
-            node = node[part]
-
-
 def test_default_is_the_embedded_default() -> None:
     cfg = load_config(ROOT / "params.yaml")
     assert cfg.run == "default"
@@ -70,14 +50,6 @@ def test_schema_file_is_fresh() -> None:
     assert (ROOT / "config" / "schema.json").read_text() == json_schema_text(), (
         "config/schema.json is stale: run `bsn schema`"
     )
-
-
-def test_derived_paths_follow_the_artifact_layout() -> None:
-    cfg = load_config(ROOT / "params.yaml")
-    assert cfg.corpus_dir == Path("data/sotu")
-    assert cfg.tokenizer_dir == Path("data/tokenizers/sotu-bpe4096")
-    assert cfg.data_dir == Path("data/sotu__sotu-bpe4096")
-    assert cfg.run_dir == Path("results/default")
 
 
 def mutate(path: str, value: Any) -> dict[str, Any]:
@@ -201,7 +173,7 @@ def test_pretrained_tokenizer_config() -> None:
     )
     cfg = validate_config(raw)
     assert isinstance(cfg.tokenizer, PretrainedTokenizer)
-    assert cfg.data_dir == Path("data/sotu__pythia")
+    assert cfg.tokenizer.model == "EleutherAI/pythia-70m"
 
 
 def test_config_must_be_a_mapping(tmp_path: Path) -> None:
@@ -221,7 +193,9 @@ def test_cli_reports_config_errors_in_one_line(
 ) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(mutate("seed", "not-a-number")))
-    assert main(["corpus", "--config", str(path), "--output-dir", str(tmp_path / "out")]) == 1
+    out = tmp_path / "out"
+    argv = ["--documents", str(out / "d.parquet"), "--manifest", str(out / "m.json")]
+    assert main(["corpus", "--config", str(path), *argv]) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"bsn corpus: error: {path}: seed: expected an integer, got 'not-a-number'"
     assert not (tmp_path / "out").exists()

@@ -17,13 +17,14 @@ from hypothesis import strategies as st
 from scipy import stats
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from bigram_subnetworks.analysis.evaluate import (
+from bigram_subnetworks.analysis.scoring import (
     METRIC_SCHEMA,
     MaskFile,
     bigram_surprisal,
     clip_infinite,
     evaluate_model,
-    find_masks,
+    find_mask,
+    index_masks,
     pearson,
 )
 from bigram_subnetworks.analysis.select import select_masks
@@ -105,10 +106,10 @@ def test_evaluation_rows_match_direct_computations(
     layout = layout_of(model)
     generator = torch.Generator().manual_seed(1)
     half = {n: torch.rand(shape, generator=generator) < 0.5 for n, shape in layout.shapes.items()}
-    path = tmp_path / "bigram" / "lambda-1.safetensors"
+    path = tmp_path / "m" / "bigram" / "lambda-1.safetensors"
     save_mask(path, half, {"lambda": "1"})
     rows, blocks = evaluate_model(
-        "m", model, find_masks(tmp_path), counts, held_out, 5, torch.device("cpu")
+        "m", model, index_masks([path])["m"], counts, held_out, 5, torch.device("cpu")
     )
     table = {(r["target"], r["lambda"], r["metric"]): r["value"] for r in rows}
     assert pa.Table.from_pylist(rows, schema=METRIC_SCHEMA).num_rows == len(rows)
@@ -148,22 +149,27 @@ def test_evaluation_rows_match_direct_computations(
     assert {b["kind"] for b in head_rows} == {"Q", "K", "V", "O"}
 
 
-def test_a_folder_without_masks_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="no masks found; run the train_mask stage"):
-        find_masks(tmp_path)
-
-
-def test_mask_files_sort_by_target_and_lambda(tmp_path: Path) -> None:
-    for target, label in [("full", "1e1"), ("bigram", "1e2"), ("bigram", "5"), ("bigram", "0")]:
-        (tmp_path / target).mkdir(exist_ok=True)
-        (tmp_path / target / f"lambda-{label}.safetensors").touch()
-    assert [(m.target, m.label) for m in find_masks(tmp_path)] == [
+def test_mask_files_are_indexed_by_model_key_and_sorted_by_target_and_lambda() -> None:
+    root = Path("results/run/masks")
+    given = [
+        root / "m" / target / f"lambda-{label}.safetensors"
+        for target, label in [("full", "1e1"), ("bigram", "1e2"), ("bigram", "5"), ("bigram", "0")]
+    ]
+    given.append(root / "m+step-3" / "bigram" / "lambda-0.safetensors")
+    index = index_masks(given)
+    assert [(m.target, m.label) for m in index["m"]] == [
         ("bigram", "0"),
         ("bigram", "5"),
         ("bigram", "1e2"),
         ("full", "1e1"),
     ]
-    assert MaskFile("bigram", "1e2", tmp_path).lam == 100
+    assert [m.path for m in index["m+step-3"]] == [given[-1]]
+    assert MaskFile.of(given[1]).lam == 100
+    assert find_mask(index, "m", "bigram", "5") == given[2]
+    with pytest.raises(UserError, match="no full mask with λ=5 of m among the stage's inputs"):
+        find_mask(index, "m", "full", "5")
+    with pytest.raises(UserError, match="not a mask path of the pipeline"):
+        MaskFile.of(Path("elsewhere/mask.safetensors"))
 
 
 # ------------------------------------------------------------------------------ selection

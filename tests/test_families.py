@@ -12,7 +12,6 @@ checkpoints: 30) so that it bends the logits a lot.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import subprocess
@@ -572,10 +571,7 @@ def test_train_and_evaluate_a_mask(
 ) -> None:
     """train_mask writes a mask of the family's layout whose bigram loss falls; evaluate_model
     scores it, with the full model's metrics equal to those of its own (capped) logits."""
-    try:  # analysis.scoring since the stage refactor, analysis.evaluate before it
-        from bigram_subnetworks.analysis import scoring as evaluation
-    except ImportError:
-        from bigram_subnetworks.analysis import evaluate as evaluation  # type: ignore[no-redef]
+    from bigram_subnetworks.analysis.scoring import MaskFile, evaluate_model
 
     model = copy.deepcopy(models[model_type])
     layout = layout_of(model)
@@ -588,12 +584,8 @@ def test_train_and_evaluate_a_mask(
     load_mask(path, layout)
 
     held_out = sequences[40:].astype(np.int64)
-    fields = {"model": model_type, "target": "bigram", "label": "0", "path": path}
-    names = {f.name for f in dataclasses.fields(evaluation.MaskFile)}
-    mask_file = evaluation.MaskFile(**{k: v for k, v in fields.items() if k in names})
-    rows, blocks = evaluation.evaluate_model(
-        model_type, model, [mask_file], counts, held_out, 4, CPU
-    )
+    mask_file = MaskFile(model_type, "bigram", "0", path)
+    rows, blocks = evaluate_model(model_type, model, [mask_file], counts, held_out, 4, CPU)
     table = {(r["target"], r["lambda"], r["metric"]): r["value"] for r in rows}
     tokens = torch.from_numpy(held_out)
     with torch.no_grad():

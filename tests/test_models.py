@@ -314,50 +314,65 @@ def test_damaged_model_weights_are_refused_in_one_line(tmp_path: Path, pretraine
 # ---------------------------------------------------------------------------------- the CLI
 
 
+def train_mask_argv(
+    config: Path, model_dir: Path, data_dir: Path, lam: str, mask: Path, model: str = "tiny"
+) -> list[str]:
+    """`bsn train-mask` as the front-ends call it (bigram target)."""
+    return [
+        "train-mask", "--config", str(config), "--model", model, "--target", "bigram",
+        "--lambda", lam, "--model-dir", str(model_dir),
+        "--tokens-train", str(data_dir / "tokens_train.parquet"), "--bigram-stats", str(data_dir),
+        "--mask", str(mask), "--mask-log", str(mask.with_suffix(".json")),
+    ]  # fmt: skip
+
+
 def test_cli_trains_masks_from_a_pretrained_model(
     tmp_path: Path, data_dirs: tuple[Path, Path], pretrained: Path
 ) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(config_dict()))
     output = tmp_path / "masks" / "lambda-0.safetensors"
-    argv = ["train-mask", "--config", str(config), "--model", "tiny"]
-    argv += ["--model-dir", str(pretrained), "--data-dir", str(data_dirs[0])]
-    argv += ["--target", "bigram", "--lambda", "0", "--output", str(output), "--threads", "2"]
-    assert main(argv) == 0
+    argv = train_mask_argv(config, pretrained, data_dirs[0], "0", output)
+    assert main([*argv, "--threads", "2"]) == 0
     mask, meta = load_mask(output)
     assert meta["model"] == "tiny" and meta["lambda"] == "0" and meta["revision"] == "final"
     assert sum(t.numel() for t in mask.values()) == 12 * 2 * 16 * 16
     assert json.loads(output.with_suffix(".json").read_text())["steps"] == meta["steps"]
 
 
-def test_cli_trains_scores_and_gathers_checkpoint_masks(
+def test_checkpoint_masks_are_mask_jobs_and_the_checkpoints_stage_scores_them(
     tmp_path: Path, data_dirs: tuple[Path, Path], pretrained: Path
 ) -> None:
     raw = config_dict()
+    raw["lambdas"]["bigram"] = ["0", "1"]
     raw["checkpoints"] = {"models": ["tiny"], "steps": [0, 30], "lambdas": ["0", "1"]}
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(raw))
-    root = tmp_path / "checkpoints"
-    for step in (0, 30):
-        argv = ["checkpoint-masks", "--config", str(config), "--model", "tiny"]
-        argv += ["--model-dir", str(pretrained), "--step", str(step)]
-        argv += [
-            "--data-dir",
-            str(data_dirs[0]),
-            "--output-dir",
-            str(root / "tiny" / f"step-{step}"),
-        ]
-        assert main(argv) == 0
-    _, meta = load_mask(root / "tiny" / "step-0" / "bigram" / "lambda-1.safetensors")
+    root = tmp_path / "masks"
+    masks = []
+    for key in ("tiny+step-0", "tiny"):  # step 30 is the model's own: the main grid's masks
+        for label in ("0", "1"):
+            masks.append(root / key / "bigram" / f"lambda-{label}.safetensors")
+            assert (
+                main(train_mask_argv(config, pretrained, data_dirs[0], label, masks[-1], key)) == 0
+            )
+    _, meta = load_mask(masks[1])
     assert meta["revision"] == "step-0" and meta["step"] == 0 and meta["lambda"] == "1"
 
     output = tmp_path / "checkpoints.parquet"
-    argv = ["checkpoints", "--config", str(config), "--checkpoints-dir", str(root)]
-    assert main([*argv, "--output", str(output)]) == 0
+    argv = ["checkpoints", "--config", str(config), "--models", str(pretrained)]
+    argv += [
+        "--masks",
+        *map(str, masks),
+        "--tokens-eval",
+        str(data_dirs[0] / "tokens_eval.parquet"),
+    ]
+    argv += ["--bigram-stats", str(data_dirs[0]), "--checkpoints", str(output)]
+    assert main(argv) == 0
     rows = pq.read_table(output).to_pylist()
     assert {r["step"] for r in rows} == {0, 30}
-    masks = {(r["step"], r["target"], r["lambda"]) for r in rows if r["metric"] == "bigram_r"}
-    assert masks == {
+    scored = {(r["step"], r["target"], r["lambda"]) for r in rows if r["metric"] == "bigram_r"}
+    assert scored == {
         (step, target, label)
         for step in (0, 30)
         for target, label in [
@@ -376,10 +391,8 @@ def test_cli_trains_scores_and_gathers_checkpoint_masks(
 def test_cli_refuses_a_bad_lambda_label(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(config_dict()))
-    argv = ["train-mask", "--config", str(config), "--model", "tiny", "--model-dir", "m"]
-    argv += ["--data-dir", "d", "--target", "bigram", "--lambda", "-1", "--output", "o"]
     with pytest.raises(SystemExit):
-        main(argv)
+        main(train_mask_argv(config, Path("m"), Path("d"), "-1", Path("o.safetensors")))
     assert "λ label '-1' is not canonical" in capsys.readouterr().err
 
 
@@ -394,9 +407,7 @@ def trained_mask(
     config = root / "run.yaml"
     config.write_text(yaml.safe_dump(config_dict()))
     output = root / "lambda-0.safetensors"
-    argv = ["train-mask", "--config", str(config), "--model", "tiny", "--model-dir"]
-    argv += [str(pretrained), "--data-dir", str(data_dirs[0]), "--target", "bigram"]
-    assert main([*argv, "--lambda", "0", "--output", str(output)]) == 0
+    assert main(train_mask_argv(config, pretrained, data_dirs[0], "0", output)) == 0
     return output
 
 
@@ -496,11 +507,8 @@ def test_a_killed_train_mask_job_resumes_to_the_same_mask(
     config.write_text(yaml.safe_dump(config_dict() | {"masks": config_dict()["masks"] | settings}))
 
     def command(output: Path) -> list[str]:
-        return [
-            sys.executable, "-m", "bigram_subnetworks", "train-mask", "--config", str(config),
-            "--model", "tiny", "--model-dir", str(pretrained), "--data-dir", str(data_dirs[0]),
-            "--target", "bigram", "--lambda", "1", "--output", str(output), "--threads", "1",
-        ]  # fmt: skip
+        argv = train_mask_argv(config, pretrained, data_dirs[0], "1", output)
+        return [sys.executable, "-m", "bigram_subnetworks", *argv, "--threads", "1"]
 
     reference = tmp_path / "reference.safetensors"
     subprocess.run(command(reference), check=True, capture_output=True, timeout=300)
@@ -529,10 +537,12 @@ def test_a_killed_pretrain_job_restarts_to_the_same_model(
     config.write_text(yaml.safe_dump(config_dict(tiny=model)))
 
     def command(output: Path) -> list[str]:
+        data = data_dirs[0]
         return [
             sys.executable, "-m", "bigram_subnetworks", "pretrain", "--config", str(config),
-            "--model", "tiny", "--data-dir", str(data_dirs[0]), "--tokenizer", str(data_dirs[1]),
-            "--output-dir", str(output), "--threads", "1",
+            "--model", "tiny", "--tokens-train", str(data / "tokens_train.parquet"),
+            "--tokens-eval", str(data / "tokens_eval.parquet"), "--bigram-stats", str(data),
+            "--tokenizer", str(data_dirs[1]), "--model-dir", str(output), "--threads", "1",
         ]  # fmt: skip
 
     reference = tmp_path / "reference" / "tiny"

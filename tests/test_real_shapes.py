@@ -85,25 +85,32 @@ def test_a_real_shaped_local_model_trains_and_evaluates(
     config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
     common = ["--config", str(config_file)]
     tokens, run_dir = data_dir / "tokens", tmp_path / "run"
+    train = tokens / "tokens_train.parquet"
     model_dir = run_dir / "models" / name
 
-    argv = ["pretrain", *common, "--model", name, "--data-dir", str(tokens)]
-    argv += ["--tokenizer", str(data_dir / "tokenizer"), "--output-dir", str(model_dir)]
+    data = ["--bigram-stats", str(tokens)]
+    argv = ["pretrain", *common, "--model", name, "--tokens-train", str(train), *data]
+    argv += ["--tokens-eval", str(tokens / "tokens_eval.parquet")]
+    argv += ["--tokenizer", str(data_dir / "tokenizer"), "--model-dir", str(model_dir)]
     assert main(argv) == 0
+    masks = []
     for target in ("bigram", "full"):
         output = run_dir / "masks" / name / target / "lambda-1e1.safetensors"
-        argv = ["train-mask", *common, "--model", name, "--model-dir", str(model_dir)]
-        argv += ["--data-dir", str(tokens), "--target", target, "--lambda", "1e1"]
-        assert main([*argv, "--output", str(output), "--threads", "2"]) == 0
+        argv = ["train-mask", *common, "--model", name, "--target", target, "--lambda", "1e1"]
+        argv += ["--model-dir", str(model_dir), "--tokens-train", str(train), *data]
+        argv += ["--mask", str(output), "--mask-log", str(output.with_suffix(".json"))]
+        assert main([*argv, "--threads", "2"]) == 0
         mask, meta = load_mask(output)
         assert sum(t.numel() for t in mask.values()) == masked
         assert meta["model"] == name and meta["steps"] == 3
         assert json.loads(output.with_suffix(".json").read_text())["attempts"] == 1
+        masks.append(str(output))
 
     metrics = run_dir / "metrics"
-    argv = ["evaluate", *common, "--models-dir", str(run_dir / "models")]
-    argv += ["--masks-dir", str(run_dir / "masks"), "--data-dir", str(tokens)]
-    assert main([*argv, "--output-dir", str(metrics)]) == 0
+    argv = ["evaluate", *common, "--models", str(model_dir), "--masks", *masks, *data]
+    argv += ["--tokens-eval", str(tokens / "tokens_eval.parquet")]
+    argv += ["--mask-metrics", str(metrics / "masks.parquet")]
+    assert main([*argv, "--blocks", str(metrics / "blocks.parquet")]) == 0
     rows = pq.read_table(metrics / "masks.parquet").to_pylist()
     kept = {(r["target"], r["lambda"]): r["value"] for r in rows if r["metric"] == "kept"}
     assert kept[("reference", "neginf")] == masked and kept[("reference", "inf")] == 0

@@ -23,14 +23,11 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from bigram_subnetworks.analysis.checkpoints import SCHEMA as CHECKPOINT_SCHEMA
-from bigram_subnetworks.analysis.evaluate import METRIC_SCHEMA
-from bigram_subnetworks.analysis.residual import SCHEMA as RESIDUAL_SCHEMA
+from bigram_subnetworks import artifacts as A
 from bigram_subnetworks.cli import main
 from bigram_subnetworks.config import Config, lambda_value, validate_config
-from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import write_json, write_parquet
-from bigram_subnetworks.report import FIGURES, figure_names, find_benchmark_files, run_report
+from bigram_subnetworks.report import FIGURES, figure_names
 from bigram_subnetworks.report.figures import BUILDERS, FigureData, figure_style, png_bytes
 from bigram_subnetworks.report.paper import FAILS, HOLDS, NOT_MEASURED, Evidence, verdicts
 from bigram_subnetworks.report.summary import (
@@ -44,6 +41,7 @@ from bigram_subnetworks.report.tables import (
     read_benchmarks,
     stage_costs,
 )
+from bigram_subnetworks.stages import STAGES, arguments, benchmark_files, job_fields, stages_for
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -211,7 +209,9 @@ def _history(steps: int, final_kept: float) -> dict[str, list[float]]:
 def write_run(root: Path, cfg: Config, spec: Spec) -> tuple[Path, Path]:
     """Write a complete synthetic run (tables, logs, selection, model and data JSON) under
     `root` and return (run_dir, data_dir)."""
-    run_dir, data_dir = root / cfg.run_dir, root / cfg.data_dir
+    fields = job_fields(cfg, {})
+    run_dir = root / "results" / cfg.run
+    data_dir = root / A.BIGRAM_STATS.render(**fields)
     masks, blocks, overlap, null, ablations, generations, residual = ([] for _ in range(7))
     selection: dict[str, Any] = {"metric": "bigram_r", "tolerance": 0.04, "models": {}}
     for name, model in cfg.models.items():
@@ -332,13 +332,13 @@ def write_run(root: Path, cfg: Config, spec: Spec) -> tuple[Path, Path]:
                 write_json({"history": attempts, "attempts": len(attempts)}, log_file)
 
     metrics = run_dir / "metrics"
-    _parquet(metrics / "masks.parquet", masks, METRIC_SCHEMA)
+    _parquet(metrics / "masks.parquet", masks, A.MASK_METRICS.schema)
     _parquet(metrics / "blocks.parquet", blocks)
     _parquet(metrics / "overlap.parquet", overlap)
     _parquet(metrics / "overlap_null.parquet", null)
     _parquet(metrics / "ablations.parquet", ablations)
     _parquet(metrics / "generations.parquet", generations)
-    _parquet(metrics / "residual.parquet", residual, RESIDUAL_SCHEMA)
+    _parquet(metrics / "residual.parquet", residual, A.RESIDUAL.schema)
     if cfg.checkpoints is not None:
         _write_checkpoints(metrics, cfg, spec)
     write_json(selection, run_dir / "selection.json")
@@ -385,7 +385,7 @@ def _write_checkpoints(metrics: Path, cfg: Config, spec: Spec) -> None:
                         "value": float(budget > 1000),
                     }
                 )
-    _parquet(metrics / "checkpoints.parquet", rows, CHECKPOINT_SCHEMA)
+    _parquet(metrics / "checkpoints.parquet", rows, A.CHECKPOINTS.schema)
     controls = [
         {"model": model, "control": control, "lambda": "0", "metric": "bigram_r", "value": r}
         for model in cfg.checkpoints.models
@@ -405,9 +405,26 @@ def cfg() -> Config:
     return validate_config(copy.deepcopy(RAW_CONFIG))
 
 
+def report_inputs(cfg: Config, root: Path = Path()) -> dict[str, Any]:
+    """The report stage's inputs and outputs by name, as the registry gives them (under root)."""
+    fields = job_fields(cfg, {})
+    return {
+        name: [root / p for p in port.paths(cfg, fields)]
+        if port.each is not None
+        else root / port.paths(cfg, fields)[0]
+        for name, port in STAGES["report"].ports(cfg).items()
+    }
+
+
+def report_argv(cfg: Config, config_file: str) -> list[str]:
+    """`bsn report` as the front-ends call it."""
+    stage = STAGES["report"]
+    return [stage.command, "--config", config_file, *arguments(stage, cfg, job_fields(cfg, {}))]
+
+
 def _verdicts(root: Path, cfg: Config, spec: Spec) -> dict[str, tuple[str, str]]:
-    run_dir, data_dir = write_run(root, cfg, spec)
-    tables = load_run(cfg, run_dir, data_dir)
+    write_run(root, cfg, spec)
+    tables = load_run(cfg, report_inputs(cfg, root))
     models = summarise(tables)
     found = verdicts(
         Evidence(tables, models, summarise_checkpoints(tables), control_values(tables))
@@ -431,27 +448,13 @@ def built(cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bui
     _benchmark(run_dir / "benchmarks" / "evaluate.tsv", 12.5)
     _benchmark(run_dir / "benchmarks" / "train_mask" / "tiny-a-bigram-0.tsv", 3.0)
     _benchmark(run_dir / "benchmarks" / "train_mask" / "tiny-a-bigram-1.tsv", 4.0)
-    _benchmark(root / cfg.corpus_dir / "logs" / "corpus.benchmark.tsv", 2.0)
+    _benchmark(root / STAGES["corpus"].benchmark(cfg).format(**job_fields(cfg, {})), 2.0)
     config_file = root / "config.yaml"
     config_file.write_text(yaml.safe_dump(RAW_CONFIG), encoding="utf-8")
     report_dir, metrics_json = run_dir / "report", run_dir / "metrics.json"
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
-        code = main(
-            [
-                "report",
-                "--config",
-                "config.yaml",
-                "--run-dir",
-                str(cfg.run_dir),
-                "--data-dir",
-                str(cfg.data_dir),
-                "--output-dir",
-                str(cfg.run_dir / "report"),
-                "--metrics-json",
-                str(cfg.run_dir / "metrics.json"),
-            ]
-        )
+        code = main(report_argv(cfg, "config.yaml"))
     assert code == 0
     yield Built(root, report_dir, metrics_json, (report_dir / "index.html").read_text("utf-8"))
 
@@ -546,7 +549,7 @@ def test_metrics_json_holds_finite_headline_numbers(cfg: Config, built: Built) -
 
 
 def test_figures_are_reproducible(cfg: Config, built: Built) -> None:
-    tables = load_run(cfg, built.root / cfg.run_dir, built.root / cfg.data_dir)
+    tables = load_run(cfg, report_inputs(cfg, built.root))
     data = FigureData(tables, summarise(tables), summarise_checkpoints(tables))
     with figure_style():
         for name in ("ablations", "overlap"):
@@ -624,7 +627,7 @@ def test_without_checkpoints_those_claims_are_not_measured(tmp_path: Path) -> No
     for key in ("random_init", "trained_embeddings", "linear_map", "decompression"):
         assert found[key][0] == NOT_MEASURED
         assert "checkpoints section" in found[key][1]
-    assert not (tmp_path / plain.run_dir / "metrics" / "checkpoints.parquet").exists()
+    assert not (tmp_path / "results" / plain.run / "metrics" / "checkpoints.parquet").exists()
 
 
 # ----------------------------------------------------------- benchmarks and errors
@@ -635,19 +638,21 @@ def test_benchmark_files_name_their_stage(cfg: Config, tmp_path: Path) -> None:
     assert benchmark_stage(Path("results/x/benchmarks/train_mask/m-bigram-0.tsv")) == "train_mask"
     assert benchmark_stage(Path("data/toy/logs/corpus.benchmark.tsv")) == "corpus"
     run_dir = tmp_path / "results" / "synthetic"
+    tokenize = STAGES["tokenize"].benchmark(cfg).format(**job_fields(cfg, {}))
     files = [
         _benchmark(run_dir / "benchmarks" / "pretrain" / "tiny-a.tsv", 10.0),
-        _benchmark(tmp_path / cfg.data_dir / "logs" / "tokenize.benchmark.tsv", 1.5),
+        _benchmark(tmp_path / tokenize, 1.5),
         tmp_path / "missing.tsv",
     ]
     (run_dir / "benchmarks" / "broken.tsv").write_text("not a benchmark\n", encoding="utf-8")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(tmp_path)
-        assert find_benchmark_files(cfg, cfg.run_dir, cfg.data_dir) == [
-            cfg.data_dir / "logs" / "tokenize.benchmark.tsv",
-            cfg.run_dir / "benchmarks" / "broken.tsv",
-            cfg.run_dir / "benchmarks" / "pretrain" / "tiny-a.tsv",
-        ]
+    expected = benchmark_files(cfg)
+    assert Path(tokenize) in expected
+    assert Path("results/synthetic/benchmarks/pretrain/tiny-a.tsv") in expected
+    assert Path("results/synthetic/benchmarks/evaluate.tsv") in expected
+    assert {benchmark_stage(path) for path in expected} == {
+        stage.name for stage in stages_for(cfg, "snakemake")
+    }
+    files.append(run_dir / "benchmarks" / "broken.tsv")
     costs = stage_costs(cfg, read_benchmarks(files)).set_index("stage")
     assert costs.loc["pretrain", "seconds"] == 10.0 and costs.loc["tokenize", "jobs"] == 1
     assert costs.loc["evaluate", "jobs"] == 0 and math.isnan(costs.loc["evaluate", "seconds"])
@@ -657,30 +662,13 @@ def test_benchmark_files_name_their_stage(cfg: Config, tmp_path: Path) -> None:
 def test_a_missing_table_is_a_one_line_error_naming_it(
     cfg: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_dir, data_dir = write_run(tmp_path, cfg, Spec())
+    run_dir, _ = write_run(tmp_path, cfg, Spec())
     (run_dir / "metrics" / "residual.parquet").unlink()
-    with pytest.raises(UserError) as error:
-        run_report(cfg, run_dir, data_dir, run_dir / "report", run_dir / "metrics.json")
-    message = str(error.value)
-    assert "\n" not in message and "residual.parquet: file not found" in message
-    assert not (run_dir / "report").exists() and not (run_dir / "metrics.json").exists()
-
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(RAW_CONFIG), encoding="utf-8")
-    code = main(
-        [
-            "report",
-            "--config",
-            str(config_file),
-            "--run-dir",
-            str(run_dir),
-            "--data-dir",
-            str(data_dir),
-            "--output-dir",
-            str(run_dir / "report"),
-            "--metrics-json",
-            str(run_dir / "metrics.json"),
-        ]
-    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        code = main(report_argv(cfg, str(config_file)))
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert code == 1 and len(errors) == 1 and "residual.parquet" in errors[0]
+    assert code == 1 and len(errors) == 1 and "residual.parquet: file not found" in errors[0]
+    assert not (run_dir / "report").exists() and not (run_dir / "metrics.json").exists()

@@ -51,16 +51,21 @@ class Artifact:
         path = self.render(**values)
         return [f"{path}/{name}" for name in self.files] if self.files else [path]
 
-    def parse(self, path: str) -> dict[str, str]:
-        """The placeholder values of a path made from this template (ValueError otherwise)."""
+    def parse(self, path: Path | str) -> dict[str, str]:
+        """The placeholder values in a path named by this template. Only the part after the
+        template's last fixed folder must match (`.../m/bigram/lambda-0.safetensors` is a mask
+        wherever it lies); ValueError otherwise."""
+        parts = self.path.split("/")
+        fixed = [i for i, part in enumerate(parts) if "{" not in part]
+        start = fixed[-1] + 1 if fixed and fixed[-1] < len(parts) - 1 else 0
         pattern = ""
-        for literal, name, _, _ in string.Formatter().parse(self.path):
+        for literal, name, _, _ in string.Formatter().parse("/".join(parts[start:])):
             pattern += re.escape(literal)
             if name:
                 pattern += f"(?P<{name}>[^/]+)"
         found = re.search(f"(?:^|/){pattern}$", Path(path).as_posix())
         if found is None:
-            raise ValueError(f"{path} is not a path of the form {self.path}")
+            raise ValueError(f"{path} does not end like {self.path}")
         return found.groupdict()
 
 

@@ -97,7 +97,9 @@ def generation_rows(
     temperature: float,
     seed: int,
 ) -> list[dict[str, Any]]:
-    """Greedy and seeded sampled continuations of every prompt under every condition."""
+    """Greedy and seeded sampled continuations of every prompt under every condition (only
+    the tokenizer's ids: Pythia pads its embedding beyond them)."""
+    vocabulary = tokenizer.get_vocab_size()
     rows = []
     decodings = (("greedy", 0.0), (f"sample τ={temperature:g}", temperature))
     for condition, mask in conditions.items():
@@ -105,7 +107,7 @@ def generation_rows(
             for prompt in prompts:
                 ids = torch.tensor(tokenizer.encode(prompt).ids)
                 for decoding, tau in decodings:
-                    new = generate(model, ids, max_new_tokens, tau, seed)
+                    new = generate(model, ids, max_new_tokens, tau, seed, vocab_size=vocabulary)
                     rows.append(
                         {
                             "model": model_name,

@@ -31,6 +31,7 @@ from bigram_subnetworks.models.layout import (
     body,
     final_norm,
     input_embedding,
+    output_logits,
     unembedding,
 )
 
@@ -174,13 +175,12 @@ def covariance_similarity(covariances: Sequence[torch.Tensor]) -> torch.Tensor:
 def linear_map_logits(
     model: torch.nn.Module, states: torch.Tensor, fitted: LinearMap
 ) -> torch.Tensor:
-    """Logits final_norm(fitted(states)) @ W_Uᵀ (+ LM-head bias) for states (n, d): Table 2's
-    "embeddings + learned linear map" control with the layer-0 "to output" map."""
+    """The model's logits of final_norm(fitted(states)) for states (n, d) (its LM head and any
+    logit soft-cap): Table 2's "embeddings + learned linear map" control with the layer-0 "to
+    output" map."""
     weight = unembedding(model)
     hidden = final_norm(model)(fitted(states).to(weight.device, weight.dtype))
-    logits = hidden @ weight.T
-    bias = getattr(model.get_output_embeddings(), "bias", None)  # type: ignore[operator]
-    return logits if bias is None else logits + bias
+    return output_logits(model, hidden)
 
 
 SCHEMA = RESIDUAL.schema  # one row per model × condition × metric × layer (× second layer)

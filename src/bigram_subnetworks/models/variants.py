@@ -20,26 +20,25 @@ from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.models.loading import load_checkpoint, load_model, model_identity
 
 
-def embedding_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The token embedding, the unembedding and (GPT-2) the position embedding."""
-    from bigram_subnetworks.models.layout import body
-
-    modules = [model.get_input_embeddings(), model.get_output_embeddings()]
-    position = getattr(body(model), "wpe", None)
-    return modules + ([position] if position is not None else [])
-
-
 @torch.no_grad()
 def transplant_embeddings(target: torch.nn.Module, source: torch.nn.Module) -> None:
-    """Copy the embedding modules' parameters of `source` into `target` (same shapes)."""
-    for into, origin in zip(embedding_modules(target), embedding_modules(source), strict=True):
-        for (name, param), other in zip(into.named_parameters(), origin.parameters(), strict=True):
-            if param.shape != other.shape:
-                raise UserError(
-                    f"embedding {name}: shapes {tuple(param.shape)} and "
-                    f"{tuple(other.shape)} differ; the checkpoints are not one model"
-                )
-            param.copy_(other)
+    """Copy every embedding parameter of `source` into `target` (same family and shapes): the
+    token embedding, the unembedding unless tied to it, and GPT-2's position embedding."""
+    from bigram_subnetworks.models.layout import embedding_parameters
+
+    into, origin = embedding_parameters(target), embedding_parameters(source)
+    if set(into) != set(origin):
+        raise UserError(
+            f"embeddings {sorted(into)} and {sorted(origin)} differ (one model ties its "
+            "unembedding, the other does not); the checkpoints are not one model"
+        )
+    for name, param in into.items():
+        if param.shape != origin[name].shape:
+            raise UserError(
+                f"embedding {name}: shapes {tuple(param.shape)} and "
+                f"{tuple(origin[name].shape)} differ; the checkpoints are not one model"
+            )
+        param.copy_(origin[name])
 
 
 def load_variant(

@@ -1,0 +1,204 @@
+"""The stage registry: one declaration per stage drives the CLI, Snakemake, DVC, data keys."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bigram_subnetworks import artifacts as A
+from bigram_subnetworks.config import (
+    Config,
+    UndeclaredConfigKey,
+    effective_config_text,
+    load_config,
+    restrict,
+    validate_config,
+)
+from bigram_subnetworks.frontends import dvc_yaml, rule_specs
+from bigram_subnetworks.stages import (
+    STAGES,
+    all_masks,
+    checkpoint_masks,
+    control_masks,
+    data_keys,
+    dvc_params,
+    job_fields,
+    key_parts,
+    main_masks,
+    settings,
+    stages_for,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = [ROOT / "params.yaml", *sorted((ROOT / "config").glob("*.yaml"))]
+
+
+def raw_default() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_the_committed_dvc_yaml_is_generated_from_params_yaml() -> None:
+    assert (ROOT / "dvc.yaml").read_text() == dvc_yaml(
+        load_config(ROOT / "params.yaml"), "params.yaml"
+    ), "dvc.yaml is stale: run `bsn dvc --config params.yaml`"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_gets_a_dvc_yaml_and_rules_for_every_job(path: Path) -> None:
+    cfg = load_config(path)
+    document = yaml.safe_load(dvc_yaml(cfg, path.relative_to(ROOT).as_posix()))
+    stages = document["stages"]
+    expected = {s.name for s in stages_for(cfg, "dvc")}
+    assert set(stages) == expected
+    assert ("checkpoints" in stages) == (cfg.checkpoints is not None)
+    if cfg.lambdas is not None:
+        assert len(stages["train_mask"]["foreach"]) == len(all_masks(cfg))
+    specs = {spec.name: spec for spec in rule_specs(cfg)}
+    assert set(specs) == {s.name for s in stages_for(cfg, "snakemake")}
+    assert "config" not in specs  # Snakemake writes the effective config when it reads the file
+    # Every key a stage reads exists in the effective config (DVC would stop on a missing one).
+    effective = yaml.safe_load(effective_config_text(cfg))
+    for stage in stages_for(cfg, "dvc"):
+        for job in stage.jobs(cfg):
+            fields = job_fields(cfg, job)
+            for key in dvc_params(stage, cfg, fields):
+                node = effective
+                for part in key.split(".") if key else []:
+                    assert part in node, (stage.name, key)
+                    node = node[part]
+
+
+def test_the_final_checkpoint_reuses_the_main_grid_and_controls_are_mask_jobs() -> None:
+    cfg = load_config(ROOT / "params.yaml")
+    assert cfg.checkpoints is not None
+    final = cfg.models["neox-4x96"].final_step
+    assert final in cfg.checkpoints.steps
+    keys = {job["model"] for job in checkpoint_masks(cfg)}
+    assert "neox-4x96" in keys and f"neox-4x96+step-{final}" not in keys
+    assert {j["model"] for j in control_masks(cfg)} == {"neox-4x96+random-body"}
+    main = {tuple(j.values()) for j in main_masks(cfg)}
+    everything = [tuple(j.values()) for j in all_masks(cfg)]
+    assert len(everything) == len(set(everything))  # no mask is trained twice
+    reused = {tuple(j.values()) for j in checkpoint_masks(cfg)} & main
+    assert len(reused) == len(cfg.checkpoints.lambdas)
+
+
+def test_checkpoint_lambdas_must_be_in_the_bigram_grid() -> None:
+    raw = raw_default()
+    raw["checkpoints"]["lambdas"] = ["0", "5"]
+    with pytest.raises(Exception, match=r"checkpoints\.lambdas: \['5'\] not in lambdas\.bigram"):
+        validate_config(raw)
+
+
+def test_data_keys_name_what_produces_the_data() -> None:
+    cfg = load_config(ROOT / "params.yaml")
+    keys = data_keys(cfg)
+    assert keys["corpus"].startswith("sotu-") and len(keys["corpus"]) == len("sotu-") + 8
+    assert keys["tokenizer"].startswith("sotu-bpe4096-")
+    assert keys["data"].startswith("sotu__sotu-bpe4096-")
+
+    # Settings no data stage reads leave every key alone: runs share their data.
+    raw = raw_default()
+    raw["run"], raw["masks"]["lr"] = "other", 0.5
+    raw["analysis"]["overlap_draws"] = 7
+    assert data_keys(validate_config(raw)) == keys
+
+    # Only the corpus differs: every key differs, though the names are the same.
+    raw = raw_default()
+    raw["corpus"] = {"name": "sotu", "source": "local", "path": "texts"}
+    other = data_keys(validate_config(raw))
+    assert all(other[k] != keys[k] for k in keys)
+    assert other["tokenizer"].startswith("sotu-bpe4096-")
+
+    # A sequence length only changes the token folder.
+    raw = raw_default()
+    raw["data"]["seq_len"] = 32
+    shorter = data_keys(validate_config(raw))
+    assert shorter["corpus"] == keys["corpus"] and shorter["tokenizer"] == keys["tokenizer"]
+    assert shorter["data"] != keys["data"]
+
+    # A model's own tokenizer does not depend on the corpus.
+    raw = raw_default()
+    raw["tokenizer"] = {"name": "pythia", "source": "pretrained", "model": "x/y"}
+    a = data_keys(validate_config(raw))
+    raw["corpus"]["eval_fraction"] = 0.2
+    b = data_keys(validate_config(raw))
+    assert a["tokenizer"] == b["tokenizer"] and a["corpus"] != b["corpus"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "stages"),
+    [
+        ("analysis.overlap_draws", 5, {"overlap", "report"}),
+        ("analysis.selection_tolerance", 0.1, {"select", "report"}),
+        ("masks.lr", 0.5, {"train_mask", "report"}),
+        ("analysis.residual_sequences", 64, {"residual", "report"}),
+        ("checkpoints.budgets", [5, 50], {"checkpoints", "report"}),
+        (
+            "analysis.eval_sequences",
+            100,
+            {"evaluate", "ablate", "checkpoints", "controls", "report"},
+        ),
+    ],
+)
+def test_a_key_changes_the_settings_of_exactly_the_stages_that_read_it(
+    key: str, value: Any, stages: set[str]
+) -> None:
+    cfg = load_config(ROOT / "params.yaml")
+    raw = copy.deepcopy(raw_default())
+    node = raw
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    changed_cfg = validate_config(raw)
+    changed = set()
+    for stage in stages_for(cfg, "snakemake"):
+        for job in stage.jobs(cfg):
+            fields = job_fields(cfg, job)
+            if settings(stage, cfg, fields) != settings(stage, changed_cfg, fields):
+                changed.add(stage.name)
+    assert changed == stages
+
+
+def test_a_stage_cannot_read_a_key_it_does_not_declare() -> None:
+    cfg = load_config(ROOT / "params.yaml")
+    stage = STAGES["overlap"]
+    view: Config = restrict(cfg, [key_parts(k, {}) for k in stage.reads], stage.name)
+    assert view.analysis.overlap_draws == cfg.analysis.overlap_draws
+    assert view.seed == cfg.seed
+    with pytest.raises(UndeclaredConfigKey, match=r"'analysis\.batch_size'"):
+        _ = view.analysis.batch_size
+    with pytest.raises(UndeclaredConfigKey, match="'masks'"):
+        _ = view.masks
+    mask_stage = STAGES["train_mask"]
+    fields = job_fields(cfg, {"model": "neox-2x48+step-5", "target": "bigram", "lam": "0"})
+    view = restrict(cfg, [key_parts(k, fields) for k in mask_stage.reads], mask_stage.name)
+    assert view.models["neox-2x48"] == cfg.models["neox-2x48"]
+    assert list(view.models) == ["neox-2x48"]
+    with pytest.raises(UndeclaredConfigKey, match=r"'models\.neox-4x96'"):
+        _ = view.models["neox-4x96"]
+
+
+def test_dvc_tracks_a_dotted_model_name_through_its_parent() -> None:
+    raw = raw_default()
+    raw["models"] = {"gpt2-1.5b": raw["models"]["neox-2x48"]}
+    raw["checkpoints"]["models"] = ["gpt2-1.5b"]
+    cfg = validate_config(raw)
+    stage = STAGES["pretrain"]
+    fields = job_fields(cfg, {"model": "gpt2-1.5b"})
+    assert dvc_params(stage, cfg, fields) == ["seed", "device", "models"]
+
+
+def test_paths_parse_back_into_their_fields() -> None:
+    path = A.MASK.render(run="r", model="m+step-3", target="bigram", lam="1e1")
+    assert A.MASK.parse(path) == {"model": "m+step-3", "target": "bigram", "lam": "1e1"}
+    assert A.MASK.parse("/elsewhere/" + path)["lam"] == "1e1"
+    with pytest.raises(ValueError, match="does not end like"):
+        A.MASK.parse("r/masks/m/bigram/mask.safetensors")
+    assert A.split_model_key("m+random-body") == ("m", "random-body")
+    assert A.model_key("m", None) == "m"
