@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bigram_subnetworks.config import load_config
+from bigram_subnetworks.frontends import dvc_yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PROJECT_FILES = ["Snakefile", "workflow", "dvc.yaml", "config", ".dvcignore", "environment.yml"]
+PROJECT_FILES = ["workflow", "config", ".dvcignore", "environment.yml"]
 
 
 def run(
@@ -25,7 +28,8 @@ def run(
 
 
 def make_project(where: Path, config: str = "config/smoke.yaml") -> Path:
-    """A copy of the workflow with `config` as its params.yaml, in a fresh git repository."""
+    """A copy of the workflow with `config` as its params.yaml and dvc.yaml generated for it (as
+    `bsn dvc --config params.yaml` does), in a fresh git repository."""
     where.mkdir(parents=True)
     for name in PROJECT_FILES:
         source = ROOT / name
@@ -36,5 +40,7 @@ def make_project(where: Path, config: str = "config/smoke.yaml") -> Path:
     (where / ".dvc").mkdir()
     shutil.copy2(ROOT / ".dvc" / "config", where / ".dvc" / "config")
     shutil.copy2(ROOT / config, where / "params.yaml")
+    text = dvc_yaml(load_config(where / "params.yaml"), "params.yaml")
+    (where / "dvc.yaml").write_text(text, encoding="utf-8")
     run(["git", "init", "-q"], where)
     return where

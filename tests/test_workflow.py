@@ -1,4 +1,5 @@
-"""Snakemake and DVC describe the same DAG and produce the same artifacts on the smoke config."""
+"""Snakemake and DVC run the registry's stages and produce the same artifacts on the smoke config;
+a change reruns exactly the stages that read what changed, in both front-ends."""
 
 from __future__ import annotations
 
@@ -12,32 +13,33 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
+from bigram_subnetworks.config import load_config
 from bigram_subnetworks.io import parquet_seed
+from bigram_subnetworks.stages import arguments, job_fields, run_config_path, stages_for
 from projects import make_project, run
 
 pytestmark = pytest.mark.workflow
 
 
-def snakemake_jobs(project: Path, target: str) -> dict[str, dict[str, object]]:
-    """Shell command -> rule, outputs (incl. log) and inputs of every job, from a dry run."""
-    text = run(["snakemake", target, "--forceall", "-n", "-p", "--cores", "1"], project).stdout
-    jobs: dict[str, dict[str, object]] = {}
-    current: dict[str, object] | None = None
-    for line in text.splitlines():
-        header = re.match(r"^(?:local)?rule (\w+):$", line)
-        if header:
-            current = {"rule": header.group(1), "outs": set(), "deps": set()}
+def snakemake_jobs(project: Path, *args: str) -> list[dict[str, object]]:
+    """Rule, reason, shell command, outputs (incl. log) and inputs of every job of a dry run."""
+    text = run(["snakemake", "-n", "-p", *args], project).stdout
+    jobs: list[dict[str, object]] = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:\n)", text):
+        header = re.match(r"(?:local)?rule (\w+):\n", block)
+        if not header:
             continue
-        if current is None:
-            continue
-        field = re.match(r"^\s+(input|output|log): (.*)$", line)
-        if field:
-            key = "deps" if field.group(1) == "input" else "outs"
-            current[key] |= set(field.group(2).split(", "))
-        elif line.startswith("Shell command: ") and line != "Shell command: None":
-            jobs[line.removeprefix("Shell command: ").strip()] = current
-            current = None
+        job: dict[str, object] = {"rule": header.group(1), "outs": set(), "deps": set()}
+        for key, value in re.findall(r"^ {4}(input|output|log|reason): (.*)$", block, re.M):
+            if key == "reason":
+                job["reason"] = value
+            else:
+                job["deps" if key == "input" else "outs"] |= set(value.split(", "))
+        command = re.search(r"^(?:Shell command: )?(bsn .*)$", block, re.M)
+        job["cmd"] = command.group(1).strip() if command else None
+        jobs.append(job)
     return jobs
 
 
@@ -47,8 +49,8 @@ from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 stages = {}
 for stage in Repo(".").index.stages:
-    stages[stage.cmd] = {
-        "name": stage.name,
+    stages[stage.addressing] = {
+        "cmd": stage.cmd,
         "outs": sorted(str(o.def_path) for o in stage.outs),
         "deps": sorted(
             str(d.def_path) for d in stage.deps if not isinstance(d, ParamsDependency)
@@ -59,53 +61,46 @@ print(json.dumps(stages))
 
 
 def dvc_stages(project: Path) -> dict[str, dict[str, object]]:
-    """Command -> stage name, outputs and (file) dependencies of every DVC stage."""
+    """Address -> command, outputs and (file) dependencies of every DVC stage."""
     return json.loads(run([sys.executable, "-c", DVC_STAGES], project).stdout)
+
+
+def registry_commands(project: Path) -> set[str]:
+    """Every job's command line as the registry writes it, for the project's params.yaml."""
+    cfg = load_config(project / "params.yaml")
+    return {
+        " ".join(["bsn", stage.command, "--config", run_config_path(cfg), *args])
+        for stage in stages_for(cfg, "snakemake")
+        for args in (arguments(stage, cfg, job_fields(cfg, job)) for job in stage.jobs(cfg))
+    }
 
 
 def within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
-def test_snakemake_and_dvc_describe_the_same_stages(tmp_path: Path) -> None:
+def test_both_front_ends_run_exactly_the_registrys_jobs(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p")
-    snake = snakemake_jobs(project, "all")
+    expected = registry_commands(project)
+    snake = [job for job in snakemake_jobs(project, "--forceall") if job["cmd"]]
+    assert {job["cmd"] for job in snake} == expected
+    assert len(snake) == len(expected)  # one job per command
     dvc = dvc_stages(project)
-    assert set(snake) == set(dvc)  # the same commands, one job per stage
-    rules = {job["rule"] for job in snake.values()}
-    assert rules == {
-        "corpus",
-        "tokenizer",
-        "tokenize",
-        "bigram_stats",
-        "pretrain",
-        "train_mask",
-        "evaluate",
-        "select",
-        "overlap",
-        "ablate",
-        "residual",
-        "checkpoint_masks",
-        "checkpoints",
-        "controls",
-        "report",
-    }
-    for cmd, stage in dvc.items():
-        job = snake[cmd]
-        # DVC names a stage after its rule (train_mask_<target>@<model>-<λ> for train_mask).
-        base = str(stage["name"]).split("@")[0].removesuffix("_bigram").removesuffix("_full")
-        assert base == job["rule"], cmd
-        # The same inputs and outputs: DVC may name a folder (results/<run>/masks) where
-        # Snakemake lists the files in it, but neither front-end has one the other lacks.
+    assert {stage["cmd"] for stage in dvc.values()} == expected | {dvc["config"]["cmd"]}
+    # Both track the same files: DVC may track a folder (a model) where Snakemake tracks a file
+    # in it (model.json), but neither has a file the other lacks. DVC's stages also depend on the
+    # effective config, which Snakemake writes before any job (a param dependency in DVC).
+    by_cmd = {stage["cmd"]: stage for stage in dvc.values()}
+    for job in snake:
+        stage = by_cmd[job["cmd"]]
         for key in ("deps", "outs"):
-            snake_paths, dvc_paths = job[key], stage[key]
-            uncovered = [p for p in snake_paths if not any(within(p, d) for d in dvc_paths)]
-            unused = [d for d in dvc_paths if not any(within(p, d) for p in snake_paths)]
-            assert uncovered == [] and unused == [], (cmd, key)
-    masks = [job for job in snake.values() if job["rule"] == "train_mask"]
-    assert len(masks) == 5  # smoke: one model × (4 bigram + 1 full) λ labels
-    checkpoints = [job for job in snake.values() if job["rule"] == "checkpoint_masks"]
-    assert len(checkpoints) == 2  # smoke: one model × steps 0 and 60
+            uncovered = [p for p in job[key] if not any(within(p, d) for d in stage[key])]
+            unused = [d for d in stage[key] if not any(within(p, d) for p in job[key])]
+            assert uncovered == [] and unused == [], (job["cmd"], key)
+    rules = [job["rule"] for job in snake]
+    # smoke: 4 bigram + 1 full λ, step 0 × 2 λ (step 60 reuses the main grid), 1 control
+    assert rules.count("train_mask") == 8
+    assert "checkpoint_masks" not in rules
 
 
 def test_invalid_config_stops_every_front_end_with_one_line(tmp_path: Path) -> None:
@@ -120,38 +115,35 @@ def test_invalid_config_stops_every_front_end_with_one_line(tmp_path: Path) -> N
 
     dvc = run(["dvc", "repro", "bigram_stats"], project, check=False)
     assert dvc.returncode != 0
-    assert f"bsn corpus: error: {expected}" in dvc.stdout + dvc.stderr
-    assert not (project / "data" / "sotu-smoke" / "documents.parquet").exists()
+    assert f"bsn config: error: {expected}" in dvc.stdout + dvc.stderr
+    assert not (project / "data").exists() or not any((project / "data").rglob("*.parquet"))
 
     bsn = run(["bsn", "validate", "--config", "params.yaml"], project, check=False)
     assert bsn.returncode == 1
     assert bsn.stderr.strip() == f"bsn validate: error: {expected}"
 
 
-def test_snakemake_refuses_config_overrides_it_cannot_pass_on(tmp_path: Path) -> None:
-    project = make_project(tmp_path / "p")
-    result = run(["snakemake", "data", "-n", "--config", "seed=3"], project, check=False)
-    assert result.returncode != 0
-    assert "--config overrides are not passed to the stages" in result.stderr
-
-
-def test_snakemake_uses_the_configfile_given(tmp_path: Path) -> None:
+def test_snakemake_takes_the_configfile_and_overrides_given(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p", config="params.yaml")
-    jobs = snakemake_jobs(project, "data")
-    corpus = next(job for job in jobs.values() if job["rule"] == "corpus")
-    assert "data/sotu/documents.parquet" in corpus["outs"]
-    result = run(
-        ["snakemake", "data", "--forceall", "-n", "-p", "--configfile", "config/smoke.yaml"],
-        project,
-    )
-    assert "bsn corpus --config config/smoke.yaml --output-dir data/sotu-smoke" in result.stdout
+    default = load_config(project / "params.yaml")
+    corpus = next(job for job in snakemake_jobs(project, "data") if job["rule"] == "corpus")
+    assert any(p.startswith("data/sotu-") for p in corpus["outs"])
+    jobs = snakemake_jobs(project, "data", "--forceall", "--configfile", "config/smoke.yaml")
+    corpus = next(job for job in jobs if job["rule"] == "corpus")
+    assert "--config results/smoke/config.yaml" in str(corpus["cmd"])
+    assert all("sotu-smoke-" in p for p in corpus["outs"])  # not merged into params.yaml
+    # Snakemake's own override syntax, merged into the config file's values.
+    run(["snakemake", "-n", "masks", "--config", 'masks={"lr": 0.02}'], project)
+    effective = yaml.safe_load((project / run_config_path(default)).read_text())
+    assert effective["masks"]["lr"] == 0.02
+    assert effective["masks"]["temp_increase"] == default.masks.temp_increase
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project that ran the whole smoke pipeline with Snakemake (the report included)."""
     project = make_project(tmp_path_factory.mktemp("smoke") / "p")
-    run(["snakemake", "--cores", "2"], project)
+    run(["snakemake"], project, timeout=900)
     return project
 
 
@@ -164,18 +156,23 @@ def test_smoke_run_trains_its_models_and_every_mask(smoke_run: Path) -> None:
         assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
     info = json.loads((model_dir / "model.json").read_text())
     assert info["final_eval_loss"] > 0 and info["bigram_baseline"]["cross_entropy"] > 0
+    assert info["final_step"] == 60
 
-    masks = sorted((project / "results" / "smoke" / "masks").rglob("*.safetensors"))
-    assert [m.relative_to(project / "results" / "smoke" / "masks").as_posix() for m in masks] == [
-        f"neox-2x16/bigram/lambda-{lam}.safetensors" for lam in ("0", "1e1", "inf", "neginf")
-    ] + ["neox-2x16/full/lambda-1e1.safetensors"]
+    masks_dir = project / "results" / "smoke" / "masks"
+    masks = sorted(m.relative_to(masks_dir).as_posix() for m in masks_dir.rglob("*.safetensors"))
+    assert masks == [
+        *(f"neox-2x16+random-body/bigram/lambda-{lam}.safetensors" for lam in ("0",)),
+        *(f"neox-2x16+step-0/bigram/lambda-{lam}.safetensors" for lam in ("0", "1e1")),
+        *(f"neox-2x16/bigram/lambda-{lam}.safetensors" for lam in ("0", "1e1", "inf", "neginf")),
+        "neox-2x16/full/lambda-1e1.safetensors",
+    ]
     for mask in masks:
-        log = json.loads(mask.with_suffix(".json").read_text())
+        log = json.loads((masks_dir / mask).with_suffix(".json").read_text())
         assert log["model"] == "neox-2x16" and log["weights_sha256"]
         assert len(log["history"]) == log["attempts"]
     benchmarks = list((project / "results" / "smoke" / "benchmarks").rglob("*.tsv"))
-    # pretrain, five masks, two checkpoint jobs, seven analysis stages and the report
-    assert len(benchmarks) == 16
+    # pretrain, eight masks, seven analysis stages and the report
+    assert len(benchmarks) == 17
 
 
 def test_smoke_run_writes_every_analysis_table(smoke_run: Path) -> None:
@@ -205,7 +202,6 @@ def test_smoke_run_writes_every_analysis_table(smoke_run: Path) -> None:
         == (0, "bigram", "0", "bigram_r")
     )
     assert r["random init"] == step0
-    assert (smoke_run / "results" / "smoke" / "controls" / "neox-2x16" / "random-body").is_dir()
 
 
 def test_a_finished_run_schedules_nothing(smoke_run: Path) -> None:
@@ -273,19 +269,82 @@ def file_digests(folder: Path) -> dict[str, str]:
     }
 
 
+def changed_dvc_stages(project: Path) -> set[str]:
+    """The stages `dvc status` reports changed (foreach stages by their group name)."""
+    status = json.loads(run(["dvc", "status", "--json"], project).stdout)
+    return {name.split("@")[0] for name in status}
+
+
+def rerun_rules(project: Path) -> set[str]:
+    """The rules of the jobs a dry run schedules because their params changed; every other job
+    it schedules must run only because an upstream job writes new input."""
+    jobs = [job for job in snakemake_jobs(project) if job["rule"] != "all"]
+    changed = {str(job["rule"]) for job in jobs if "Params have changed" in str(job["reason"])}
+    others = [job for job in jobs if str(job["rule"]) not in changed]
+    assert all("updated by another job" in str(job["reason"]) for job in others), others
+    return changed
+
+
+def test_dvc_and_snakemake_keep_each_other_current(smoke_run: Path) -> None:
+    """`dvc commit` and `dvc checkout` rewrite files (new modification times); Snakemake decides
+    by checksum and reruns nothing. Then a change of one config key reruns exactly the stages
+    that read it, in both front-ends."""
+    run(["dvc", "commit", "--force"], smoke_run)  # record what Snakemake built in dvc.lock
+    assert "Nothing to be done" in run(["snakemake", "-n"], smoke_run).stdout
+    selection = smoke_run / "results" / "smoke" / "selection.json"
+    selection.unlink()
+    run(["dvc", "checkout"], smoke_run)
+    assert selection.is_file()
+    assert "Nothing to be done" in run(["snakemake", "-n"], smoke_run).stdout
+    assert "up to date" in run(["dvc", "status"], smoke_run).stdout
+
+    params = smoke_run / "params.yaml"
+    original = params.read_text()
+    try:
+        for old, new, stages in [
+            ("overlap_draws: 10000", "overlap_draws: 500", {"overlap", "report"}),
+            ("selection_tolerance: 0.04", "selection_tolerance: 0.5", {"select", "report"}),
+            ("residual_sequences: 512", "residual_sequences: 64", {"residual", "report"}),
+            ("budgets: [500, 2000]", "budgets: [600, 2000]", {"checkpoints", "report"}),
+        ]:
+            assert old in original, old
+            params.write_text(original.replace(old, new))
+            # Snakemake checks params only of jobs whose inputs stay (the report's come new from
+            # the rerun stage); its dry run also writes the new effective config, which DVC reads.
+            assert rerun_rules(smoke_run) == stages - {"report"}, new
+            assert changed_dvc_stages(smoke_run) == {"config", *stages}, new
+    finally:
+        params.write_text(original)
+    assert "Nothing to be done" in run(["snakemake", "-n"], smoke_run).stdout
+    assert "up to date" in run(["dvc", "status"], smoke_run).stdout
+
+    # A DVC experiment on one parameter reruns exactly the stages that read it.
+    for setting in (["user.name", "test"], ["user.email", "test@example.org"]):
+        run(["git", "config", *setting], smoke_run)
+    tracked = ["workflow", "config", "dvc.yaml", "dvc.lock", "params.yaml", ".dvc"]
+    run(["git", "add", *tracked, ".dvcignore", "environment.yml"], smoke_run)
+    run(["git", "commit", "-qm", "smoke run"], smoke_run)
+    result = run(
+        ["dvc", "exp", "run", "-S", "analysis.overlap_draws=500", "-n", "draws"], smoke_run
+    )
+    ran = set(re.findall(r"Running stage '([\w@.+-]+)'", result.stdout + result.stderr))
+    assert ran == {"config", "overlap", "report"}, result.stdout
+    assert "draws" in run(["dvc", "exp", "show", "--csv"], smoke_run).stdout
+    run(["git", "checkout", "params.yaml", "dvc.lock"], smoke_run)  # back to the main run
+    run(["dvc", "checkout", "--force"], smoke_run)
+    assert "Nothing to be done" in run(["snakemake", "-n"], smoke_run).stdout
+
+
 def test_a_fresh_clone_pulls_the_run_from_a_dvc_remote(smoke_run: Path, tmp_path: Path) -> None:
     """Share a finished run through a DVC remote: push, clone, pull, and nothing is rebuilt."""
     remote, clone = tmp_path / "remote", tmp_path / "clone"
     run(["dvc", "commit", "--force"], smoke_run)  # record what Snakemake built in dvc.lock
-    # Committing moves outputs into DVC's cache and back, which renews their modification times.
-    run(["snakemake", "--touch", "--cores", "1"], smoke_run)
-    assert "Nothing to be done" in run(["snakemake", "-n"], smoke_run).stdout
     run(["dvc", "remote", "add", "--default", "shared", str(remote)], smoke_run)
     run(["dvc", "push"], smoke_run)
-    tracked = ["Snakefile", "workflow", "config", "dvc.yaml", "dvc.lock", "params.yaml", ".dvc"]
+    tracked = ["workflow", "config", "dvc.yaml", "dvc.lock", "params.yaml", ".dvc"]
     run(["git", "add", *tracked, ".dvcignore", "environment.yml"], smoke_run)
     identity = ["-c", "user.name=test", "-c", "user.email=test@example.org"]
-    run(["git", *identity, "commit", "-qm", "smoke run"], smoke_run)
+    run(["git", *identity, "commit", "-qm", "smoke run", "--allow-empty"], smoke_run)
 
     run(["git", "clone", "-q", str(smoke_run), str(clone)], tmp_path)
     run(["dvc", "pull"], clone)
@@ -294,9 +353,9 @@ def test_a_fresh_clone_pulls_the_run_from_a_dvc_remote(smoke_run: Path, tmp_path
         assert pulled and pulled == file_digests(smoke_run / folder), folder
     assert "up to date" in run(["dvc", "status"], clone).stdout
 
-    # DVC checks files out in no particular order, so Snakemake would see inputs newer than their
-    # outputs; `snakemake --touch` (what `make pull` runs after `dvc pull`) marks them current.
-    run(["snakemake", "--touch", "--cores", "1"], clone)
+    # A fresh clone has no Snakemake records (checksums) of the run: `snakemake --touch` (what
+    # `make pull` runs after `dvc pull`) records the pulled files as current.
+    run(["snakemake", "--touch"], clone)
     assert "Nothing to be done" in run(["snakemake", "-n"], clone).stdout
 
 
@@ -307,7 +366,26 @@ def test_dvc_repro_rebuilds_the_smoke_run_byte_for_byte(smoke_run: Path, tmp_pat
     run(["dvc", "repro"], by_dvc, timeout=900)
     first = file_digests(smoke_run / "data") | file_digests(smoke_run / "results")
     second = file_digests(by_dvc / "data") | file_digests(by_dvc / "results")
-    binary = [name for name in first if name.endswith((".parquet", ".safetensors"))]
+    binary = [name for name in second if name.endswith((".parquet", ".safetensors"))]
     assert len(binary) > 20
-    assert {n: first[n] for n in binary} == {n: second.get(n) for n in binary}
+    assert {n: second[n] for n in binary} == {n: first.get(n) for n in binary}
     assert "up to date" in run(["dvc", "status"], by_dvc).stdout
+
+
+def test_configs_that_differ_only_in_the_corpus_never_share_or_overwrite_data(
+    smoke_run: Path, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "texts"
+    corpus.mkdir()
+    for i in range(8):
+        (corpus / f"{i}.txt").write_text(f"Text number {i}. " * 400, encoding="utf-8")
+    raw = yaml.safe_load((smoke_run / "params.yaml").read_text())
+    raw["corpus"] = {"name": raw["corpus"]["name"], "source": "local", "path": str(corpus)}
+    other = smoke_run / "other.yaml"
+    other.write_text(yaml.safe_dump(raw))
+    before = file_digests(smoke_run / "data")
+    run(["snakemake", "data", "--configfile", "other.yaml"], smoke_run)
+    after = file_digests(smoke_run / "data")
+    assert {name: after[name] for name in before} == before  # nothing of the first changed
+    assert len(after) > len(before)  # the second has its own corpus, tokenizer and tokens
+    assert "Nothing to be done" in run(["snakemake", "-n"], smoke_run).stdout

@@ -135,8 +135,7 @@ def _dvc_stage(stage: Stage, cfg: Config, fields: dict[str, str], source: str) -
         return {
             "cmd": shlex.join(["bsn", stage.command, "--config", source, *args]),
             "params": [{source: None}],
-            "outs": [port.tracked(cfg, fields)[0] for port in stage.outputs.values()]
-            + [stage.log(cfg).format(**fields)],
+            "outs": [port.tracked(cfg, fields)[0] for port in stage.outputs.values()],
         }
     cmd = ["bsn", stage.command, "--config", config_path, *arguments(stage, cfg, fields)]
     deps = [
@@ -160,7 +159,7 @@ def _dvc_stage(stage: Stage, cfg: Config, fields: dict[str, str], source: str) -
     body["params"] = [{config_path: None if "" in keys else keys}] if keys else []
     if not body["params"]:
         del body["params"]
-    body["outs"] = [*outs, stage.log(cfg).format(**fields)]
+    body["outs"] = [*outs, stage.log(cfg).format(**fields)] if stage.logged else outs
     if metrics:
         body["metrics"] = metrics
     return body

@@ -156,6 +156,7 @@ class Stage:
     threads: bool = False  # uses all cores without torch
     shared: bool = False  # writes shared data: logs beside it, not under results/<run>/
     front_ends: tuple[str, ...] = ("snakemake", "dvc")
+    logged: bool = True  # writes a log file (the config stage only prints)
 
     @property
     def command(self) -> str:
@@ -232,6 +233,7 @@ _STAGES = [
         outputs={"output": _one(A.RUN_CONFIG)},
         reads=("",),
         front_ends=("dvc",),
+        logged=False,
     ),
     Stage(
         "corpus",
@@ -511,7 +513,7 @@ def arguments(stage: Stage, cfg: Config, fields: dict[str, str]) -> list[str]:
         args += [option(name), fields[name]]
     for name, port in stage.ports(cfg).items():
         args += [option(name), *port.paths(cfg, fields)]
-    return [*args, "--log", stage.log(cfg).format(**fields)]
+    return [*args, "--log", stage.log(cfg).format(**fields)] if stage.logged else args
 
 
 def dvc_params(stage: Stage, cfg: Config, fields: dict[str, str]) -> list[str]:

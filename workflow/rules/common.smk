@@ -11,8 +11,15 @@ from bigram_subnetworks.config import ConfigError, validate_config, write_effect
 from bigram_subnetworks.frontends import rule_specs
 from bigram_subnetworks.stages import run_config_path
 
+def _source():
+    """What the config came from, for error messages."""
+    files = workflow.overwrite_configfiles or workflow.configfiles
+    name = ", ".join(os.path.relpath(f) for f in files) or "the module's config"
+    return name + (" with --config overrides" if workflow.config_settings.config else "")
+
+
 try:
-    CFG = validate_config(dict(config), source="config")
+    CFG = validate_config(dict(config), source=_source())
 except ConfigError as error:
     sys.exit(str(error))
 
