@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh clone:
-#   make run    set up .venv, then run the embedded default pipeline (snakemake --cores all)
+#   make run    set up .venv, then run the embedded default pipeline and print where its report is
 #   make test   set up .venv, then run the whole test suite
+# `make help` lists every target.
 #
 # CPU by default: TORCH_SPEC pins the CPU wheel. For a CUDA machine, install the matching build first,
 # e.g.  make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
@@ -8,15 +9,22 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-CORES ?= all
+# The config a pipeline target runs (make masks CONFIG=config/smoke.yaml) and extra Snakemake
+# arguments (make run SNAKEMAKE_ARGS="--config 'masks={\"lr\": 0.02}'").
+CONFIG ?= params.yaml
 SNAKEMAKE_ARGS ?=
 
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
+SNAKEMAKE = $(BIN)/snakemake --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
 
-.PHONY: setup run data pull test test-cluster lint check format clean-smoke
+.PHONY: help setup run smoke data models masks analysis report dvc pull clean test test-fast \
+	test-cluster lint check format
 
-setup: $(VENV)/.installed
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: $(VENV)/.installed ## Create .venv and install the project (needs only the package index)
 
 # Re-installs only when the project's dependencies change (idempotent).
 $(VENV)/.installed: pyproject.toml
@@ -26,38 +34,63 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-run: setup
-	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+run: setup ## The whole pipeline of CONFIG (default: the embedded default); prints the report's path
+	$(SNAKEMAKE)
 
-data: setup
-	$(BIN)/snakemake --cores $(CORES) data $(SNAKEMAKE_ARGS)
+smoke: ## The whole pipeline on the tiny smoke config (about 2 minutes)
+	$(MAKE) run CONFIG=config/smoke.yaml
 
-# After cloning a shared run: fetch its artifacts from the DVC remote, then mark them current for
-# Snakemake (DVC checks files out in arbitrary order, so their modification times are meaningless).
-pull: setup
+data: setup ## Corpus, tokenizer, token sequences and bigram statistics of CONFIG
+	$(SNAKEMAKE) data
+
+models: setup ## ... and the models (pretrained here, or fetched)
+	$(SNAKEMAKE) models
+
+masks: setup ## ... and every mask
+	$(SNAKEMAKE) masks
+
+analysis: setup ## ... and every analysis table
+	$(SNAKEMAKE) analysis
+
+report: setup ## ... and the report (the same as run)
+	$(SNAKEMAKE) all
+
+dvc: setup ## Write dvc.yaml for CONFIG (then: dvc repro)
+	$(BIN)/bsn dvc --config $(CONFIG)
+
+# After cloning a shared run: fetch its artifacts from the DVC remote, then record them as current
+# for Snakemake (a fresh clone has no Snakemake records of them).
+pull: setup ## dvc pull, then mark the pulled artifacts current for Snakemake
 	$(BIN)/dvc pull
-	$(BIN)/snakemake --touch --cores 1 $(SNAKEMAKE_ARGS)
+	$(SNAKEMAKE) --touch
 
-test: setup
+clean: setup ## Delete every output of CONFIG (its run and its data folders)
+	$(SNAKEMAKE) --delete-all-output
+
+test: setup ## The whole test suite (what CI runs)
 	$(BIN)/python -m pytest
+
+test-fast: setup ## Unit tests only: no end-to-end pipeline runs (under 2 minutes)
+	$(BIN)/python -m pytest -m "not workflow and not cluster and not slow"
 
 # A single-node SLURM cluster with accounting on loopback (Debian packages, root), the smoke
 # pipeline submitted through workflow/profiles/slurm, then the cluster is stopped again.
-test-cluster: setup
+test-cluster: setup ## The smoke pipeline on a throwaway SLURM cluster (root, Debian)
 	bash tests/cluster/slurm.sh install
 	bash tests/cluster/slurm.sh start
 	BSN_REQUIRE_SLURM=1 $(BIN)/python -m pytest -m cluster tests/test_cluster.py; \
 		status=$$?; bash tests/cluster/slurm.sh stop; exit $$status
 
-lint: setup
+lint: setup ## ruff, snakefmt and snakemake --lint
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/snakefmt --check workflow/Snakefile workflow/rules
-	$(BIN)/snakemake --lint --cores 1 > /dev/null
+	$(BIN)/snakemake --lint > /dev/null
 
-check: lint test
+check: lint test ## lint, then test
 
-format: setup
+format: setup ## Format the code
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/snakefmt workflow/Snakefile workflow/rules
+

@@ -7,15 +7,23 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from bigram_subnetworks.config import ConfigError, validate_config, write_effective_config
+from bigram_subnetworks.artifacts import REPORT_HTML as _REPORT
+from bigram_subnetworks.config import (
+    ConfigError,
+    validate_config,
+    write_effective_config,
+)
 from bigram_subnetworks.frontends import rule_specs
 from bigram_subnetworks.stages import run_config_path
+
 
 def _source():
     """What the config came from, for error messages."""
     files = workflow.overwrite_configfiles or workflow.configfiles
     name = ", ".join(os.path.relpath(f) for f in files) or "the module's config"
-    return name + (" with --config overrides" if workflow.config_settings.config else "")
+    return name + (
+        " with --config overrides" if workflow.config_settings.config else ""
+    )
 
 
 try:
@@ -28,6 +36,7 @@ except ConfigError as error:
 RUN_CONFIG = Path(run_config_path(CFG))
 write_effective_config(CFG, RUN_CONFIG)
 SPECS = rule_specs(CFG)
+REPORT_HTML = Path(_REPORT.render(run=CFG.run))
 
 # One environment for the whole workflow (used with --software-deployment-method conda).
 ENVIRONMENT = "../../environment.yml"
@@ -48,3 +57,29 @@ ALL_CORES = _all_cores()
 # Torch stages take every core (two torch jobs sharing the cores each run ~4x slower) and one GPU
 # when the config runs on CUDA.
 GPUS = 0 if CFG.device == "cpu" else 1
+
+
+TARGETS = {spec.name: spec.targets for spec in SPECS}
+
+
+def outputs_of(*stages):
+    """Every output file of the given stages' jobs (stages a config does not have add none)."""
+    return [path for stage in stages for path in TARGETS.get(stage, [])]
+
+
+def outputs_with_captions(spec):
+    """Output files, with report figures wrapped for `snakemake --report`."""
+    wrapped = {}
+    for name, files in spec.output.items():
+
+        def wrap(path):
+            if path not in spec.captions:
+                return path
+            return report(
+                path, caption=spec.captions[path], category="Bigram subnetworks"
+            )
+
+        wrapped[name] = (
+            [wrap(f) for f in files] if isinstance(files, list) else wrap(files)
+        )
+    return wrapped

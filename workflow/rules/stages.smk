@@ -3,19 +3,6 @@
 # and is rerun when an input changes or a config key the stage reads changes (params.settings).
 
 
-def _outputs(spec):
-    """Output files, with report figures wrapped for `snakemake --report`."""
-    wrapped = {}
-    for name, files in spec.output.items():
-        def wrap(path):
-            if path not in spec.captions:
-                return path
-            return report(path, caption=spec.captions[path], category="Bigram subnetworks")
-
-        wrapped[name] = [wrap(f) for f in files] if isinstance(files, list) else wrap(files)
-    return wrapped
-
-
 for spec in SPECS:
 
     rule:
@@ -24,18 +11,18 @@ for spec in SPECS:
         input:
             **spec.input,
         output:
-            **_outputs(spec),
+            **outputs_with_captions(spec),
         log:
             spec.log,
         benchmark:
             spec.benchmark
         wildcard_constraints:
             **spec.wildcard_constraints,
+        conda:
+            ENVIRONMENT
         threads: ALL_CORES if spec.threads else 1
         resources:
             gpu=GPUS if spec.torch else 0,
-        conda:
-            ENVIRONMENT
         params:
             command=spec.command,
             settings=spec.settings,
