@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -36,7 +35,7 @@ from bigram_subnetworks.data.tokenize import tokenize_corpus
 from bigram_subnetworks.data.tokenizer import build_tokenizer, load_tokenizer
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.masks.toolkit import load_mask
-from bigram_subnetworks.models import loading
+from bigram_subnetworks.models.hub import run_stage as fetch_stage
 from bigram_subnetworks.models.loading import (
     load_checkpoint,
     load_model,
@@ -44,6 +43,7 @@ from bigram_subnetworks.models.loading import (
     model_identity,
 )
 from bigram_subnetworks.models.pretrain import learning_rate, prepare_model
+from hub_cache import build_hub_cache
 
 MODEL = {
     "source": "embedded",
@@ -183,14 +183,12 @@ def test_an_unknown_model_name_is_refused(tmp_path: Path, data_dirs: tuple[Path,
 # -------------------------------------------------------------------- local and Hub models
 
 
-def test_local_models_are_checked_and_recorded(
-    tmp_path: Path, data_dirs: tuple[Path, Path], pretrained: Path
-) -> None:
+def test_local_models_are_checked_and_recorded(tmp_path: Path, pretrained: Path) -> None:
     local = {"source": "local", "path": str(pretrained / "final")}
     output = tmp_path / "local"
-    info = prepare_model("mine", validate_config(config_dict(mine=local)), *data_dirs, output)
-    assert info["model_type"] == "gpt_neox"
+    fetch_stage(validate_config(config_dict(mine=local)), model="mine", model_dir=output)
     model, stored = load_model(output)
+    assert stored["model_type"] == "gpt_neox" and stored["final_step"] is None
     assert model.config.model_type == "gpt_neox"
     assert stored["path"] == str(pretrained / "final")
     identity = model_identity(output, stored)
@@ -199,38 +197,64 @@ def test_local_models_are_checked_and_recorded(
     assert identity["weights_sha256"] == embedded["weights_sha256"]  # the same weights
 
 
-def test_hub_models_record_the_resolved_commit_and_load_by_it(
-    tmp_path: Path,
-    data_dirs: tuple[Path, Path],
-    pretrained: Path,
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[str, str]]:
+    """A Hugging Face cache holding test/tiny (revisions main, step0, step30), with the Hub
+    offline: nothing here may reach the network."""
+    cache = tmp_path / "hub"
+    commits = build_hub_cache(cache, "test/tiny", {"main": 3, "step0": 1, "step30": 3})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return cache, commits
+
+
+def hub_config(cache: Path, **model: Any) -> Any:
+    spec = {"source": "huggingface", "id": "test/tiny", "revision": "step30", **model}
+    raw = config_dict(tiny=spec) | {"hub_cache": str(cache)}
+    raw["lambdas"]["bigram"] = ["0"]
+    raw["checkpoints"] = {"models": ["tiny"], "steps": [0, 30], "lambdas": ["0"]}
+    return validate_config(raw)
+
+
+def test_fetch_records_every_revision_and_jobs_load_them_by_commit(
+    tmp_path: Path, hub: tuple[Path, dict[str, str]]
 ) -> None:
-    """The Hub code path, offline: the "Hub id" is a local folder and the API answer is faked."""
-    asked: list[tuple[str, str]] = []
-
-    class FakeApi:
-        def model_info(self, repo_id: str, revision: str) -> SimpleNamespace:
-            asked.append((repo_id, revision))
-            return SimpleNamespace(sha="0123abc")
-
-    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
-    hub = {"source": "huggingface", "id": str(pretrained / "final"), "revision": "step1000"}
-    output = tmp_path / "hub"
-    info = prepare_model("pythia", validate_config(config_dict(pythia=hub)), *data_dirs, output)
-    assert asked == [(str(pretrained / "final"), "step1000")]
-    assert info["commit"] == "0123abc"
-    calls: list[tuple[Any, ...]] = []
-    real = loading._from_pretrained
-
-    def spy(name: Any, revision: Any = None, trust_remote_code: bool = False) -> Any:
-        calls.append((name, revision, trust_remote_code))
-        return real(name, None, trust_remote_code)  # a local folder has no revisions
-
-    monkeypatch.setattr(loading, "_from_pretrained", spy)
+    cache, commits = hub
+    cfg = hub_config(cache)
+    output = tmp_path / "models" / "tiny"
+    fetch_stage(cfg, model="tiny", model_dir=output)
+    info = json.loads((output / "model.json").read_text())
+    assert info["commit"] == commits["step30"] and info["final_step"] == 30
+    assert info["checkpoints"] == {
+        "0": {"revision": "step0", "commit": commits["step0"]},
+        "30": {"revision": "step30", "commit": commits["step30"]},
+    }
     model, stored = load_model(output)
-    assert calls == [(str(pretrained / "final"), "0123abc", False)]
     assert model.config.model_type == "gpt_neox"
-    assert model_identity(output, stored)["commit"] == "0123abc"
+    assert model_identity(output, stored)["commit"] == commits["step30"]
+    initial, identity = load_checkpoint(output, 0)
+    assert identity["revision"] == "step0" and identity["commit"] == commits["step0"]
+    name = "gpt_neox.layers.0.mlp.dense_h_to_4h.weight"
+    assert not torch.equal(
+        dict(initial.named_parameters())[name], dict(model.named_parameters())[name]
+    )
+    with pytest.raises(UserError, match=r"checkpoint step 7 was not fetched \(fetched: \[0, 30\]"):
+        load_checkpoint(output, 7)
+
+
+def test_fetching_a_missing_revision_fails_in_one_line_naming_it(
+    tmp_path: Path, hub: tuple[Path, dict[str, str]]
+) -> None:
+    cache, _ = hub
+    cfg = hub_config(cache, revision="step999")
+    with pytest.raises(UserError) as error:
+        fetch_stage(cfg, model="tiny", model_dir=tmp_path / "tiny")
+    assert "\n" not in str(error.value)
+    assert "test/tiny: revision 'step999' not found in the cache" in str(error.value)
+    cfg = hub_config(cache, checkpoint_revision="ckpt-{step}")
+    with pytest.raises(UserError, match="revision 'ckpt-0' not found"):
+        fetch_stage(cfg, model="tiny", model_dir=tmp_path / "tiny")
+    assert not (tmp_path / "tiny" / "model.json").exists()
 
 
 def test_checkpoints_load_by_step_with_their_own_identity(pretrained: Path) -> None:
@@ -245,42 +269,6 @@ def test_checkpoints_load_by_step_with_their_own_identity(pretrained: Path) -> N
     )
     with pytest.raises(UserError, match=r"no checkpoint at step 7 \(saved: \[0, 1, 2, 5, 13, 30\]"):
         load_checkpoint(pretrained, 7)
-
-
-def test_hub_checkpoints_load_by_their_revision(
-    tmp_path: Path,
-    data_dirs: tuple[Path, Path],
-    pretrained: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    asked: list[str] = []
-
-    class FakeApi:
-        def model_info(self, repo_id: str, revision: str) -> SimpleNamespace:
-            asked.append(revision)
-            return SimpleNamespace(sha=f"sha-of-{revision}")
-
-    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
-    hub = {
-        "source": "huggingface",
-        "id": str(pretrained / "step-0"),
-        "checkpoint_revision": "ckpt-{step}",
-    }
-    output = tmp_path / "hub"
-    prepare_model("hub", validate_config(config_dict(hub=hub)), *data_dirs, output)
-    loaded: list[Any] = []
-    real = loading._from_pretrained
-    monkeypatch.setattr(
-        loading,
-        "_from_pretrained",
-        lambda name, revision=None, trust_remote_code=False: (
-            loaded.append(revision) or real(name, None, trust_remote_code)
-        ),
-    )
-    _, identity = load_checkpoint(output, 1000)
-    assert asked == ["main", "ckpt-1000"]
-    assert loaded == ["sha-of-ckpt-1000"]
-    assert identity["revision"] == "ckpt-1000" and identity["commit"] == "sha-of-ckpt-1000"
 
 
 def test_a_folder_without_a_model_is_refused(tmp_path: Path) -> None:
@@ -323,6 +311,7 @@ def train_mask_argv(
         "--lambda", lam, "--model-dir", str(model_dir),
         "--tokens-train", str(data_dir / "tokens_train.parquet"), "--bigram-stats", str(data_dir),
         "--mask", str(mask), "--mask-log", str(mask.with_suffix(".json")),
+        "--mask-curve", str(mask.with_suffix(".curve.csv")),
     ]  # fmt: skip
 
 

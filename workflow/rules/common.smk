@@ -13,6 +13,7 @@ from bigram_subnetworks.config import (
     validate_config,
     write_effective_config,
 )
+from bigram_subnetworks.devices import torch_threads, visible_gpus
 from bigram_subnetworks.frontends import rule_specs
 from bigram_subnetworks.stages import run_config_path
 
@@ -54,9 +55,13 @@ def _all_cores():
 
 
 ALL_CORES = _all_cores()
-# Torch stages take every core (two torch jobs sharing the cores each run ~4x slower) and one GPU
-# when the config runs on CUDA.
-GPUS = 0 if CFG.device == "cpu" else 1
+# On a CPU machine torch stages take every core (two torch jobs sharing the cores each run ~4x
+# slower). With N GPUs each torch job takes one GPU (`resources: gpu=1`; at most N at once, the
+# default limit here) and an equal share of the cores; `bsn` picks a GPU no other job uses.
+GPUS = 0 if CFG.device == "cpu" else visible_gpus()
+TORCH_THREADS = torch_threads(ALL_CORES, GPUS)
+if GPUS and "gpu" not in workflow.global_resources:
+    workflow.register_resource("gpu", GPUS)
 
 
 TARGETS = {spec.name: spec.targets for spec in SPECS}

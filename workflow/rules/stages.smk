@@ -1,6 +1,8 @@
 # One rule per stage of the registry, in DAG order. Each job runs
 #   bsn <stage> --config results/<run>/config.yaml <wildcards, inputs, outputs> --log <log>
 # and is rerun when an input changes or a config key the stage reads changes (params.settings).
+# Stages that need the network (Hub downloads) are local rules: on a cluster they run where
+# Snakemake runs, and every compute job reads the Hub cache offline.
 
 
 for spec in SPECS:
@@ -18,11 +20,12 @@ for spec in SPECS:
             spec.benchmark
         wildcard_constraints:
             **spec.wildcard_constraints,
+        localrule: spec.network
         conda:
             ENVIRONMENT
-        threads: ALL_CORES if spec.threads else 1
+        threads: TORCH_THREADS if spec.torch else ALL_CORES if spec.threads else 1
         resources:
-            gpu=GPUS if spec.torch else 0,
+            gpu=1 if spec.torch and GPUS else 0,
         params:
             command=spec.command,
             settings=spec.settings,

@@ -1,8 +1,10 @@
 """Model loading: embedded models built here, Hub models by id and revision, local directories.
 
-Every model stage writes `results/<run>/models/<name>/model.json`, which says how to load the model
-again (and, for Hub models, which commit a revision resolved to). Weights are read from safetensors
-only; `trust_remote_code` stays off unless the config turns it on.
+Every model stage (pretrain for embedded models, fetch for Hub and local ones) writes
+`results/<run>/models/<name>/model.json`, which says how to load the model again (and, for Hub
+models, which commit each revision resolved to: they load from the run's Hub cache by commit).
+Weights are read from safetensors only; `trust_remote_code` stays off unless the config turns it
+on.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from bigram_subnetworks.config import EmbeddedModel, HuggingFaceModel, LocalModel
+from bigram_subnetworks.config import EmbeddedModel, LocalModel
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import read_json, sha256_file
 
@@ -25,12 +27,17 @@ MODEL_FILE = "model.json"
 
 
 def pick_device(requested: str) -> torch.device:
-    """`auto` picks CUDA when available, else the CPU; `cuda` without a GPU is an error."""
+    """`auto` picks CUDA when available, else the CPU; `cuda` without a GPU is an error. On CUDA
+    the job claims a GPU of its own (devices.claim_gpu), so concurrent jobs use different GPUs."""
     if requested == "cuda" and not torch.cuda.is_available():
         raise UserError("device: cuda requested but no CUDA device is visible; use auto or cpu")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    from bigram_subnetworks.devices import claim_gpu
+
+    index = claim_gpu(torch.cuda.device_count())
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def tune_cpu(threads: int | None) -> None:
@@ -70,11 +77,16 @@ def neox_config(spec: EmbeddedModel, vocab_size: int, max_positions: int, eos_id
 
 
 def _from_pretrained(
-    name_or_path: str | Path, revision: str | None = None, trust_remote_code: bool = False
+    name_or_path: str | Path,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    cache: str | None = None,
 ) -> Any:
-    """A causal LM from a folder or the Hub (safetensors only), in float32 and eval mode."""
+    """A causal LM from a folder, or from a Hub cache (`cache`: never the network), safetensors
+    only, in float32 and eval mode."""
     from transformers import AutoModelForCausalLM
 
+    hub = {"cache_dir": cache, "local_files_only": True} if cache else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             name_or_path,
@@ -82,6 +94,7 @@ def _from_pretrained(
             dtype=torch.float32,
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
+            **hub,
         )
     except (OSError, ValueError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -100,30 +113,6 @@ def load_pretrained_dir(path: Path | str, trust_remote_code: bool = False) -> An
     return _from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
-def resolve_revision(model_id: str, revision: str) -> str:
-    """The commit a Hub revision points to (needs network access)."""
-    from huggingface_hub import HfApi
-
-    try:
-        return HfApi().model_info(model_id, revision=revision).sha
-    except Exception as exc:
-        raise UserError(
-            f"model {model_id}@{revision}: cannot resolve on the Hub ({type(exc).__name__}); "
-            "check the id, the revision and the network"
-        ) from None
-
-
-def resolve_hub_model(spec: HuggingFaceModel) -> dict[str, Any]:
-    """Record the commit a Hub revision points to, and how its checkpoints are named."""
-    return {
-        "source": "huggingface",
-        "id": spec.id,
-        "revision": spec.revision,
-        "commit": resolve_revision(spec.id, spec.revision),
-        "checkpoint_revision": spec.checkpoint_revision,
-    }
-
-
 def describe_local_model(spec: LocalModel) -> dict[str, Any]:
     """Check a local model directory loads and record where it is."""
     model = load_pretrained_dir(spec.path)
@@ -139,7 +128,7 @@ def describe_local_model(spec: LocalModel) -> dict[str, Any]:
 INFO_KEYS = {
     "embedded": (),
     "local": ("path",),
-    "huggingface": ("id", "revision", "commit", "checkpoint_revision"),
+    "huggingface": ("id", "revision", "commit", "checkpoint_revision", "checkpoints", "cache"),
 }
 
 
@@ -167,7 +156,7 @@ def load_model(model_dir: Path | str, trust_remote_code: bool = False) -> tuple[
         return load_pretrained_dir(model_dir / "final"), info
     if source == "local":
         return load_pretrained_dir(info["path"]), info
-    return _from_pretrained(info["id"], info["commit"], trust_remote_code), info
+    return _from_pretrained(info["id"], info["commit"], trust_remote_code, info["cache"]), info
 
 
 def load_checkpoint(
@@ -188,10 +177,15 @@ def load_checkpoint(
             )
         return load_pretrained_dir(folder), identity | _weights_identity(folder)
     if source == "huggingface":
-        revision = info["checkpoint_revision"].format(step=step)
-        commit = resolve_revision(info["id"], revision)
-        model = _from_pretrained(info["id"], commit, trust_remote_code)
-        return model, identity | {"id": info["id"], "revision": revision, "commit": commit}
+        fetched = info["checkpoints"].get(str(step))
+        if fetched is None:
+            raise UserError(
+                f"{model_dir / MODEL_FILE}: checkpoint step {step} was not fetched (fetched: "
+                f"{sorted(map(int, info['checkpoints']))}); add it to checkpoints.steps and rerun "
+                "the fetch stage"
+            )
+        model = _from_pretrained(info["id"], fetched["commit"], trust_remote_code, info["cache"])
+        return model, identity | {"id": info["id"], **fetched}
     raise UserError(f"{model_dir / MODEL_FILE}: a {source} model has no training checkpoints")
 
 

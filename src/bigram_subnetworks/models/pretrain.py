@@ -1,4 +1,4 @@
-"""The model stage: pretrain embedded GPT-NeoX models here; resolve Hub models; check local ones.
+"""The pretrain stage: embedded GPT-NeoX models are trained here (Hub and local models: models.hub).
 
 Embedded models are trained from scratch on tokens_train (AdamW, linear warmup then cosine decay,
 seeded data order) and saved as `final/` plus log-spaced checkpoints `step-<N>/` (step 0 included),
@@ -21,19 +21,13 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from bigram_subnetworks.config import Config, EmbeddedModel, HuggingFaceModel
+from bigram_subnetworks.config import Config, EmbeddedModel
 from bigram_subnetworks.data.bigrams import bigram_baseline_cross_entropy, read_bigram_counts
 from bigram_subnetworks.data.tokenize import batch_order, read_sequences
 from bigram_subnetworks.data.tokenizer import META_FILE, TOKENIZER_FILE, load_tokenizer
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import read_json, write_json, write_parquet
-from bigram_subnetworks.models.loading import (
-    MODEL_FILE,
-    describe_local_model,
-    neox_config,
-    pick_device,
-    resolve_hub_model,
-)
+from bigram_subnetworks.models.loading import MODEL_FILE, neox_config, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -182,25 +176,13 @@ def prepare_model(
         known = ", ".join(cfg.models) or "none"
         raise UserError(f"model {name!r} is not in the config (models: {known})")
     spec = cfg.models[name]
-    if isinstance(spec, EmbeddedModel):
-        return pretrain_embedded(
-            name, spec, cfg, data_dir, tokenizer_dir, output_dir, pick_device(cfg.device)
+    if not isinstance(spec, EmbeddedModel):
+        raise UserError(
+            f"models.{name}: a {spec.source} model is recorded by the fetch stage, not pretrained"
         )
-    info = (
-        resolve_hub_model(spec)
-        if isinstance(spec, HuggingFaceModel)
-        else describe_local_model(spec)
+    return pretrain_embedded(
+        name, spec, cfg, data_dir, tokenizer_dir, output_dir, pick_device(cfg.device)
     )
-    info["name"] = name
-    info["final_step"] = spec.final_step
-    staging = output_dir.with_name(f".{output_dir.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    write_json(info, staging / MODEL_FILE)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    staging.rename(output_dir)
-    return info
 
 
 def run_stage(
