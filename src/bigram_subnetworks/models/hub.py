@@ -13,11 +13,9 @@ itself, so a pre-filled cache (copied from a machine with internet) works too.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from bigram_subnetworks.config import Config, HuggingFaceModel, LocalModel
 from bigram_subnetworks.errors import UserError
@@ -120,10 +118,10 @@ def run_stage(cfg: Config, *, model: str, model_dir: Path) -> None:
     log.info("%s: recorded -> %s", model, model_dir / MODEL_FILE)
 
 
-def cached_config(cfg: Config, spec: HuggingFaceModel) -> dict[str, Any] | None:
-    """A Hub model's config.json from the cache, when it is there (no network)."""
-    folder = Path(cfg.hub_cache) / f"models--{spec.id.replace('/', '--')}"
-    ref = folder / "refs" / spec.revision
-    commit = ref.read_text().strip() if ref.is_file() else spec.revision
-    path = folder / "snapshots" / commit / "config.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+def cached_file(cfg: Config, repo_id: str, revision: str, filename: str) -> Path | None:
+    """A file of a Hub repository's revision in the run's cache, when it is there (no network)."""
+    folder = Path(cfg.hub_cache) / f"models--{repo_id.replace('/', '--')}"
+    ref = folder / "refs" / revision
+    commit = ref.read_text(encoding="utf-8").strip() if ref.is_file() else revision
+    path = folder / "snapshots" / commit / filename
+    return path if path.is_file() else None
