@@ -3,12 +3,20 @@
 #   make test   set up .venv, then run the whole test suite
 # `make help` lists every target.
 #
-# CPU by default: TORCH_SPEC pins the CPU wheel. For a CUDA machine, install the matching build first,
-# e.g.  make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+# Environments: every dependency but torch is pinned in requirements/constraints.txt (`make lock`
+# refreshes it). TORCH_SPEC picks the torch build and pins its version: the default, torch==2.13.0,
+# takes the build the package index offers for this platform (PyPI: a CUDA build on Linux x86_64,
+# the CPU build on macOS and Windows). A CPU-only or a specific CUDA build (-B: also on an existing
+# .venv; pick the CUDA version your driver supports):
+#   make -B setup TORCH_SPEC="torch==2.13.0+cpu --index-url https://download.pytorch.org/whl/cpu"
+#   make -B setup TORCH_SPEC="torch==2.13.0+cu128 --index-url https://download.pytorch.org/whl/cu128"
 
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+CONSTRAINTS := requirements/constraints.txt
+# `make lock` resolves the dependencies afresh in this throwaway virtual environment.
+LOCK_VENV ?= $(or $(TMPDIR),/tmp)/bigram-subnetworks-lock-venv
 # The config a pipeline target runs (make masks CONFIG=config/smoke.yaml) and extra Snakemake
 # arguments (make run SNAKEMAKE_ARGS="--config 'masks={\"lr\": 0.02}'").
 CONFIG ?= params.yaml
@@ -18,21 +26,39 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 SNAKEMAKE = $(BIN)/snakemake --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
 
-.PHONY: help setup run smoke data models masks analysis report dvc pull clean test test-fast \
+.PHONY: help setup lock run smoke data models masks analysis report dvc pull clean test test-fast \
 	test-cluster lint check format
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: $(VENV)/.installed ## Create .venv and install the project (needs only the package index)
+setup: $(VENV)/.installed ## Create .venv: TORCH_SPEC's torch, then the project at the pinned versions
 
-# Re-installs only when the project's dependencies change (idempotent).
-$(VENV)/.installed: pyproject.toml
+# Re-installs only when the dependencies or their pins change (idempotent). torch first, unpinned by
+# the constraints (TORCH_SPEC may name another index); then everything else at its pinned version.
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	touch $@
+
+# From a fresh virtual environment rather than `pip freeze` of .venv: a long-lived .venv keeps
+# packages that no dependency needs any more (and versions pinned by hand), a fresh one holds
+# exactly what pyproject's ranges resolve to today. The header comments of the file are kept;
+# torch and its CUDA-only packages stay out (TORCH_SPEC pins torch).
+lock: ## Re-resolve pyproject's ranges in a fresh venv and pin the result in requirements/constraints.txt
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet $(TORCH_SPEC)
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev,hf,slurm]'
+	{ grep '^#' $(CONSTRAINTS); $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable \
+		| grep -v '^#' | grep -viE '^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+)=='; \
+	} > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf $(LOCK_VENV)
+	@echo "$(CONSTRAINTS): $$(grep -c '==' $(CONSTRAINTS)) pins; now run: make setup test"
 
 run: setup ## The whole pipeline of CONFIG (default: the embedded default); prints the report's path
 	$(SNAKEMAKE)

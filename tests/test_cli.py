@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bigram_subnetworks.cli import main
+from bigram_subnetworks.cli import all_parsers, build_parser, main
 from bigram_subnetworks.config import Config, load_config
+from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.stages import STAGES, arguments, data_keys, job_fields
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,3 +102,179 @@ def test_missing_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert err[-1].startswith("bsn bigram-stats: error: ")
     assert "nope" in err[-1]
     assert not (tmp_path / "out" / "bigrams.parquet").exists()
+
+
+# --------------------------------------------------------------------- logs and help (issue 15)
+
+
+def fake_stage(monkeypatch: pytest.MonkeyPatch, stage: str, body: Any) -> None:
+    """Replace a registry stage's function (what `bsn <stage>` runs) with `body(cfg, **paths)`."""
+    module, function = STAGES[stage].run.split(":")
+    monkeypatch.setattr(importlib.import_module(module), function, body)
+
+
+def chatty(cfg: Config, **paths: Any) -> None:
+    stage_log = logging.getLogger("bigram_subnetworks.data.bigrams")
+    stage_log.debug("a debug detail")
+    stage_log.info("step 10/100 loss 1.2345")
+    stage_log.warning("a warning")
+
+
+@pytest.mark.parametrize(
+    ("flags", "terminal", "in_file"),
+    [
+        ([], ["step 10/100", "a warning"], ["step 10/100", "a warning"]),
+        (["-q"], ["a warning"], ["step 10/100", "a warning"]),
+        (["--quiet"], ["a warning"], ["step 10/100", "a warning"]),
+        (["-v"], ["a debug detail", "step 10/100", "a warning"], ["a debug detail", "step 10/100"]),
+        (["--verbose"], ["a debug detail", "step 10/100", "a warning"], ["a debug detail"]),
+    ],
+)
+def test_verbose_and_quiet_set_what_the_terminal_and_the_log_file_show(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    terminal: list[str],
+    in_file: list[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    fake_stage(monkeypatch, "bigram_stats", chatty)
+    config = str(ROOT / "config" / "smoke.yaml")
+    argv = registry_argv("bigram_stats", load_config(config), config)
+    assert main([*flags, *argv]) == 0
+    err = capsys.readouterr().err
+    log_file = Path(argv[argv.index("--log") + 1])
+    text = log_file.read_text(encoding="utf-8")
+    everything = ["a debug detail", "step 10/100", "a warning"]
+    assert [m for m in everything if m in err] == [m for m in everything if m in terminal]
+    assert all(m in text for m in in_file)
+    assert ("a debug detail" in text) == ("a debug detail" in in_file)
+    assert "[bigram-stats] INFO step 10/100 loss 1.2345" in text
+
+
+def test_verbose_and_quiet_are_global_options_and_exclusive(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-v", "-q", "validate", "--config", str(ROOT / "config" / "smoke.yaml")])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "-v, --verbose" in text and "-q, --quiet" in text
+
+
+def out_of_memory(cfg: Config, **paths: Any) -> None:
+    logging.getLogger("bigram_subnetworks.data.bigrams").info("step 1/100 loss 9.8765")
+    raise RuntimeError(
+        "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.1 GiB\n"
+        "of which 1.2 GiB is free."
+    )
+
+
+def test_an_unexpected_error_goes_to_the_log_with_its_traceback_and_to_stderr_as_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    fake_stage(monkeypatch, "bigram_stats", out_of_memory)
+    config = str(ROOT / "config" / "smoke.yaml")
+    argv = registry_argv("bigram_stats", load_config(config), config)
+    log_file = argv[argv.index("--log") + 1]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "bsn bigram-stats: unexpected error: RuntimeError: CUDA out of memory. Tried to allocate "
+        f"20.00 GiB. GPU 0 has a total capacity of 79.1 GiB (traceback in {log_file})"
+    )
+    assert not any("Traceback" in line for line in err)
+    assert len([line for line in err if "error" in line.lower()]) == 1
+    text = Path(log_file).read_text(encoding="utf-8")
+    assert "step 1/100 loss 9.8765" in text
+    assert "ERROR unexpected error: RuntimeError: CUDA out of memory" in text
+    assert "Traceback (most recent call last)" in text and "in out_of_memory" in text
+    assert "of which 1.2 GiB is free." in text  # the whole message, in the log
+
+
+def test_an_unexpected_error_without_a_log_file_prints_its_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    fake_stage(monkeypatch, "bigram_stats", out_of_memory)
+    config = str(ROOT / "config" / "smoke.yaml")
+    argv = registry_argv("bigram_stats", load_config(config), config)
+    at = argv.index("--log")
+    assert main(argv[:at] + argv[at + 2 :]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback (most recent call last):" in err
+    assert err[-1].startswith("bsn bigram-stats: unexpected error: RuntimeError: CUDA out of")
+
+
+def test_an_expected_error_stays_one_line_and_is_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def refuse(cfg: Config, **paths: Any) -> None:
+        raise UserError("tokens_train.parquet: missing; run the tokenize stage first")
+
+    monkeypatch.chdir(tmp_path)
+    fake_stage(monkeypatch, "bigram_stats", refuse)
+    config = str(ROOT / "config" / "smoke.yaml")
+    argv = registry_argv("bigram_stats", load_config(config), config)
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "bsn bigram-stats: error: tokens_train.parquet: missing; run the tokenize stage first"
+    ]
+    text = Path(argv[argv.index("--log") + 1]).read_text(encoding="utf-8")
+    assert "ERROR tokens_train.parquet: missing" in text
+
+
+def every_action() -> list[tuple[str, argparse.Action]]:
+    """(command, action) for every option and argument of `bsn` and its subcommands."""
+    found = []
+    for parser in all_parsers(build_parser()):
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction | argparse._VersionAction):
+                continue
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            found.append((parser.prog, action))
+    return found
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    actions = every_action()
+    assert len(actions) > 100  # every stage, the mask commands, the global options
+    missing = [
+        f"{prog} {'/'.join(a.option_strings) or a.dest}"
+        for prog, a in actions
+        if a.help is not argparse.SUPPRESS and not (a.help or "").strip()
+    ]
+    assert missing == []
+
+
+def test_every_option_with_a_default_shows_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option: nothing wraps
+    checked = 0
+    for parser in all_parsers(build_parser()):
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            if (
+                action.default is None
+                or action.default is argparse.SUPPRESS
+                or action.help is argparse.SUPPRESS
+                or not action.option_strings
+                or action.nargs == 0  # flags: off unless given
+            ):
+                continue
+            shown = f"(default: {action.default})" in text
+            explicit = "(default:" in (action.help or "")
+            assert shown or explicit, (parser.prog, action.option_strings)
+            checked += 1
+    assert checked >= 5
+    with pytest.raises(SystemExit):
+        main(["schema", "--help"])
+    assert "(default: config/schema.json)" in capsys.readouterr().out

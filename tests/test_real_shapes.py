@@ -99,6 +99,7 @@ def test_a_real_shaped_local_model_trains_and_evaluates(
         argv = ["train-mask", *common, "--model", name, "--target", target, "--lambda", "1e1"]
         argv += ["--model-dir", str(model_dir), "--tokens-train", str(train), *data]
         argv += ["--mask", str(output), "--mask-log", str(output.with_suffix(".json"))]
+        argv += ["--mask-curve", str(output.with_suffix(".curve.csv"))]
         assert main([*argv, "--threads", "2"]) == 0
         mask, meta = load_mask(output)
         assert sum(t.numel() for t in mask.values()) == masked

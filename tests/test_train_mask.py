@@ -6,7 +6,11 @@ The tiny models get a large initialisation so that pruning alone can move their 
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -440,3 +444,104 @@ def test_the_fingerprint_covers_the_trainer_semantics(monkeypatch: pytest.Monkey
     before = run.fingerprint()
     monkeypatch.setattr(train_module, "TRAINING_SEMANTICS", train_module.TRAINING_SEMANTICS + 1)
     assert run.fingerprint() != before
+
+
+# ------------------------------------------------------------- progress lines and training curves
+
+
+class Messages(logging.Handler):
+    """Collects the trainer's log messages (the CLI stops propagation at `bigram_subnetworks`)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def trainer_messages() -> Iterator[list[str]]:
+    handler = Messages()
+    logger = logging.getLogger(train_module.__name__)
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield handler.messages
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+PROGRESS_LINE = re.compile(
+    r"bigram λ=1 attempt 1: step (\d+)/6 loss \d+\.\d{4} kept [01]\.\d{4} undecided [01]\.\d{4} "
+    r"temperature [\d.e+-]+ \([\d.e+-]+ s/step\)"
+)
+
+
+def test_progress_lines_give_step_loss_kept_undecided_temperature_and_speed(
+    tmp_path: Path,
+    sequences: np.ndarray,
+    counts: BigramCounts,
+    monkeypatch: pytest.MonkeyPatch,
+    trainer_messages: list[str],
+) -> None:
+    monkeypatch.setattr(train_module, "PROGRESS_SECONDS", 0.0)  # every step takes longer: all
+    run = make_run(stop_fraction=1e-9, max_steps=6)
+    train_mask(small_neox(), run, sequences, counts, tmp_path / "m.safetensors", CPU)
+    steps = [int(m[1]) for line in trainer_messages if (m := PROGRESS_LINE.fullmatch(line))]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert "bigram λ=1 attempt 1: reached max_steps after 6 steps" in "\n".join(trainer_messages)
+
+
+def test_progress_lines_come_about_every_interval_at_round_steps() -> None:
+    now = [0.0]
+    progress = train_module.ProgressLog("x", 1000, 0, seconds=30.0, clock=lambda: now[0])
+    logged = []
+    for step in range(1, 61):
+        now[0] += 7.0  # 7 s per step: a line every 5 steps (35 s), the first at once
+        before = progress.last_step
+        progress.step(step, 1.0, 0.5, 0.1, 1.0)
+        if progress.last_step != before:
+            logged.append(step)
+    assert logged == [1, *range(5, 61, 5)]
+    fast = train_module.ProgressLog("x", 10**6, 100, seconds=30.0, clock=lambda: now[0])
+    now[0] += 0.01
+    fast.step(101, 1.0, 0.5, 0.1, 1.0)  # resumed at step 100: its first step logs at once
+    assert fast.last_step == 101 and fast.every == 5000  # 0.01 s per step: every 5,000 steps
+    assert [train_module._nice_ceiling(v) for v in (0.2, 1, 1.5, 3, 5, 7, 11, 4000)] == [
+        1, 1, 2, 5, 5, 10, 20, 5000
+    ]  # fmt: skip
+
+
+def read_curve(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_the_training_curve_is_written_beside_the_mask_for_dvc_plots(
+    tmp_path: Path, sequences: np.ndarray, counts: BigramCounts
+) -> None:
+    output = tmp_path / "lambda-1.safetensors"
+    train_mask(small_neox(), make_run(), sequences, counts, output, CPU)
+    curve = tmp_path / "lambda-1.curve.csv"
+    assert train_module.curve_path(output) == curve
+    assert (
+        curve.read_text(encoding="utf-8").splitlines()[0] == "step,loss,kept,undecided,temperature"
+    )
+    rows = read_curve(curve)
+    kept_attempt = json.loads(output.with_suffix(".json").read_text())["history"][-1]
+    assert [int(r["step"]) for r in rows] == list(range(1, len(kept_attempt["loss"]) + 1))
+    for column in ("loss", "kept", "undecided", "temperature"):
+        values = [float(r[column]) for r in rows]
+        assert np.allclose(values, kept_attempt[column], rtol=1e-5), column
+    assert float(rows[0]["temperature"]) == 1.0 and float(rows[0]["kept"]) == 0.0
+
+
+def test_the_baselines_write_an_empty_training_curve(
+    tmp_path: Path, sequences: np.ndarray, counts: BigramCounts
+) -> None:
+    output = tmp_path / "lambda-inf.safetensors"
+    train_mask(small_neox(), make_run(lam="inf"), sequences, counts, output, CPU)
+    assert train_module.curve_path(output).read_text(encoding="utf-8") == (
+        "step,loss,kept,undecided,temperature\n"
+    )

@@ -121,6 +121,10 @@ MASK = Artifact(
 MASK_LOG = Artifact(
     "results/{run}/masks/{model}/{target}/lambda-{lam}.json", "a mask's training log (JSON)"
 )
+MASK_CURVE = Artifact(
+    "results/{run}/masks/{model}/{target}/lambda-{lam}.curve.csv",
+    "a mask's training curve (CSV: step, loss, kept, undecided, temperature; for dvc plots)",
+)
 VARIANT_SEPARATOR = "+"  # model key = name[+variant]
 RANDOM_BODY = "random-body"  # variant: the step-0 body with the trained embeddings (Table 2)
 

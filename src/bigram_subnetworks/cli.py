@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,19 +31,56 @@ from bigram_subnetworks.stages import Stage, always
 log = logging.getLogger("bigram_subnetworks")
 
 
-def _setup_logging(stage: str, log_file: Path | None) -> None:
+# A log record with this attribute set goes to the --log file only, not to the terminal.
+FILE_ONLY = "bsn_file_only"
+TERMINAL_LEVELS = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}
+
+
+def _setup_logging(stage: str, log_file: Path | None, verbosity: int = 0) -> None:
+    """Log to stderr and, with --log, to that file. `verbosity` (-q: -1, -v: 1) sets what the
+    terminal shows; the file records INFO and up (DEBUG too with -v) whatever -q says, so a job's
+    log always shows its progress."""
+    _close_log_files()
     formatter = logging.Formatter(f"%(asctime)s [{stage}] %(levelname)s %(message)s", "%H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    terminal = logging.StreamHandler(sys.stderr)
+    terminal.setLevel(TERMINAL_LEVELS[verbosity])
+    terminal.addFilter(lambda record: not getattr(record, FILE_ONLY, False))
+    handlers: list[logging.Handler] = [terminal]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="w", encoding="utf-8"))
     root = logging.getLogger("bigram_subnetworks")
     root.handlers.clear()
-    root.setLevel(logging.INFO)
+    root.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
     root.propagate = False
     for handler in handlers:
         handler.setFormatter(formatter)
         root.addHandler(handler)
+
+
+def _close_log_files() -> None:
+    """Detach and close the --log file of the last command (main runs many times in tests)."""
+    root = logging.getLogger("bigram_subnetworks")
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+
+
+def _report_unexpected(command: str, error: Exception, log_file: Path | None, verbose: bool) -> int:
+    """An error no stage expects (a CUDA out-of-memory, a bug): its traceback goes to the log file
+    (and the terminal with -v, or when there is no log file), the terminal gets one line."""
+    text = str(error).strip()
+    summary = type(error).__name__ + (f": {text.splitlines()[0]}" if text else "")
+    where = ""
+    if log_file is not None:
+        extra = {} if verbose else {FILE_ONLY: True}
+        log.error("unexpected error: %s", summary, exc_info=error, extra=extra)
+        where = f" (traceback in {log_file})"
+    else:
+        traceback.print_exception(error, file=sys.stderr)
+    print(f"bsn {command}: unexpected error: {summary}{where}", file=sys.stderr)
+    return 1
 
 
 # ------------------------------------------------------------------------------- commands
@@ -168,13 +206,18 @@ def _add_stage(sub: argparse._SubParsersAction, stage: Stage) -> None:
             required=port.when is always,
             help=f"{port.artifact.help}: {port.artifact.path}",
         )
-    parser.add_argument("--log", type=Path, help="Also write the log to this file.")
+    parser.add_argument("--log", type=Path, help=LOG_HELP)
     if stage.torch:
         parser.add_argument(
             "--threads", type=int, default=None, help="Torch threads (default: all cores)."
         )
     parser.set_defaults(func=functools.partial(run_stage, stage), needs_config=True)
 
+
+LOG_HELP = (
+    "Also write the log to this file: progress, warnings, and the traceback of an unexpected "
+    "error (the terminal then gets one line naming this file)."
+)
 
 WILDCARD_HELP = {
     "model": "Model key: a model name of the config, or name+step-<N> / name+random-body.",
@@ -183,13 +226,66 @@ WILDCARD_HELP = {
 }
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, "(default: …)", unless the help already names
+    it, the default is None (nothing is set) or the option is a flag."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "%(default)" in text
+            or "(default:" in text
+            or action.default is None
+            or action.default is argparse.SUPPRESS
+            or not action.option_strings
+            or action.nargs == 0
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)"
+
+
+class RawHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """HelpFormatter for descriptions laid out by hand (a stage's reads/writes list)."""
+
+
+def all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """A parser and every subcommand's parser below it, each once."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += all_parsers(child)
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bigram_subnetworks.stages import STAGES
 
     parser = argparse.ArgumentParser(
-        prog="bsn", description="Bigram subnetworks workflow: run one stage."
+        prog="bsn",
+        description="Bigram subnetworks workflow: run one stage, or work with configs and masks. "
+        "Global options go before the command: bsn -v train-mask ...",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    level = parser.add_mutually_exclusive_group()
+    level.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbosity",
+        action="store_const",
+        const=1,
+        help="Also show debug messages (in the terminal and the --log file).",
+    )
+    level.add_argument(
+        "-q",
+        "--quiet",
+        dest="verbosity",
+        action="store_const",
+        const=-1,
+        help="Show only warnings and errors in the terminal (the --log file still records "
+        "progress).",
+    )
+    parser.set_defaults(verbosity=0)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="Validate a config file and exit.")
@@ -198,7 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate, needs_config=True)
 
     schema = sub.add_parser("schema", help="Write (or check) the config JSON schema.")
-    schema.add_argument("--output", type=Path, default=Path("config/schema.json"))
+    schema.add_argument(
+        "--output",
+        type=Path,
+        default=Path("config/schema.json"),
+        help="Where the JSON schema goes (editors validate configs against it).",
+    )
     schema.add_argument("--check", action="store_true", help="Fail if the file is out of date.")
     schema.set_defaults(func=cmd_schema, needs_config=False)
 
@@ -209,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         "config keys each one reads as DVC params. Then run `dvc repro`.",
     )
     dvc.add_argument("--config", type=Path, required=True, help="Run config (YAML).")
-    dvc.add_argument("--output", type=Path, default=Path("dvc.yaml"), help="Default: dvc.yaml.")
+    dvc.add_argument("--output", type=Path, default=Path("dvc.yaml"), help="Where it goes.")
     dvc.add_argument("--check", action="store_true", help="Fail if the file is out of date.")
     dvc.add_argument("--log", type=Path, help=argparse.SUPPRESS)
     dvc.set_defaults(func=cmd_dvc, needs_config=True)
@@ -217,30 +318,43 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in STAGES.values():
         _add_stage(sub, stage)
     add_mask_commands(sub)
+    for each in all_parsers(parser):
+        raw = issubclass(each.formatter_class, argparse.RawDescriptionHelpFormatter)
+        each.formatter_class = RawHelpFormatter if raw else HelpFormatter
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command = " ".join(filter(None, [args.command, getattr(args, "mask_command", None)]))
+    log_file: Path | None = getattr(args, "log", None)
     expected_errors = (UserError, OSError)
     try:
+        _setup_logging(command, log_file, args.verbosity)
         if not args.needs_config:
             args.func(args)
             return 0
         cfg = load_config(args.config)
-        _setup_logging(args.command, args.log)
         started = time.perf_counter()
         args.func(args, cfg)
         if args.command != "validate":
             log.info("done in %.1f s", time.perf_counter() - started)
     except expected_errors as exc:
         message = str(exc) or type(exc).__name__
+        log.error("%s", message, extra={FILE_ONLY: True})  # the log says why the job stopped
+        log.debug("failure details", exc_info=True)
         print(
-            "\n".join(f"bsn {args.command}: error: {line}" for line in message.splitlines()),
+            "\n".join(f"bsn {command}: error: {line}" for line in message.splitlines()),
             file=sys.stderr,
         )
-        log.debug("failure details", exc_info=True)
         return 1
+    except KeyboardInterrupt:
+        log.warning("interrupted", extra={FILE_ONLY: True})
+        raise
+    except Exception as exc:
+        return _report_unexpected(command, exc, log_file, args.verbosity > 0)
+    finally:
+        _close_log_files()
     return 0
 
 

@@ -146,10 +146,13 @@ def _dvc_stage(stage: Stage, cfg: Config, fields: dict[str, str], source: str) -
     ]
     outs: list[Any] = []
     metrics: list[str] = []
+    plots: list[dict[str, Any]] = []
     for port in stage.outputs.values():
         paths = port.tracked(cfg, fields, dvc=True)
         if port.artifact is A.RUN_METRICS:
             metrics += paths
+        elif port.artifact is A.MASK_CURVE:  # `dvc plots show`: each mask's loss per step
+            plots += [{path: {"x": "step", "y": "loss"}} for path in paths]
         else:
             outs += paths
     keys = dvc_params(stage, cfg, fields)
@@ -162,6 +165,8 @@ def _dvc_stage(stage: Stage, cfg: Config, fields: dict[str, str], source: str) -
     body["outs"] = [*outs, stage.log(cfg).format(**fields)] if stage.logged else outs
     if metrics:
         body["metrics"] = metrics
+    if plots:
+        body["plots"] = plots
     return body
 
 

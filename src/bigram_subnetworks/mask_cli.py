@@ -151,6 +151,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(args.prompt + tokenizer.decode(new.tolist()))
 
 
+MASK_HELP = "A mask file (.safetensors) of bsn train-mask or bsn mask."
+MODEL_DIR_HELP = "The masked model: results/<run>/models/<name>/ or a save_pretrained folder."
+OUTPUT_HELP = "Where the new mask goes (.safetensors)."
+
+
 def add_mask_commands(sub: argparse._SubParsersAction) -> None:
     """Register `bsn mask <command>`."""
     parser = sub.add_parser("mask", help="Inspect, combine, edit and use mask files.")
@@ -158,53 +163,61 @@ def add_mask_commands(sub: argparse._SubParsersAction) -> None:
     commands = parser.add_subparsers(dest="mask_command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("info", help="Kept counts and metadata (per block with --blocks).")
-    p.add_argument("mask", type=Path)
+    p.add_argument("mask", type=Path, help=MASK_HELP)
     p.add_argument("--blocks", type=Path, metavar="MODEL_DIR", help="Also count per block.")
     p.set_defaults(func=cmd_info)
 
     p = commands.add_parser("complement", help="Keep exactly what the mask drops.")
-    p.add_argument("mask", type=Path)
-    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("mask", type=Path, help=MASK_HELP)
+    p.add_argument("--output", type=Path, required=True, help=OUTPUT_HELP)
     p.set_defaults(func=cmd_complement)
 
     for name in ("union", "intersect"):
         p = commands.add_parser(name, help=f"The {name} of two masks of one model.")
-        p.add_argument("a", type=Path)
-        p.add_argument("b", type=Path)
-        p.add_argument("--output", type=Path, required=True)
+        p.add_argument("a", type=Path, help=MASK_HELP)
+        p.add_argument("b", type=Path, help="Another mask of the same model.")
+        p.add_argument("--output", type=Path, required=True, help=OUTPUT_HELP)
         p.set_defaults(func=cmd_combine)
 
     p = commands.add_parser("random", help="A random mask with the same counts (seeded).")
-    p.add_argument("mask", type=Path)
-    p.add_argument("--model-dir", type=Path, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("mask", type=Path, help=MASK_HELP)
+    p.add_argument("--model-dir", type=Path, required=True, help=MODEL_DIR_HELP)
+    p.add_argument("--seed", type=int, default=0, help="Seed of the random draw.")
     p.add_argument(
         "--within",
         choices=["blocks", "matrix"],
         default="blocks",
         help="Keep the count of every Q/K/V/O/MLP block, or of every weight matrix.",
     )
-    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--output", type=Path, required=True, help=OUTPUT_HELP)
     p.set_defaults(func=cmd_random)
 
     p = commands.add_parser("edit", help="Keep or drop one head, some MLP units or a layer.")
-    p.add_argument("mask", type=Path)
-    p.add_argument("--model-dir", type=Path, required=True)
+    p.add_argument("mask", type=Path, help=MASK_HELP)
+    p.add_argument("--model-dir", type=Path, required=True, help=MODEL_DIR_HELP)
     action = p.add_mutually_exclusive_group(required=True)
-    action.add_argument("--keep", action="store_true", dest="keep")
-    action.add_argument("--drop", action="store_false", dest="keep")
+    action.add_argument(
+        "--keep", action="store_true", dest="keep", help="Keep the part (every weight)."
+    )
+    action.add_argument(
+        "--drop", action="store_false", dest="keep", help="Drop the part (every weight)."
+    )
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--head", metavar="LAYER:HEAD")
-    what.add_argument("--mlp", metavar="LAYER:UNIT[,UNIT...]")
-    what.add_argument("--layer", type=int)
-    p.add_argument("--output", type=Path, required=True)
+    what.add_argument("--head", metavar="LAYER:HEAD", help="One attention head, e.g. 0:3.")
+    what.add_argument(
+        "--mlp", metavar="LAYER:UNIT[,UNIT...]", help="MLP hidden units of a layer, e.g. 0:1,5,9."
+    )
+    what.add_argument("--layer", type=int, help="A whole layer (attention and MLP).")
+    p.add_argument("--output", type=Path, required=True, help=OUTPUT_HELP)
     p.set_defaults(func=cmd_edit)
 
     p = commands.add_parser("generate", help="Continue a prompt with a (masked) model.")
-    p.add_argument("--model-dir", type=Path, required=True)
+    p.add_argument("--model-dir", type=Path, required=True, help=MODEL_DIR_HELP)
     p.add_argument("--mask", type=Path, help="Apply this mask (default: the full model).")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy.")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt", required=True, help="The text to continue.")
+    p.add_argument("--max-new-tokens", type=int, default=40, help="Tokens to generate.")
+    p.add_argument(
+        "--temperature", type=float, default=0.0, help="Sampling temperature; 0: greedy."
+    )
+    p.add_argument("--seed", type=int, default=0, help="Seed of the sampling.")
     p.set_defaults(func=cmd_generate)

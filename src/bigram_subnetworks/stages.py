@@ -301,7 +301,11 @@ _STAGES = [
             "tokens_train": _one(A.TOKENS_TRAIN),
             "bigram_stats": _one(A.BIGRAM_STATS),
         },
-        outputs={"mask": _one(A.MASK), "mask_log": _one(A.MASK_LOG)},
+        outputs={
+            "mask": _one(A.MASK),
+            "mask_log": _one(A.MASK_LOG),
+            "mask_curve": _one(A.MASK_CURVE),
+        },
         reads=("seed", "device", "masks", "models.{base}"),
         wildcards=("model", "target", "lam"),
         grid=all_masks,

@@ -24,16 +24,21 @@ def run_stage(
     bigram_stats: Path,
     mask: Path,
     mask_log: Path,
+    mask_curve: Path,
 ) -> None:
-    """Train the mask of one job and write it (with its training log beside it)."""
+    """Train the mask of one job and write it (with its training log and curve beside it)."""
     from bigram_subnetworks.data.bigrams import read_bigram_counts
     from bigram_subnetworks.data.tokenize import read_sequences
-    from bigram_subnetworks.masks.train import MaskRun, train_mask
+    from bigram_subnetworks.masks.train import MaskRun, curve_path, train_mask
     from bigram_subnetworks.models.loading import pick_device
     from bigram_subnetworks.models.variants import load_variant
 
     if mask_log != mask.with_suffix(".json"):
         raise UserError(f"{mask_log}: the training log goes beside the mask, as {mask.stem}.json")
+    if mask_curve != curve_path(mask):
+        raise UserError(
+            f"{mask_curve}: the training curve goes beside the mask, as {curve_path(mask).name}"
+        )
     base, variant = split_model_key(model)
     trust = bool(getattr(cfg.models[base], "trust_remote_code", False))
     network, identity = load_variant(model_dir, variant, trust_remote_code=trust)

@@ -16,10 +16,16 @@ see losses.py) and `full` (the unmasked model's own output distribution: "optima
 Training is resumable: every `save_every` steps the mask logits, the AdamW state and the loss log
 are written (safetensors + JSON, atomically) next to the output; a restarted run continues from
 there and ends with the same mask as an uninterrupted run.
+
+Progress goes to the log (INFO) about every PROGRESS_SECONDS: step, loss, kept and undecided
+fractions, temperature and seconds per step, so `tail -f` on a job's log shows where it is. The
+kept attempt's per-step curve is also written beside the mask as CSV (`lambda-<λ>.curve.csv`,
+for `dvc plots`).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -65,6 +71,10 @@ UNDECIDED_LOW, UNDECIDED_HIGH = 0.1, 0.9
 TRAINING_SEMANTICS = 2
 # Tags the seed of the sequence sample apart from the batch orders' seeds [seed, attempt].
 SAMPLE_STREAM = 0x5A4D
+# A progress line about this often (seconds), at round step numbers (see ProgressLog).
+PROGRESS_SECONDS = 30.0
+# The columns of a mask's training curve (CSV beside the mask; a row per step of the kept attempt).
+CURVE_COLUMNS = ("step", "loss", "kept", "undecided", "temperature")
 
 
 @dataclass
@@ -85,6 +95,73 @@ class TrainingLog:
             "undecided": self.undecided,
             "temperature": self.temperature,
         }
+
+    def curve_rows(self) -> list[tuple[int, float, float, float, float]]:
+        """One row per recorded step (1-based), in CURVE_COLUMNS order."""
+        columns = zip(self.loss, self.kept, self.undecided, self.temperature, strict=True)
+        return [(step, *values) for step, values in enumerate(columns, start=1)]
+
+
+def _nice_ceiling(value: float) -> int:
+    """The smallest of 1, 2, 5, 10, 20, 50, 100, ... that is at least `value`."""
+    every = 1
+    while every < value:
+        every = every * 5 // 2 if str(every)[0] == "2" else every * 2
+    return every
+
+
+def _terminal_is_quiet() -> bool:
+    """Whether the terminal shows only warnings and errors (`bsn -q`)."""
+    handlers = logging.getLogger("bigram_subnetworks").handlers
+    return any(
+        type(handler) is logging.StreamHandler and handler.level > logging.INFO
+        for handler in handlers
+    )
+
+
+class ProgressLog:
+    """Logs a training attempt's progress about every `seconds`, at round step numbers.
+
+    The first step after a (re)start is logged at once; from then on a line comes every `every`
+    steps, `every` re-estimated at each line from the measured speed as the smallest of 1, 2, 5,
+    10, 20, 50, ... steps that take at least `seconds` (every step when steps are slower)."""
+
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        start: int,
+        seconds: float | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.label, self.total = label, total
+        self.seconds = PROGRESS_SECONDS if seconds is None else seconds
+        self.clock = clock
+        self.every, self.first = 1, True
+        self.last_step, self.last_time = start, clock()
+
+    def step(
+        self, step: int, loss: float, kept: float, undecided: float, temperature: float
+    ) -> None:
+        """Called after every optimizer step (`step`: the steps done so far)."""
+        if step % self.every and not self.first:
+            return
+        self.first = False
+        now = self.clock()
+        per_step = (now - self.last_time) / max(step - self.last_step, 1)
+        log.info(
+            "%s: step %d/%d loss %.4f kept %.4f undecided %.4f temperature %.4g (%.3g s/step)",
+            self.label,
+            step,
+            self.total,
+            loss,
+            kept,
+            undecided,
+            temperature,
+            per_step,
+        )
+        self.every = _nice_ceiling(self.seconds / per_step) if per_step > 0 else 1
+        self.last_step, self.last_time = step, now
 
 
 @dataclass
@@ -406,12 +483,16 @@ def train_attempt(
         return target_loss(lm, run.target, micro, soft, bigram)
 
     began = time.perf_counter() - seconds
+    label = f"{run.target} λ={run.lambda_label} attempt {attempt + 1}"
+    # A bar on a terminal only (a log file gets the progress lines instead), and none under -q.
     progress = tqdm(
         total=settings.max_steps,
         initial=start,
-        desc=f"mask {run.target} λ={run.lambda_label} attempt {attempt + 1}",
+        desc=f"mask {label}",
         unit="step",
+        disable=True if _terminal_is_quiet() else None,
     )
+    progress_log = ProgressLog(label, settings.max_steps, start)
     step, stopped = start, False
     while not stopped and step < settings.max_steps:
         temperature = settings.temp_increase**step
@@ -432,6 +513,7 @@ def train_attempt(
         progress.set_postfix(
             loss=f"{stats.loss:.3f}", kept=f"{history.kept[-1]:.3f}", refresh=False
         )
+        progress_log.step(step, stats.loss, history.kept[-1], history.undecided[-1], temperature)
         if step % settings.save_every == 0 and step < settings.max_steps:
             meta = {
                 "fingerprint": fingerprint,
@@ -443,13 +525,21 @@ def train_attempt(
             }
             _save_state(state_dir, logits, optimizer, meta)
     progress.close()
+    elapsed = time.perf_counter() - began
+    log.info(
+        "%s: %s after %d steps (%.1f s)",
+        label,
+        "the mask is decided" if stopped else "reached max_steps",
+        step,
+        elapsed,
+    )
     return Attempt(
         logits={name: s.detach() for name, s in logits.items()},
         log=history,
         steps=step,
         stopped_early=stopped,
         spike=unrecovered_spike(history.loss, settings.stability),
-        seconds=time.perf_counter() - began,
+        seconds=elapsed,
     )
 
 
@@ -519,7 +609,8 @@ def train_mask(
     output: Path,
     device: torch.device,
 ) -> tuple[Mask, dict[str, Any]]:
-    """Train one mask and write `output` (.safetensors) and its log (.json) atomically.
+    """Train one mask and write `output` (.safetensors), its log (.json) and its training curve
+    (.curve.csv, the kept attempt) atomically.
 
     λ = −inf keeps every entry and λ = +inf none: these baselines are written without training.
     `counts` is required for the bigram target; its vocabulary cuts the unembedding. Returns the
@@ -534,17 +625,26 @@ def train_mask(
     model = model.to(device).eval()
     vocab_size = counts.vocab_size if counts is not None else unembedding(model).shape[0]
     lm = MaskedLM(model, vocab_size)
+    settings = run.settings.model_dump(mode="json")
     metadata: dict[str, Any] = {
         **run.model_info,
+        "model_type": lm.layout.arch,
         "target": run.target,
         "lambda": run.lambda_label,
         "seed": run.seed,
+        # For the mask card (masks.sharing): how it was trained, and hashes that tell two
+        # masks' settings, or whole jobs (settings, seed, weights, target, λ), apart.
+        "settings": settings,
+        "settings_sha256": hashlib.sha256(
+            json.dumps(settings, sort_keys=True).encode()
+        ).hexdigest(),
+        "run_sha256": run.fingerprint(),
     }
     log_path = output.with_suffix(".json")
     if math.isinf(run.lam):
         mask = keep_all(lm.layout) if run.lam < 0 else keep_none(lm.layout)
         metadata |= {"steps": 0, "attempts": 0, "stable": True}
-        _write_outputs(output, log_path, mask, metadata, {"history": []})
+        _write_outputs(output, log_path, mask, metadata, {"history": []}, TrainingLog())
         return mask, metadata
 
     if sequences.size == 0:
@@ -594,7 +694,7 @@ def train_mask(
         "stable": result.spike is None,
         "stopped_early": result.stopped_early,
     }
-    _write_outputs(output, log_path, mask, metadata, {"history": attempts})
+    _write_outputs(output, log_path, mask, metadata, {"history": attempts}, result.log)
     shutil.rmtree(state_dir, ignore_errors=True)
     log.info(
         "%s λ=%s: kept %d of %d (%.4f) after %d steps, %d attempt(s) -> %s",
@@ -610,10 +710,30 @@ def train_mask(
     return mask, metadata
 
 
+def curve_path(output: Path) -> Path:
+    """Where a mask's training curve goes: beside it, `lambda-<λ>.curve.csv`."""
+    return output.with_suffix(".curve.csv")
+
+
+def write_curve(path: Path, history: TrainingLog) -> None:
+    """The per-step curve of one attempt as CSV (CURVE_COLUMNS; just the header without steps)."""
+    with atomic_outputs(path) as (temp,), temp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(CURVE_COLUMNS)
+        for step, *values in history.curve_rows():
+            writer.writerow([step, *(f"{v:.6g}" for v in values)])
+
+
 def _write_outputs(
-    output: Path, log_path: Path, mask: Mask, metadata: dict[str, Any], training: dict[str, Any]
+    output: Path,
+    log_path: Path,
+    mask: Mask,
+    metadata: dict[str, Any],
+    training: dict[str, Any],
+    curve: TrainingLog,
 ) -> None:
-    """The log first, then the mask: a mask file exists only once its log does."""
+    """The log and the curve first, then the mask: a mask file exists only once they do."""
     with atomic_outputs(log_path) as (temp,):
         write_json({**metadata, **training}, temp)
+    write_curve(curve_path(output), curve)
     save_mask(output, mask, metadata)
