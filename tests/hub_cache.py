@@ -32,27 +32,40 @@ def add_revision(cache: Path, repo: str, revision: str, files: dict[str, bytes])
     return commit
 
 
-def tiny_neox_files(vocab_size: int, seed: int, tokenizer: Tokenizer | None) -> dict[str, bytes]:
-    """`save_pretrained` files of a seeded random tiny GPT-NeoX (and a tokenizer, if given)."""
+def tiny_model_files(
+    vocab_size: int, seed: int, tokenizer: Tokenizer | None, family: str = "gpt_neox"
+) -> dict[str, bytes]:
+    """`save_pretrained` files of a seeded random tiny model (and a tokenizer, if given):
+    GPT-NeoX, or Llama with grouped-query attention, a gated MLP and tied embeddings."""
     import tempfile
 
     import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = GPTNeoXConfig(
-        vocab_size=vocab_size,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
+    shared = {"vocab_size": vocab_size, "num_hidden_layers": 2, "max_position_embeddings": 64}
+    shared |= {"bos_token_id": 0, "eos_token_id": 0}
+    if family == "llama":
+        config = LlamaConfig(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=48,
+            tie_word_embeddings=True,
+            **shared,
+        )
+        model = LlamaForCausalLM(config)
+    else:
+        config = GPTNeoXConfig(
+            hidden_size=16,
+            num_attention_heads=2,
+            intermediate_size=32,
+            tie_word_embeddings=False,
+            **shared,
+        )
+        model = GPTNeoXForCausalLM(config)
     with tempfile.TemporaryDirectory() as folder:
-        GPTNeoXForCausalLM(config).save_pretrained(folder)
+        model.save_pretrained(folder)
         if tokenizer is not None:
             tokenizer.save(str(Path(folder) / "tokenizer.json"))
             config_json = f'{{"eos_token": "{EOS_TOKEN}"}}'
@@ -61,11 +74,17 @@ def tiny_neox_files(vocab_size: int, seed: int, tokenizer: Tokenizer | None) -> 
 
 
 def build_hub_cache(
-    cache: Path, repo: str, revisions: dict[str, int], tokenizer: Tokenizer | None = None
+    cache: Path,
+    repo: str,
+    revisions: dict[str, int],
+    tokenizer: Tokenizer | None = None,
+    family: str = "gpt_neox",
 ) -> dict[str, str]:
     """A repository with one seeded tiny model per revision (revision -> seed); its commits."""
     vocab = tokenizer.get_vocab_size() if tokenizer is not None else 64
     return {
-        revision: add_revision(cache, repo, revision, tiny_neox_files(vocab, seed, tokenizer))
+        revision: add_revision(
+            cache, repo, revision, tiny_model_files(vocab, seed, tokenizer, family)
+        )
         for revision, seed in revisions.items()
     }

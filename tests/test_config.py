@@ -125,10 +125,11 @@ def test_invalid_values_give_one_line_naming_field_and_value(
 def test_checkpoint_models_must_have_checkpoints() -> None:
     raw = default()
     raw["models"]["mine"] = {"source": "local", "path": "somewhere"}
+    raw["tokenizer"] = {"name": "p", "source": "pretrained", "model": "somewhere"}
     raw["checkpoints"]["models"] = ["mine"]
     with pytest.raises(ConfigError, match="'mine' is a local model, which has no checkpoints"):
         validate_config(raw)
-    raw["models"]["mine"] = {"source": "huggingface", "id": "EleutherAI/pythia-160m"}
+    raw["models"] = {"mine": {"source": "huggingface", "id": "EleutherAI/pythia-160m"}}
     cfg = validate_config(raw)  # Hub checkpoints are revisions, known only to the Hub
     assert cfg.models["mine"].checkpoint_revision == "step{step}"
     raw["models"]["mine"]["checkpoint_revision"] = "main"

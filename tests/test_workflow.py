@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -18,6 +20,7 @@ import yaml
 from bigram_subnetworks.config import load_config
 from bigram_subnetworks.io import parquet_seed
 from bigram_subnetworks.stages import arguments, job_fields, run_config_path, stages_for
+from hub_cache import build_hub_cache
 from projects import make_project, run
 
 pytestmark = pytest.mark.workflow
@@ -389,3 +392,74 @@ def test_configs_that_differ_only_in_the_corpus_never_share_or_overwrite_data(
     assert {name: after[name] for name in before} == before  # nothing of the first changed
     assert len(after) > len(before)  # the second has its own corpus, tokenizer and tokens
     assert "Nothing to be done" in run(["snakemake", "-n"], smoke_run).stdout
+
+
+def blocked(command: list[str]) -> list[str]:
+    """A command without network access: a fresh network namespace (root), or else every HTTP
+    request sent to a closed port."""
+    if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"]).returncode == 0:
+        return ["unshare", "-n", *command]
+    return ["env", "HTTPS_PROXY=http://127.0.0.1:9", "HTTP_PROXY=http://127.0.0.1:9", *command]
+
+
+def test_a_hub_model_runs_end_to_end_with_the_network_blocked(
+    tmp_path: Path, small_bpe: Any
+) -> None:
+    """A config naming a Hub model (a real cache layout built here, several revisions) runs the
+    whole pipeline with the network blocked: the fetch stage resolves every revision from the
+    cache and records its commit; every other job reads the cache offline. The model is a tiny
+    Llama: grouped-query attention, a gated MLP and tied embeddings, through every analysis."""
+    project = make_project(tmp_path / "p")
+    cache = tmp_path / "hub"
+    revisions = {"main": 3, "step0": 1, "step30": 3}
+    commits = build_hub_cache(cache, "test/tiny", revisions, small_bpe, family="llama")
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw |= {"run": "hub", "hub_cache": str(cache)}
+    raw["tokenizer"] = {"name": "tiny", "source": "pretrained", "model": "test/tiny"}
+    raw["models"] = {"tiny": {"source": "huggingface", "id": "test/tiny", "revision": "step30"}}
+    raw["checkpoints"] = {"models": ["tiny"], "steps": [0, 30], "lambdas": ["0"], "budgets": [500]}
+    (project / "hub.yaml").write_text(yaml.safe_dump(raw))
+    run(blocked(["snakemake", "--configfile", "hub.yaml"]), project, timeout=900)
+    info = json.loads((project / "results/hub/models/tiny/model.json").read_text())
+    assert (
+        info["commit"] == commits["step30"]
+        and info["checkpoints"]["0"]["commit"] == commits["step0"]
+    )
+    assert (project / "results/hub/report/index.html").is_file()
+    mask = project / "results/hub/masks/tiny+step-0/bigram/lambda-0.json"
+    assert json.loads(mask.read_text())["commit"] == commits["step0"]
+    blocks = pq.read_table(project / "results/hub/metrics/blocks.parquet").to_pylist()
+    assert {b["kind"] for b in blocks} >= {"Q", "K", "V", "O", "MLP-in", "MLP-out"}
+    controls = pq.read_table(project / "results/hub/metrics/controls.parquet").to_pylist()
+    assert len({c["control"] for c in controls}) == 7
+
+    # A revision the cache does not hold stops the run at the fetch stage, in one line.
+    raw["models"]["tiny"]["revision"] = "step999"
+    raw["run"] = "missing"
+    (project / "missing.yaml").write_text(yaml.safe_dump(raw))
+    failed = run(blocked(["snakemake", "--configfile", "missing.yaml"]), project, check=False)
+    assert failed.returncode != 0
+    line = "bsn fetch: error: model test/tiny: revision 'step999' not found"
+    assert line in failed.stdout + failed.stderr
+    assert not (project / "results/missing/models").exists()
+
+
+def test_on_a_machine_with_gpus_torch_jobs_take_one_gpu_each_and_a_share_of_the_cores(
+    tmp_path: Path,
+) -> None:
+    project = make_project(tmp_path / "p")
+    env = ["env", "CUDA_VISIBLE_DEVICES=0,1"]
+    text = run([*env, "snakemake", "-n", "--cores", "8", "masks"], project).stdout
+    cores = min(8, os.cpu_count() or 1)  # Snakemake's cores, capped at the machine's
+
+    def threads(block: str) -> int:
+        found = re.search(r"threads: (\d+)", block)
+        return int(found.group(1)) if found else 1  # a dry run leaves out "threads: 1"
+
+    mask_jobs = [block for block in text.split("\n\n") if "rule train_mask:" in block]
+    assert mask_jobs and all("gpu=1" in b and threads(b) == max(1, cores // 2) for b in mask_jobs)
+    data_jobs = [block for block in text.split("\n\n") if "rule tokenize:" in block]
+    assert data_jobs and threads(data_jobs[0]) == cores and "gpu=0" in data_jobs[0]
+    cpu = run(["snakemake", "-n", "--cores", "8", "masks"], project).stdout
+    mask_jobs = [block for block in cpu.split("\n\n") if "rule train_mask:" in block]
+    assert all("gpu=0" in b and threads(b) == cores for b in mask_jobs)

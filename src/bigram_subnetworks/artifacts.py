@@ -160,7 +160,8 @@ BLOCKS = Artifact(
 SELECTION = Artifact("results/{run}/selection.json", "the selected bigram mask and its pair")
 OVERLAP = Artifact(
     "results/{run}/metrics/overlap.parquet",
-    "overlap of every bigram × optimal mask pair, with its null",
+    "overlap of every bigram × optimal mask pair, with two nulls: uniform within block (expected, "
+    "ratio, p_value, ...) and the authors' row shuffle (row_*; draws for the selected pair only)",
     schema=_schema(
         ("model", pa.string()),
         ("bigram_lambda", pa.string()),
@@ -180,12 +181,23 @@ OVERLAP = Artifact(
         ("n_masked", pa.int64()),
         ("draws", pa.int64()),
         ("seed", pa.int64()),
+        ("row_expected", pa.float64()),
+        ("row_expected_sd", pa.float64()),
+        ("row_ratio", pa.float64()),
+        ("row_p_value", pa.float64()),
+        ("row_null_mean", pa.float64()),
+        ("row_null_sd", pa.float64()),
     ),
 )
 OVERLAP_NULL = Artifact(
     "results/{run}/metrics/overlap_null.parquet",
-    "the null draws of each model's selected pair",
-    schema=_schema(("model", pa.string()), ("draw", pa.int64()), ("overlap", pa.float64())),
+    "the null draws of each model's selected pair (uniform within block; row shuffle)",
+    schema=_schema(
+        ("model", pa.string()),
+        ("draw", pa.int64()),
+        ("overlap", pa.float64()),
+        ("row_overlap", pa.float64()),
+    ),
 )
 ABLATIONS = Artifact(
     "results/{run}/metrics/ablations.parquet",

@@ -87,6 +87,9 @@ def _report_unexpected(command: str, error: Exception, log_file: Path | None, ve
 
 
 def cmd_validate(args: argparse.Namespace, cfg: Config) -> None:
+    from bigram_subnetworks import validation
+
+    validation.check(cfg, str(args.config))
     print(
         f"{args.config}: valid (run {cfg.run!r}, corpus {cfg.corpus.name!r}, "
         f"tokenizer {cfg.tokenizer.name!r})"
@@ -114,6 +117,18 @@ def cmd_schema(args: argparse.Namespace) -> None:
     _check_or_write(args.output, text, "bsn schema")
 
 
+def cmd_init(args: argparse.Namespace) -> None:
+    from bigram_subnetworks.starter import starter_config, write_starter_config
+
+    raw = starter_config(args.model, args.corpus, args.preset, args.run)
+    output = args.output or Path(f"{raw['run']}.yaml")
+    write_starter_config(raw, output, force=args.force)
+    print(
+        f"{output}: a config for {args.model} ({args.preset} preset); plan it with "
+        f"`snakemake -n --configfile {output}`"
+    )
+
+
 def cmd_dvc(args: argparse.Namespace, cfg: Config) -> None:
     from bigram_subnetworks.frontends import dvc_yaml
 
@@ -134,11 +149,18 @@ def run_stage(stage: Stage, args: argparse.Namespace, cfg: Config) -> None:
     """Run one registry stage: its function gets the config, restricted to the keys the stage
     declares, and one keyword per wildcard, input and output."""
     from bigram_subnetworks.config import restrict
+    from bigram_subnetworks.models.hub import use_hub_cache
     from bigram_subnetworks.stages import job_fields, key_parts
 
+    if stage.name == "config":  # DVC's first stage: the deep checks before any work
+        from bigram_subnetworks import validation
+
+        validation.check(cfg, str(args.config))
     wildcards = {name: getattr(args, name) for name in stage.wildcards}
     fields = job_fields(cfg, wildcards) if stage.name != "config" else {}
     view = restrict(cfg, [key_parts(key, fields) for key in stage.reads], stage.name)
+    # Only stages that need the network may reach the Hub; every other job reads the cache.
+    use_hub_cache(cfg.hub_cache, offline=not stage.network(cfg))
     if stage.torch:
         from bigram_subnetworks.models.loading import tune_cpu
 
@@ -302,6 +324,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("--check", action="store_true", help="Fail if the file is out of date.")
     schema.set_defaults(func=cmd_schema, needs_config=False)
+
+    init = sub.add_parser(
+        "init",
+        help="Write a complete config for a new study of one model.",
+        description="Write a complete, valid config for a new study: the model (a Hub id or a "
+        "save_pretrained folder) with its own tokenizer, a corpus and a preset of mask-training "
+        "settings. Then: snakemake -n --configfile <output>.",
+    )
+    init.add_argument("--model", required=True, help="Hub id (org/name) or a model folder.")
+    init.add_argument(
+        "--corpus", default="sotu", help="sotu, a folder of texts, or hf:<dataset id>."
+    )
+    init.add_argument(
+        "--preset",
+        choices=["paper", "cpu"],
+        default="paper",
+        help="paper: the paper's mask training (GPU); cpu: the embedded default's CPU settings.",
+    )
+    init.add_argument("--run", help="Run name (results/<run>/); default: the model's name.")
+    init.add_argument("--output", type=Path, help="Config file to write; default: <run>.yaml.")
+    init.add_argument("--force", action="store_true", help="Overwrite an existing file.")
+    init.set_defaults(func=cmd_init, needs_config=False)
 
     dvc = sub.add_parser(
         "dvc",

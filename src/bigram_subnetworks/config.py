@@ -161,6 +161,21 @@ def lambda_value(label: str) -> float:
     return float(label)
 
 
+def lambda_label(value: float) -> str:
+    """The canonical label of a λ value (10 -> '1e1', 500 -> '5e2'; others as written)."""
+    if value == 0:
+        return "0"
+    if value == math.inf:
+        return "inf"
+    if value == -math.inf:
+        return "neginf"
+    exponent = math.floor(math.log10(abs(value))) if value > 0 else 0
+    digit = value / 10**exponent if value > 0 else value
+    if value > 0 and exponent >= 0 and float(digit).is_integer() and 1 <= digit <= 9:
+        return f"{int(digit)}e{exponent}" if exponent else str(int(digit))
+    return str(value)
+
+
 def check_lambda_label(label: Any) -> Any:
     if isinstance(label, str) and not _LAMBDA_LABEL.match(label):
         raise ValueError(
@@ -402,8 +417,16 @@ class AnalysisSettings(_Section):
     )
     residual_sequences: Annotated[int, Field(ge=8)] = Field(
         512,
-        description="Eval sequences for the residual-stream analyses (a quarter held out to "
-        "score token recall; the paper fits on 1,000 sequences).",
+        description="Eval sequences for the residual-stream analyses: the linear maps are fitted "
+        "on a seeded three quarters and every number derived from them (token recall, the "
+        "layer-0 linear-map r) is scored on the held-out quarter; the paper fits on 1,000 "
+        "sequences.",
+    )
+    bootstrap_resamples: Annotated[int, Field(ge=100)] = Field(
+        1000,
+        description="Seeded bootstrap resamples of the eval sequences (whole sequences, not "
+        "tokens) behind the 95% percentile interval of every correlation r (masks, full models, "
+        "checkpoints, controls, the linear map); verdicts that compare two r values use them.",
     )
     prompts: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = Field(
         default_factory=lambda: ["This is a sentence that"],
@@ -424,6 +447,11 @@ class Config(_Section):
     seed: Annotated[int, Field(ge=0, lt=2**32)] = Field(0, description="Seed for every stage.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where torch stages run; auto: CUDA when available, else CPU."
+    )
+    hub_cache: str = Field(
+        "data/hub",
+        description="Hugging Face cache (HF_HUB_CACHE) the fetch stage fills with every Hub "
+        "model and checkpoint revision; every other job reads it offline.",
     )
     corpus: Corpus
     tokenizer: Tokenizer
@@ -446,6 +474,18 @@ class Config(_Section):
             raise ValueError("corpus and tokenizer names must not contain '__'")
         if self.models and self.lambdas is None:
             raise ValueError("lambdas: required when models are configured")
+        if self.models and self.lambdas is not None and "0" not in self.lambdas.bigram:
+            raise ValueError(
+                "lambdas.bigram: add '0': λ selection compares every bigram mask with λ = 0's"
+            )
+        if self.tokenizer.source == "train":
+            others = [name for name, spec in self.models.items() if spec.source != "embedded"]
+            if others:
+                raise ValueError(
+                    f"tokenizer: a tokenizer trained here does not match the vocabulary of "
+                    f"{others[0]}; use the model's own (tokenizer.source: pretrained, "
+                    "tokenizer.model: its id or folder)"
+                )
         if self.checkpoints is not None:
             if 0 not in self.checkpoints.steps or "0" not in self.checkpoints.lambdas:
                 raise ValueError(
@@ -580,11 +620,15 @@ def _describe(error: dict[str, Any], raw: dict[str, Any]) -> str:
         return f"{where}.source: expected one of {tags}, got {ctx.get('tag')!r}"
     if kind == "literal_error":
         return f"{where}: expected one of {ctx.get('expected')}{got}"
+    if kind == "string_type" and "lambdas" in path and isinstance(error["input"], int | float):
+        return f"{where}: λ labels are strings: quote it: '{lambda_label(error['input'])}'"
     if kind in _EXPECTED:
         return f"{where}: {_EXPECTED[kind]}{got}"
     message = error["msg"].replace("Input should be", "expected").replace("Value error, ", "")
     scalar = not isinstance(error["input"], dict | list)
-    return f"{where}: {message[0].lower()}{message[1:]}{got if path and scalar else ''}"
+    if not path:  # a rule between fields: its message names them
+        return message
+    return f"{where}: {message[0].lower()}{message[1:]}{got if scalar else ''}"
 
 
 def validate_config(raw: Any, source: str = "config") -> Config:
@@ -666,7 +710,8 @@ def write_effective_config(cfg: Config, path: Path | str) -> bool:
 
 
 def run_stage(cfg: Config, *, output: Path) -> None:
-    """The `config` stage (DVC): validate a config file and write the run's effective config."""
+    """The `config` stage (DVC): write the run's effective config (the CLI checked the config
+    deeply first, see validation.py)."""
     write_effective_config(cfg, output)
 
 
@@ -707,7 +752,7 @@ class ConfigView:
             )
         sub = self._allowed[name]
         value = self._value[name] if isinstance(self._value, dict) else getattr(self._value, name)
-        if sub is None:
+        if sub is None or value is None:
             return value
         where = f"{self._where}.{name}" if self._where else name
         return ConfigView(value, sub, where, self._stage)

@@ -48,6 +48,7 @@ class RuleSpec:
     wildcard_constraints: dict[str, str]
     torch: bool
     threads: bool
+    network: bool  # a local rule: runs where Snakemake runs (the network), never on a cluster node
     targets: list[str]  # every job's output files, for target rules
 
 
@@ -92,6 +93,7 @@ def rule_spec(stage: Stage, cfg: Config) -> RuleSpec:
         },
         torch=stage.torch,
         threads=stage.threads or stage.torch,
+        network=stage.network(cfg),
         targets=[
             path
             for job in stage.jobs(cfg)

@@ -84,6 +84,16 @@ def models_grid(cfg: Config) -> list[Wildcards]:
     return [{"model": model} for model in cfg.models]
 
 
+def embedded_models(cfg: Config) -> list[Wildcards]:
+    """Models trained here (the pretrain stage)."""
+    return [{"model": m} for m, spec in cfg.models.items() if spec.source == "embedded"]
+
+
+def fetched_models(cfg: Config) -> list[Wildcards]:
+    """Models from the Hub or a local folder (the fetch stage)."""
+    return [{"model": m} for m, spec in cfg.models.items() if spec.source != "embedded"]
+
+
 def checkpoint_models(cfg: Config) -> list[Wildcards]:
     return [{"model": m} for m in (cfg.checkpoints.models if cfg.checkpoints else [])]
 
@@ -99,6 +109,10 @@ def job_id(wildcards: Wildcards) -> str:
 def always(cfg: Config) -> bool:
     """The default condition of ports and stages: present in every config."""
     return True
+
+
+def never(cfg: Config) -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -157,6 +171,7 @@ class Stage:
     shared: bool = False  # writes shared data: logs beside it, not under results/<run>/
     front_ends: tuple[str, ...] = ("snakemake", "dvc")
     logged: bool = True  # writes a log file (the config stage only prints)
+    network: Callable[[Config], bool] = never  # needs the network: runs where it is (local rule)
 
     @property
     def command(self) -> str:
@@ -201,6 +216,27 @@ def _has_checkpoints(cfg: Config) -> bool:
     return cfg.checkpoints is not None
 
 
+def _hub_corpus(cfg: Config) -> bool:
+    return cfg.corpus.source == "huggingface"
+
+
+def _hub_tokenizer(cfg: Config) -> bool:
+    tokenizer = cfg.tokenizer
+    return tokenizer.source == "pretrained" and not Path(tokenizer.model).exists()
+
+
+def _has_embedded(cfg: Config) -> bool:
+    return bool(embedded_models(cfg))
+
+
+def _has_fetched(cfg: Config) -> bool:
+    return bool(fetched_models(cfg))
+
+
+def _hub_models(cfg: Config) -> bool:
+    return any(spec.source == "huggingface" for spec in cfg.models.values())
+
+
 def _figures(cfg: Config) -> list[Wildcards]:
     from bigram_subnetworks.report.figures import figure_names
 
@@ -216,6 +252,7 @@ def _plots(cfg: Config) -> list[Wildcards]:
 # when it reads the workflow, from its own `config`, which --configfile/--config/modules set).
 CORPUS_SOURCE = Artifact("{corpus_path}", "the local corpus folder (its files are tracked)")
 SCORING = ("seed", "device", "analysis.eval_sequences", "analysis.batch_size")
+BOOTSTRAP = "analysis.bootstrap_resamples"  # the intervals of every r a stage writes
 MASK_OF_BASE = (("model", "base"),)
 DATA = {
     "tokens_eval": _one(A.TOKENS_EVAL),
@@ -243,6 +280,7 @@ _STAGES = [
         outputs={"documents": _one(A.DOCUMENTS), "manifest": _one(A.CORPUS_MANIFEST)},
         reads=("seed", "corpus"),
         shared=True,
+        network=_hub_corpus,
     ),
     Stage(
         "tokenizer",
@@ -253,6 +291,7 @@ _STAGES = [
         reads=("tokenizer",),
         threads=True,
         shared=True,
+        network=_hub_tokenizer,
     ),
     Stage(
         "tokenize",
@@ -278,8 +317,21 @@ _STAGES = [
         shared=True,
     ),
     Stage(
+        "fetch",
+        "Download a Hub model and its checkpoint revisions into the Hub cache, recording their "
+        "commits (or check a local model folder).",
+        "bigram_subnetworks.models.hub:run_stage",
+        inputs={},
+        outputs={"model_dir": _one(A.MODEL)},
+        reads=("hub_cache", "models.{model}", "checkpoints.models", "checkpoints.steps"),
+        wildcards=("model",),
+        grid=fetched_models,
+        enabled=_has_fetched,
+        network=_hub_models,
+    ),
+    Stage(
         "pretrain",
-        "Pretrain an embedded model; record a Hub model's commit; check a local model.",
+        "Pretrain an embedded model (GPT-NeoX, trained here from scratch).",
         "bigram_subnetworks.models.pretrain:run_stage",
         inputs={
             "tokens_train": _one(A.TOKENS_TRAIN),
@@ -289,7 +341,8 @@ _STAGES = [
         outputs={"model_dir": _one(A.MODEL)},
         reads=("seed", "device", "models.{model}"),
         wildcards=("model",),
-        grid=models_grid,
+        grid=embedded_models,
+        enabled=_has_embedded,
         torch=True,
     ),
     Stage(
@@ -317,7 +370,7 @@ _STAGES = [
         "bigram_subnetworks.analysis.evaluate:run_stage",
         inputs={"models": RUN_MODELS, "masks": MAIN_MASKS, **DATA},
         outputs={"mask_metrics": _one(A.MASK_METRICS), "blocks": _one(A.BLOCKS)},
-        reads=SCORING,
+        reads=(*SCORING, BOOTSTRAP),
         torch=True,
     ),
     Stage(
@@ -367,7 +420,13 @@ _STAGES = [
             **DATA,
         },
         outputs={"residual": _one(A.RESIDUAL)},
-        reads=("seed", "device", "analysis.residual_sequences", "analysis.batch_size"),
+        reads=(
+            "seed",
+            "device",
+            "analysis.residual_sequences",
+            "analysis.batch_size",
+            BOOTSTRAP,
+        ),
         torch=True,
     ),
     Stage(
@@ -380,7 +439,7 @@ _STAGES = [
             **DATA,
         },
         outputs={"checkpoints": _one(A.CHECKPOINTS)},
-        reads=(*SCORING, "checkpoints.steps", "checkpoints.budgets"),
+        reads=(*SCORING, BOOTSTRAP, "checkpoints.steps", "checkpoints.budgets"),
         enabled=_has_checkpoints,
         torch=True,
     ),
@@ -398,7 +457,7 @@ _STAGES = [
             **DATA,
         },
         outputs={"controls": _one(A.CONTROLS)},
-        reads=SCORING,
+        reads=(*SCORING, BOOTSTRAP),
         enabled=_has_checkpoints,
         torch=True,
     ),
@@ -444,9 +503,11 @@ def stages_for(cfg: Config, front_end: str) -> list[Stage]:
 
 
 def _lookup(tree: Any, parts: list[str]) -> Any:
+    """The value at a key path (None below a section the config leaves out, such as
+    `checkpoints: null`)."""
     for part in parts:
-        if not part:
-            continue
+        if tree is None:
+            return None
         tree = tree[part]
     return tree
 
@@ -533,11 +594,15 @@ def dvc_params(stage: Stage, cfg: Config, fields: dict[str, str]) -> list[str]:
         placeholder = part[1:-1] if part.startswith("{") else None
         return any("." in v for v in values[placeholder]) if placeholder else "." in part
 
+    tree = cfg.model_dump(mode="json")
     keys = []
     for key in stage.reads:
         parts = key.split(".") if key else []
         while any(dotted(part) for part in parts):
             parts = parts[:-1]
+        literal = all("{" not in part for part in parts)
+        while literal and len(parts) > 1 and _lookup(tree, parts[:-1]) is None:
+            parts = parts[:-1]  # a section left out (null) is tracked as a whole
         keys.append(".".join(part.format(**fields) for part in parts))
     return keys
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from bigram_subnetworks import validation
 from bigram_subnetworks.artifacts import REPORT_HTML as _REPORT
 from bigram_subnetworks.config import (
     ConfigError,
@@ -29,6 +30,7 @@ def _source():
 
 try:
     CFG = validate_config(dict(config), source=_source())
+    validation.check(CFG, _source())
 except ConfigError as error:
     sys.exit(str(error))
 
