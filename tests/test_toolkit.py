@@ -328,6 +328,7 @@ def test_save_load_round_trip(layout: Layout, tmp_path: Path) -> None:
     assert meta["lambda"] == 1e-3 and meta["seed"] == 4 and meta["notes"] == ["a", {"b": None}]
     assert (meta["kept"], meta["total"]) == (kept(mask), layout.n_masked)
     assert isinstance(meta["params_sha256"], str) and len(meta["params_sha256"]) == 64
+    assert meta["bsn_mask_format"] == 2  # bit-packed (tests/test_mask_files.py: the format)
     assert list(tmp_path.rglob("*")) == [path.parent, path]  # no temporary files left
 
 

@@ -8,14 +8,21 @@
                   --output OUT
     bsn mask generate --model-dir DIR [--mask MASK] --prompt TEXT [--max-new-tokens N]
                   [--temperature T] [--seed S]
+    bsn mask card MASK [--metrics results/<run>/metrics/masks.parquet] [--output README.md]
+    bsn mask export MASK --model-dir DIR --output OUT [--dtype float32|bfloat16|float16]
+    bsn mask pull REPO_ID [--revision R] [--filename F] [--repo-type model|dataset] --output OUT
 
 A model folder is a `results/<run>/models/<name>/` folder of the workflow or any `save_pretrained`
-folder of a GPT-NeoX or GPT-2 model. Derived masks record the operation and their sources.
+folder of a supported family. Derived masks record the operation and their sources. `info` prints
+a mask's card (model, weights, target, λ, kept, training hashes, file format; see masks.sharing),
+`card` writes it as Markdown, `export` writes a pruned save_pretrained folder and `pull` fetches a
+mask published in a Hugging Face Hub repo (through the HF cache; HF_HUB_OFFLINE is honoured).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +46,17 @@ def _save(path: Path, mask: dict, operation: str, sources: list[Path], **extra: 
 
 
 def cmd_info(args: argparse.Namespace) -> None:
+    from bigram_subnetworks.masks.sharing import card_fields, other_metadata, share_text
     from bigram_subnetworks.masks.toolkit import block_counts, load_mask
     from bigram_subnetworks.models.layout import layout_of
 
     _, metadata = load_mask(args.mask)
-    share = metadata["kept"] / metadata["total"] if metadata["total"] else 0.0
-    print(f"{args.mask}: kept {metadata['kept']:,} of {metadata['total']:,} ({share:.4%})")
-    for key in sorted(set(metadata) - {"kept", "total"}):
-        print(f"  {key}: {metadata[key]}")
+    print(f"{args.mask}: {share_text(metadata)}")
+    for label, value in card_fields(metadata):
+        if label != "kept":
+            print(f"  {label}: {value}")
+    for key, value in other_metadata(metadata).items():
+        print(f"  {key}: {json.dumps(value, sort_keys=True) if isinstance(value, dict) else value}")
     if args.blocks:
         layout = layout_of(_load_model(args.blocks))
         print(f"  {'layer':>5} {'block':<8} {'kept':>12} {'size':>12} {'fraction':>9}")
@@ -56,6 +66,46 @@ def cmd_info(args: argparse.Namespace) -> None:
                 f"  {row['layer']:>5} {row['kind']:<8} {row['kept']:>12,} {row['size']:>12,} "
                 f"{fraction:>9.4f}"
             )
+
+
+def cmd_card(args: argparse.Namespace) -> None:
+    import sys
+
+    from bigram_subnetworks.masks.sharing import measured_r, render_card, write_text
+    from bigram_subnetworks.masks.toolkit import load_mask
+
+    _, metadata = load_mask(args.mask)
+    r = measured_r(args.metrics, metadata) if args.metrics else None
+    if args.metrics and not r:
+        key = ", ".join(f"{k} {metadata.get(k)}" for k in ("model", "target", "lambda"))
+        print(f"bsn mask card: {args.metrics} has no r of this mask ({key})", file=sys.stderr)
+    card = render_card(metadata, r, mask_file=args.mask.name)
+    if args.output is None:
+        print(card, end="")
+    else:
+        write_text(args.output, card)
+        print(f"{args.output}: card of {args.mask}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from bigram_subnetworks.masks.sharing import export_pruned
+
+    done = export_pruned(args.mask, args.model_dir, args.output, args.dtype)
+    print(
+        f"{args.output}: {done['zeroed']:,} of {done['total']:,} masked entries set to 0, "
+        f"{done['dtype']}; tokenizer {done['tokenizer']}; load it with "
+        f"AutoModelForCausalLM.from_pretrained({str(args.output)!r})"
+    )
+
+
+def cmd_pull(args: argparse.Namespace) -> None:
+    from bigram_subnetworks.masks.sharing import pull_mask, share_text
+
+    metadata, commit = pull_mask(
+        args.repo_id, args.output, args.revision, args.filename, args.repo_type
+    )
+    where = f"{args.repo_id}@{commit or args.revision or 'main'}"
+    print(f"{args.output}: {args.filename} of {where}, {share_text(metadata)}")
 
 
 def cmd_complement(args: argparse.Namespace) -> None:
@@ -166,6 +216,41 @@ def add_mask_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("mask", type=Path, help=MASK_HELP)
     p.add_argument("--blocks", type=Path, metavar="MODEL_DIR", help="Also count per block.")
     p.set_defaults(func=cmd_info)
+
+    p = commands.add_parser("card", help="A mask's card as Markdown (stdout or --output).")
+    p.add_argument("mask", type=Path, help=MASK_HELP)
+    p.add_argument(
+        "--metrics",
+        type=Path,
+        metavar="PARQUET",
+        help="The evaluate stage's results/<run>/metrics/masks.parquet, to fill in r.",
+    )
+    p.add_argument("--output", type=Path, help="Write the card here (e.g. README.md).")
+    p.set_defaults(func=cmd_card)
+
+    p = commands.add_parser(
+        "export", help="A pruned save_pretrained model folder (masked weights 0) with a card."
+    )
+    p.add_argument("mask", type=Path, help=MASK_HELP)
+    p.add_argument("--model-dir", type=Path, required=True, help=MODEL_DIR_HELP)
+    p.add_argument("--output", type=Path, required=True, help="A new (or empty) folder.")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="Weights dtype of the export (float32: the dtype bsn masks in).",
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("pull", help="Fetch a mask from a Hugging Face Hub repo.")
+    p.add_argument("repo_id", metavar="REPO_ID", help="The Hub repo, e.g. user/pythia-bigram.")
+    p.add_argument("--revision", help="Branch, tag or commit (default: main).")
+    p.add_argument("--filename", default="mask.safetensors", help="The mask file in the repo.")
+    p.add_argument(
+        "--repo-type", choices=["model", "dataset"], default="model", help="The Hub repo's type."
+    )
+    p.add_argument("--output", type=Path, required=True, help="Where the mask file goes.")
+    p.set_defaults(func=cmd_pull)
 
     p = commands.add_parser("complement", help="Keep exactly what the mask drops.")
     p.add_argument("mask", type=Path, help=MASK_HELP)

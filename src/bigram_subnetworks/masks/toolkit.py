@@ -4,9 +4,22 @@ A mask is a dict from the model's own parameter names (exactly `Layout.masked`) 
 shaped like those weights; True keeps an entry. Functions here never modify a mask in place: edits
 return a new dict, whose untouched tensors may be shared with the input.
 
-Mask files are safetensors with one bool tensor per parameter. Their metadata (str → str in the
-format) holds JSON-encoded values, plus "kept", "total" and "params_sha256": a sha256 over the
-sorted "name:shape" list, so a mask made for another model is recognised before it is applied.
+Mask files are safetensors; `save_mask` writes format version 2, `load_mask` reads versions 1
+and 2 and returns bool tensors either way. Every metadata value (str → str in safetensors) is a
+JSON encoding: a user's values, plus "kept", "total" and "params_sha256", a sha256 over the sorted
+"name:shape" list (so a mask made for another model is recognised before it is applied), all
+recomputed from the unpacked tensors on every save and checked on every load.
+
+Version 2 (bit-packed, 1 bit per entry):
+- one 1-D uint8 tensor per masked parameter, under the parameter's own name, holding the weight's
+  entries in row-major (C) order packed 8 to a byte, little-endian bit order (numpy.packbits with
+  bitorder="little"): entry i is bit (i mod 8), value 1 << (i mod 8), of byte i // 8; 1 keeps the
+  entry. Its length is ceil(n / 8) for n entries; the unused high bits of the last byte are 0.
+- metadata "bsn_mask_format": 2, "bsn_mask_bit_order": "little" and "bsn_mask_shapes":
+  {name: [rows, cols]}, the shape of every weight.
+Version 1 (the original format; no "bsn_mask_format" key): one bool tensor (1 byte per entry)
+shaped like each weight. The decoded metadata of either version has "bsn_mask_format" (1 or 2)
+and no "bsn_mask_shapes" or "bsn_mask_bit_order" (the tensors carry them).
 """
 
 from __future__ import annotations
@@ -14,10 +27,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
@@ -28,6 +43,10 @@ from bigram_subnetworks.models.layout import Block, Layout, layout_of
 
 Mask = dict[str, torch.Tensor]
 RESERVED_METADATA = ("kept", "total", "params_sha256")
+# The mask file format (see the module docstring): the version save_mask writes and its keys.
+MASK_FORMAT = 2
+FORMAT_KEY, SHAPES_KEY, BIT_ORDER_KEY = "bsn_mask_format", "bsn_mask_shapes", "bsn_mask_bit_order"
+BIT_ORDER = "little"
 
 
 def keep_all(layout: Layout) -> Mask:
@@ -184,18 +203,42 @@ def head_counts(mask: Mapping[str, torch.Tensor], layout: Layout) -> list[dict[s
     ]
 
 
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as the 1-D uint8 tensor of format version 2 (row-major, little bit order)."""
+    flat = mask.detach().cpu().contiguous().reshape(-1).numpy()
+    return torch.from_numpy(np.packbits(flat, bitorder=BIT_ORDER))
+
+
+def unpack_bits(packed: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The bool tensor of `shape` that `pack_bits` packed into `packed`."""
+    n = int(np.prod(shape, dtype=np.int64))
+    bits = np.unpackbits(packed.numpy(), count=n, bitorder=BIT_ORDER)
+    return torch.from_numpy(bits.view(np.bool_)).reshape(tuple(shape))
+
+
+def _packed_kept(packed: Mapping[str, torch.Tensor]) -> int:
+    """Set bits of packed tensors: the kept entries (unused bits are 0), 8× less to read."""
+    return sum(int(np.bitwise_count(t.numpy()).sum(dtype=np.int64)) for t in packed.values())
+
+
 def save_mask(path: Path | str, mask: Mapping[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """Write a mask file atomically; "kept", "total" and "params_sha256" are always recomputed."""
+    """Write a mask file (format version 2) atomically and deterministically (equal masks and
+    metadata give byte-identical files); "kept", "total", "params_sha256" and the format keys are
+    always recomputed."""
     for name, t in mask.items():
         if t.dtype != torch.bool:
             raise UserError(f"{path}: {name} has dtype {t.dtype}; masks must be bool")
+    shapes = {name: list(t.shape) for name, t in mask.items()}
+    tensors = {name: pack_bits(t) for name, t in mask.items()}
     encoded = {k: json.dumps(v, sort_keys=True) for k, v in metadata.items()}
     encoded |= {
-        "kept": json.dumps(kept(mask)),
+        "kept": json.dumps(_packed_kept(tensors)),
         "total": json.dumps(total(mask)),
-        "params_sha256": json.dumps(params_sha256({k: v.shape for k, v in mask.items()})),
+        "params_sha256": json.dumps(params_sha256(shapes)),
+        FORMAT_KEY: json.dumps(MASK_FORMAT),
+        SHAPES_KEY: json.dumps(shapes, sort_keys=True),
+        BIT_ORDER_KEY: json.dumps(BIT_ORDER),
     }
-    tensors = {name: t.detach().cpu().contiguous() for name, t in mask.items()}
     with atomic_outputs(path) as (temp,):
         temp.write_bytes(canonical_safetensors(save(tensors, metadata=encoded)))
 
@@ -214,10 +257,49 @@ def check_mask_origin(metadata: dict[str, Any], identity: dict[str, Any], where:
             )
 
 
+def _unpack_file(
+    path: Path, stored: dict[str, torch.Tensor], metadata: dict[str, Any]
+) -> tuple[Mask, int, int]:
+    """The bool tensors of a version 1 or 2 file, its version and its kept count."""
+    version = metadata.pop(FORMAT_KEY, 1)
+    shapes, bit_order = metadata.pop(SHAPES_KEY, None), metadata.pop(BIT_ORDER_KEY, None)
+    if type(version) is int and version == 1:
+        for name, t in stored.items():
+            if t.dtype != torch.bool:
+                raise UserError(
+                    f"{path}: {name} has dtype {t.dtype}; a mask file holds bool tensors"
+                )
+        return stored, 1, kept(stored)
+    if type(version) is not int or version != MASK_FORMAT:
+        raise UserError(
+            f"{path}: mask file format {version!r} is not one this bsn reads (1 or {MASK_FORMAT}); "
+            "update bigram-subnetworks"
+        )
+    if bit_order != BIT_ORDER or not isinstance(shapes, dict) or set(shapes) != set(stored):
+        raise UserError(f"{path}: bit order or shapes metadata damaged; delete it and rerun")
+    mask = {}
+    for name, packed in stored.items():
+        if packed.dtype != torch.uint8 or packed.dim() != 1:
+            raise UserError(
+                f"{path}: {name} has dtype {packed.dtype} and {packed.dim()} dimension(s); a "
+                f"version-{MASK_FORMAT} mask file holds 1-D uint8 bit-packed tensors"
+            )
+        shape = shapes[name]
+        if not (isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape)):
+            raise UserError(f"{path}: {name} has shape {shape!r}; delete it and rerun")
+        n = math.prod(shape)
+        spare = -n % 8  # unused high bits of the last byte, always 0
+        if packed.numel() != (n + 7) // 8 or (spare and int(packed[-1]) >> (8 - spare)):
+            raise UserError(f"{path}: tensors disagree with its metadata; delete it and rerun")
+        mask[name] = unpack_bits(packed, shape)
+    return mask, version, _packed_kept(stored)
+
+
 def load_mask(
     path: Path | str, layout: Layout | None = None, identity: dict[str, Any] | None = None
 ) -> tuple[Mask, dict[str, Any]]:
-    """Read a mask file and its decoded metadata; with `layout` (and a model's `identity`),
+    """Read a mask file (format version 1 or 2) as bool tensors, and its decoded metadata (with
+    "bsn_mask_format" set to the file's version); with `layout` (and a model's `identity`),
     refuse a mask of another model."""
     path = Path(path)
     if not path.is_file():
@@ -225,7 +307,7 @@ def load_mask(
     try:
         with safe_open(path, framework="pt") as handle:
             raw = handle.metadata() or {}
-            mask = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+            stored = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(
@@ -237,17 +319,15 @@ def load_mask(
         raise UserError(f"{path}: metadata is not JSON; not a mask written by bsn") from None
     if any(key not in metadata for key in RESERVED_METADATA):
         raise UserError(f"{path}: no kept/total/params_sha256 metadata; not a mask written by bsn")
-    for name, t in mask.items():
-        if t.dtype != torch.bool:
-            raise UserError(f"{path}: {name} has dtype {t.dtype}; a mask file holds bool tensors")
+    mask, version, n_kept = _unpack_file(path, stored, metadata)
     fingerprint = params_sha256({k: v.shape for k, v in mask.items()})
-    if (kept(mask), total(mask), fingerprint) != tuple(metadata[k] for k in RESERVED_METADATA):
+    if (n_kept, total(mask), fingerprint) != tuple(metadata[k] for k in RESERVED_METADATA):
         raise UserError(f"{path}: tensors disagree with its metadata; delete it and rerun")
     if layout is not None:
         check_mask(mask, layout, str(path))
     if identity is not None:
         check_mask_origin(metadata, identity, str(path))
-    return mask, metadata
+    return mask, {**metadata, FORMAT_KEY: version}
 
 
 def apply_mask(model: torch.nn.Module, mask: Mapping[str, torch.Tensor]) -> None:
