@@ -8,8 +8,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,18 @@ import yaml
 
 from bigram_subnetworks.config import load_config
 from bigram_subnetworks.io import parquet_seed
-from bigram_subnetworks.stages import arguments, job_fields, run_config_path, stages_for
+from bigram_subnetworks.stages import (
+    arguments,
+    data_keys,
+    job_fields,
+    run_config_path,
+    stages_for,
+)
 from hub_cache import build_hub_cache
 from projects import make_project, run
 
 pytestmark = pytest.mark.workflow
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def snakemake_jobs(project: Path, *args: str) -> list[dict[str, object]]:
@@ -144,10 +153,34 @@ def test_snakemake_takes_the_configfile_and_overrides_given(tmp_path: Path) -> N
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project that ran the whole smoke pipeline with Snakemake (the report included)."""
+    """A project that ran the whole smoke pipeline with Snakemake (the report included), after
+    a Ctrl-C in the middle of a mask job: the plain command, run again, continues."""
     project = make_project(tmp_path_factory.mktemp("smoke") / "p")
-    run(["snakemake"], project, timeout=900)
+    interrupted = interrupt_during_a_mask_job(project)
+    assert interrupted.returncode != 0
+    result = run(["snakemake"], project, timeout=900)  # no --rerun-incomplete, no --unlock
+    assert "Nothing to be done" not in result.stdout
     return project
+
+
+def interrupt_during_a_mask_job(project: Path) -> subprocess.CompletedProcess[str]:
+    """Run `snakemake` and press Ctrl-C (SIGINT to its process group, as a terminal does) once a
+    mask job has saved a training state."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    process = subprocess.Popen(
+        ["snakemake"], cwd=project, env=env, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    masks = project / "results" / "smoke" / "masks"
+    deadline = time.monotonic() + 600
+    while process.poll() is None and time.monotonic() < deadline:
+        if any(masks.glob("*/*/.*.state/state.json")):
+            break
+        time.sleep(0.1)
+    assert process.poll() is None, "the run ended before a mask job saved a state"
+    os.killpg(process.pid, signal.SIGINT)
+    output, _ = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(process.args, process.returncode, output, "")
 
 
 def test_smoke_run_trains_its_models_and_every_mask(smoke_run: Path) -> None:
@@ -278,10 +311,10 @@ def changed_dvc_stages(project: Path) -> set[str]:
     return {name.split("@")[0] for name in status}
 
 
-def rerun_rules(project: Path) -> set[str]:
+def rerun_rules(project: Path, *args: str) -> set[str]:
     """The rules of the jobs a dry run schedules because their params changed; every other job
     it schedules must run only because an upstream job writes new input."""
-    jobs = [job for job in snakemake_jobs(project) if job["rule"] != "all"]
+    jobs = [job for job in snakemake_jobs(project, *args) if job["rule"] != "all"]
     changed = {str(job["rule"]) for job in jobs if "Params have changed" in str(job["reason"])}
     others = [job for job in jobs if str(job["rule"]) not in changed]
     assert all("updated by another job" in str(job["reason"]) for job in others), others
@@ -318,6 +351,9 @@ def test_dvc_and_snakemake_keep_each_other_current(smoke_run: Path) -> None:
             assert changed_dvc_stages(smoke_run) == {"config", *stages}, new
     finally:
         params.write_text(original)
+    # Snakemake's own override syntax changes exactly the same jobs as editing the file.
+    override = ["--config", 'analysis={"overlap_draws": 500}']
+    assert rerun_rules(smoke_run, *override) == {"overlap"}
     assert "Nothing to be done" in run(["snakemake", "-n"], smoke_run).stdout
     assert "up to date" in run(["dvc", "status"], smoke_run).stdout
 
@@ -463,3 +499,26 @@ def test_on_a_machine_with_gpus_torch_jobs_take_one_gpu_each_and_a_share_of_the_
     cpu = run(["snakemake", "-n", "--cores", "8", "masks"], project).stdout
     mask_jobs = [block for block in cpu.split("\n\n") if "rule train_mask:" in block]
     assert all("gpu=0" in b and threads(b) == cores for b in mask_jobs)
+
+
+def test_the_workflow_runs_as_a_module_of_another_workflow(tmp_path: Path) -> None:
+    """Another workflow imports this one with `module` and its own config: the data stages run
+    and the rest of the pipeline is planned."""
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    raw = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    raw["run"] = "from-outer"
+    (outer / "config.yaml").write_text(yaml.safe_dump({"bigram_subnetworks": raw}))
+    (outer / "Snakefile").write_text(
+        'configfile: "config.yaml"\n\n'
+        "module bsn:\n"
+        f'    snakefile: "{ROOT / "workflow" / "Snakefile"}"\n'
+        '    config: config["bigram_subnetworks"]\n\n'
+        "use rule * from bsn as bsn_*\n"
+    )
+    run(["snakemake", "--cores", "2", "bsn_data"], outer)
+    keys = data_keys(load_config(ROOT / "config" / "smoke.yaml"))
+    assert (outer / "data" / keys["data"] / "bigrams.parquet").is_file()
+    planned = run(["snakemake", "-n", "--cores", "2", "bsn_all"], outer).stdout
+    assert "bsn_train_mask" in planned and "results/from-outer/report/index.html" in planned
+    assert (outer / "results" / "from-outer" / "config.yaml").is_file()

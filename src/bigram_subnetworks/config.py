@@ -269,13 +269,25 @@ class HuggingFaceModel(_Section):
         description="The revision holding the checkpoint of a training step, with {step} "
         "standing for the step (Pythia's branches: step{step}).",
     )
+    checkpoint_revisions: dict[Annotated[int, Field(ge=0)], str] = Field(
+        default_factory=dict,
+        description="Revisions of steps whose names are not a pattern of the step alone "
+        "(OLMo-2: stage1-step1000-tokens3B); they win over checkpoint_revision.",
+    )
     trust_remote_code: bool = Field(
         False, description="Allow the model's own code from the Hub (off unless you trust it)."
     )
 
+    def revision_of(self, step: int) -> str:
+        """The revision holding the checkpoint of a training step."""
+        return self.checkpoint_revisions.get(step) or self.checkpoint_revision.format(step=step)
+
     @property
     def final_step(self) -> int | None:
         """The step of `revision` when it is one of the checkpoint revisions (else unknown)."""
+        for step, revision in self.checkpoint_revisions.items():
+            if revision == self.revision:
+                return step
         pattern = re.escape(self.checkpoint_revision).replace(r"\{step\}", r"(\d+)")
         found = re.fullmatch(pattern, self.revision)
         return int(found.group(1)) if found else None

@@ -85,7 +85,7 @@ def fetch_hub_model(name: str, spec: HuggingFaceModel, steps: list[int], cache: 
     commit = snapshot(spec.id, spec.revision, cache).name
     checkpoints: dict[str, dict[str, str]] = {}
     for step in steps:
-        revision = spec.checkpoint_revision.format(step=step)
+        revision = spec.revision_of(step)
         commit_of_step = snapshot(spec.id, revision, cache).name
         checkpoints[str(step)] = {"revision": revision, "commit": commit_of_step}
         log.info("%s: checkpoint step %d = %s@%s", name, step, revision, commit_of_step[:12])
