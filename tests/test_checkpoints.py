@@ -11,7 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from bigram_subnetworks.analysis.checkpoints import fit_power_law, fit_rows, location_shares
+from bigram_subnetworks.analysis.checkpoints import (
+    budget_replicates,
+    fit_power_law,
+    fit_rows,
+    largest_group,
+    location_shares,
+)
 from bigram_subnetworks.models.layout import embedding_parameters
 from bigram_subnetworks.models.variants import transplant_embeddings
 
@@ -76,9 +82,55 @@ def test_location_shares_split_the_kept_weights() -> None:
         {"layer": 1, "kind": "MLP-out", "kept": 25},
     ]
     shares = location_shares(blocks)
-    assert shares == {"first_mlp_share": 0.5, "mlp_share": 0.75, "attention_share": 0.25}
+    assert shares == {
+        "first_mlp_share": 0.5,
+        "mlp_share": 0.75,
+        "attention_share": 0.25,
+        "first_mlp_plurality": 1.0,
+    }
+    assert largest_group(blocks) == "layer 0 MLP"
     empty = location_shares([{**b, "kept": 0} for b in blocks])
     assert all(math.isnan(v) for v in empty.values())
+    assert largest_group([{**b, "kept": 0} for b in blocks]) is None
+
+
+def test_the_first_mlp_plurality_is_checked_against_every_layer_group() -> None:
+    """Layer 1's MLP (30) beats layer 0's (25), although layer 0's MLP holds more than layer 0's
+    attention and than any single block elsewhere: no plurality."""
+    blocks = [
+        {"layer": 0, "kind": "MLP-in", "kept": 20},
+        {"layer": 0, "kind": "MLP-out", "kept": 5},
+        {"layer": 0, "kind": "V", "kept": 10},
+        {"layer": 1, "kind": "MLP-in", "kept": 15},
+        {"layer": 1, "kind": "MLP-out", "kept": 15},
+    ]
+    assert location_shares(blocks)["first_mlp_plurality"] == 0.0
+    assert largest_group(blocks) == "layer 1 MLP"
+
+
+def test_budget_intervals_refit_the_power_law_on_every_resample() -> None:
+    rng = np.random.default_rng(0)
+    active = np.array([2e3, 9e3, 4e4, 2.5e5])
+    r = np.array([0.61, 0.77, 0.83, 0.86])
+    replicates = r + rng.normal(0, 0.01, size=(200, 4))
+    budgets = [5_000, 100_000]
+    usable = np.ones(4, bool)
+    fast = budget_replicates(active, replicates, budgets, usable)
+    for b in range(0, 200, 37):
+        fit = fit_power_law(active, replicates[b])
+        assert fit is not None
+        assert fast[b] == pytest.approx([fit.r_at(n) for n in budgets])
+    rows = fit_rows("m", 7, list(zip(active, r, strict=True)), budgets, replicates)
+    found = {(row["metric"], row["budget"]): row["value"] for row in rows}
+    for budget in budgets:
+        low, high = found[("r_at_budget_low", budget)], found[("r_at_budget_high", budget)]
+        assert low < found[("r_at_budget", budget)] < high
+        column = fast[:, budgets.index(budget)]
+        assert (low, high) == pytest.approx(tuple(np.quantile(column, [0.025, 0.975])))
+    assert not any(row["metric"].endswith("_low") for row in fit_rows("m", 7, [], budgets))
+    broken = replicates.copy()
+    broken[0, 1] = 1.0  # r = 1 in one resample: that resample gives no estimate
+    assert np.isnan(budget_replicates(active, broken, budgets, usable)[0]).all()
 
 
 def tiny_neox(seed: int, tied: bool = False) -> GPTNeoXForCausalLM:

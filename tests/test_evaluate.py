@@ -1,4 +1,5 @@
-"""Mask evaluation (surprisals, correlations, block counts) and λ selection."""
+"""Mask evaluation (surprisals, correlations with their bootstrap intervals, unseen bigrams,
+block counts) and λ selection."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from bigram_subnetworks.analysis.scoring import (
     METRIC_SCHEMA,
+    Bootstrap,
     MaskFile,
     bigram_surprisal,
     clip_infinite,
@@ -26,6 +28,9 @@ from bigram_subnetworks.analysis.scoring import (
     find_mask,
     index_masks,
     pearson,
+    r_from_moments,
+    score_masks,
+    sequence_moments,
 )
 from bigram_subnetworks.analysis.select import select_masks
 from bigram_subnetworks.data.bigrams import count_bigrams
@@ -219,3 +224,85 @@ def test_selection_needs_a_lambda_zero_mask() -> None:
     table = metric_table([("bigram", "1", 200, 0.9), ("full", "1", 300, 0.5)])
     with pytest.raises(UserError, match=r"add '0' to lambdas\.bigram"):
         select_masks(table, ["m"], 0.04)
+
+
+# ------------------------------------------------------------------- bootstrap intervals
+
+
+def test_bootstrap_resamples_whole_sequences_and_matches_brute_force() -> None:
+    """Each resample's r from per-sequence sums equals Pearson's r over the resampled sequences'
+    tokens (sequences drawn with replacement, never single tokens)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(30, 9))
+    y = 0.6 * x + rng.normal(size=(30, 9))
+    y[rng.random(y.shape) < 0.1] = np.inf
+    keep = np.isfinite(y)
+    resampling = Bootstrap.draw(30, 50, seed=7)
+    assert resampling.counts.shape == (50, 30)
+    assert np.all(resampling.counts.sum(1) == 30)  # n sequences per resample
+    moments = np.stack(
+        [sequence_moments(x, y.clip(max=5)), sequence_moments(x, np.where(keep, y, 0), keep)],
+        axis=1,
+    )
+    fast = resampling.replicates(moments)
+    for b in range(50):
+        rows = np.repeat(np.arange(30), resampling.counts[b].astype(int))
+        assert fast[b, 0] == pytest.approx(pearson(x[rows], y[rows].clip(max=5)), abs=1e-12)
+        assert fast[b, 1] == pytest.approx(pearson(x[rows][keep[rows]], y[rows][keep[rows]]))
+    assert np.array_equal(Bootstrap.draw(30, 50, seed=7).counts, resampling.counts)
+    assert not np.array_equal(Bootstrap.draw(30, 50, seed=8).counts, resampling.counts)
+    low, high = resampling.interval(fast[:, 0])
+    assert low == pytest.approx(np.quantile(fast[:, 0], 0.025))
+    assert high == pytest.approx(np.quantile(fast[:, 0], 0.975))
+    assert math.isnan(Bootstrap.draw(30, 0, 0).interval(np.empty(0))[0])
+
+
+def test_sequence_moments_give_pearson_and_resist_large_offsets() -> None:
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(20, 8)) + 1e6, rng.normal(size=(20, 8)) - 3e5
+    y += 0.3 * (x - 1e6)
+    assert r_from_moments(sequence_moments(x, y).sum(0)) == pytest.approx(pearson(x, y), 1e-9)
+    assert math.isnan(float(r_from_moments(sequence_moments(x, np.ones_like(x)).sum(0))))
+
+
+def test_every_r_has_a_seeded_interval_and_the_unseen_fraction_beside_it(
+    tmp_path: Path, model_and_data: tuple[Any, np.ndarray, np.ndarray]
+) -> None:
+    model, train, held_out = model_and_data
+    counts = count_bigrams(train.astype(np.uint32), VOCAB)
+    layout = layout_of(model)
+    generator = torch.Generator().manual_seed(2)
+    half = {n: torch.rand(shape, generator=generator) < 0.5 for n, shape in layout.shapes.items()}
+    path = tmp_path / "m" / "bigram" / "lambda-1.safetensors"
+    save_mask(path, half, {"lambda": "1"})
+    masks = index_masks([path])["m"]
+    found = score_masks("m", model, masks, counts, held_out, 5, torch.device("cpu"), None, 200, 1)
+    table = {(r["target"], r["lambda"], r["metric"]): r["value"] for r in found.metrics}
+    reference = bigram_surprisal(counts, held_out.astype(np.uint32))
+    unseen = 1 - np.isfinite(reference).mean()
+    assert unseen > 0  # the held-out data has bigrams the training data never saw
+    for mask in (("reference", "neginf"), ("reference", "inf"), ("bigram", "1")):
+        assert table[(*mask, "unseen_fraction")] == pytest.approx(unseen)
+        for metric in ("bigram_r", "bigram_r_dropinf", "full_model_r"):
+            low, high = table[(*mask, metric + "_low")], table[(*mask, metric + "_high")]
+            value = table[(*mask, metric)]
+            if mask == ("reference", "neginf") and metric == "full_model_r":
+                assert low == value == high == pytest.approx(1.0)  # r of a model with itself
+                continue
+            assert low < value < high and high - low < 1.0
+        assert found.replicates[mask].shape == (200,)
+    assert pa.Table.from_pylist(found.metrics, schema=METRIC_SCHEMA).num_rows == len(found.metrics)
+    again = score_masks("m", model, masks, counts, held_out, 5, torch.device("cpu"), None, 200, 1)
+    assert again.metrics == found.metrics  # seeded
+    plain, _ = evaluate_model("m", model, masks, counts, held_out, 5, torch.device("cpu"))
+    assert not any(r["metric"].endswith(("_low", "_high")) for r in plain)  # no resamples
+
+
+def test_bootstrap_resamples_is_a_config_key_the_scoring_stages_read() -> None:
+    from bigram_subnetworks.config import AnalysisSettings
+    from bigram_subnetworks.stages import STAGES
+
+    assert AnalysisSettings().bootstrap_resamples == 1000
+    for stage in ("evaluate", "checkpoints", "controls", "residual"):
+        assert "analysis.bootstrap_resamples" in STAGES[stage].reads, stage
+    assert "analysis.bootstrap_resamples" not in STAGES["ablate"].reads

@@ -1,4 +1,5 @@
-"""The overlap test: the hypergeometric null against brute-force shuffles, p-values, edge cases."""
+"""The overlap test: the uniform within-block null (hypergeometric) and the authors' row-shuffle
+null against brute-force shuffles, p-values and their resolution, edge cases."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from bigram_subnetworks.analysis.overlap import (
     null_overlaps,
     overlap_sd,
     overlap_test,
+    row_blocks,
+    row_null_overlaps,
 )
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.masks.toolkit import (
@@ -281,3 +284,104 @@ def test_bad_draws_and_foreign_masks_are_refused(layout: Layout, masks) -> None:
     other = tiny_layout(n_layers=1)
     with pytest.raises(UserError, match="another model"):
         block_overlap(keep_none(other), masks[1], layout)
+
+
+# ------------------------------------------------------------------ row-shuffle null
+
+
+def out_in_blocks(mask: dict[str, torch.Tensor], layout: Layout) -> list[np.ndarray]:
+    """Every block of a mask as its (out, in) matrix (GPT-2's Conv1D transposed)."""
+    matrices = []
+    for block in layout.blocks():
+        matrix = block.select(mask[block.param]).numpy()
+        matrices.append(matrix.T if layout.arch == "gpt2" else matrix)
+    return matrices
+
+
+def brute_row_null(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], layout: Layout, draws: int, seed: int
+) -> np.ndarray:
+    """|A ∧ B| after shuffling the rows of every (out, in) block matrix of A and of B
+    independently, as the authors' `np.random.shuffle` on 2-D arrays does, `draws` times."""
+    rng = np.random.default_rng(seed)
+    total = np.zeros(draws, dtype=np.int64)
+    for left, right in zip(out_in_blocks(a, layout), out_in_blocks(b, layout), strict=True):
+        for draw in range(draws):
+            total[draw] += np.count_nonzero(
+                left[rng.permutation(len(left))] & right[rng.permutation(len(right))]
+            )
+    return total
+
+
+def column_skewed_masks(layout: Layout, seed: int) -> tuple[dict, dict]:
+    """A and B that both favour the same few input columns of every block (as masks that use a
+    few embedding dimensions do): the row-shuffle null then expects more overlap than uniform."""
+    generator = torch.Generator().manual_seed(seed)
+    a, b = keep_none(layout), keep_none(layout)
+    for block in layout.blocks():
+        shape = block.select(a[block.param]).shape
+        out_axis = 1 if layout.arch == "gpt2" else 0
+        n_in = shape[1 - out_axis]
+        weight = torch.linspace(0.6, 0.02, n_in)
+        density = weight[None, :] if out_axis == 0 else weight[:, None]
+        for mask in (a, b):
+            mask[block.param][block.index()] = torch.rand(shape, generator=generator) < density
+    return a, b
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "gpt2"])
+def test_row_null_matches_brute_force_row_shuffles(arch: str) -> None:
+    layout = tiny_layout(arch, n_layers=1, d=6)
+    a, b = column_skewed_masks(layout, seed=3)
+    blocks = row_blocks(a, b, layout)
+    fast = row_null_overlaps(blocks, 20_000, seed=0)
+    brute = brute_row_null(a, b, layout, 4_000, seed=1)
+    mean = sum(block.mean() for block in blocks)
+    sd = math.sqrt(sum(block.variance() for block in blocks))
+    assert fast.mean() == pytest.approx(mean, rel=0.01)
+    assert brute.mean() == pytest.approx(mean, abs=4 * sd / math.sqrt(4_000))
+    assert fast.std() == pytest.approx(sd, rel=0.03)
+    assert brute.std() == pytest.approx(sd, rel=0.06)
+    assert stats.ks_2samp(fast, brute).pvalue > 0.001
+    # column alignment is kept: more expected overlap than uniformly redrawn masks
+    assert mean > 1.05 * expected_overlap(block_overlap(a, b, layout))
+
+
+def test_row_null_exact_mean_is_column_counts_over_rows(layout: Layout, masks) -> None:
+    a, b = masks
+    blocks = row_blocks(a, b, layout)
+    for block, left, right in zip(
+        blocks, out_in_blocks(a, layout), out_in_blocks(b, layout), strict=True
+    ):
+        columns = left.sum(0).astype(np.int64) @ right.sum(0).astype(np.int64)
+        assert block.rows == left.shape[0]
+        assert block.mean() == pytest.approx(columns / left.shape[0])
+
+
+def test_row_null_is_seeded_and_identical_masks_never_exceed_themselves(layout, masks) -> None:
+    a, b = masks
+    blocks = row_blocks(a, b, layout)
+    assert np.array_equal(row_null_overlaps(blocks, 300, 5), row_null_overlaps(blocks, 300, 5))
+    assert not np.array_equal(row_null_overlaps(blocks, 300, 5), row_null_overlaps(blocks, 300, 6))
+    same = row_blocks(a, a, layout)
+    kept = sum(int(t.count_nonzero()) for t in a.values())
+    assert row_null_overlaps(same, 500, 0).max() <= kept
+    with pytest.raises(ValueError, match="draws"):
+        row_null_overlaps(blocks, 0)
+
+
+def test_overlap_test_reports_both_nulls_and_the_p_resolution(layout, masks) -> None:
+    a, b = masks
+    counts, blocks = block_overlap(a, b, layout), row_blocks(a, b, layout)
+    exact_only = overlap_test(counts, 200, 0, blocks)
+    assert math.isnan(exact_only.row_p_value) and math.isfinite(exact_only.row_expected)
+    result = overlap_test(counts, 400, 0, blocks, row_draws=True)
+    row_mean = sum(block.mean() for block in blocks)
+    assert result.row_expected == pytest.approx(row_mean / counts.n_masked)
+    assert result.row_ratio == pytest.approx(counts.observed / row_mean)
+    null = row_null_overlaps(blocks, 400, 0)
+    assert result.row_p_value == (1 + np.count_nonzero(null >= counts.observed)) / 401
+    assert result.row_p_value >= 1 / 401  # the resolution: never below 1 / (draws + 1)
+    assert result.row_null_mean == pytest.approx(null.mean() / counts.n_masked)
+    # the uniform null is unchanged by the row null
+    assert result.p_value == overlap_test(counts, 400, 0).p_value

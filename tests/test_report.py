@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet
 import pytest
 import yaml
 
@@ -28,8 +29,15 @@ from bigram_subnetworks.cli import main
 from bigram_subnetworks.config import Config, lambda_value, validate_config
 from bigram_subnetworks.io import write_json, write_parquet
 from bigram_subnetworks.report import FIGURES, figure_names
+from bigram_subnetworks.report.claims import (
+    DESCRIPTIVE,
+    FAILS,
+    HOLDS,
+    NOT_MEASURED,
+    Evidence,
+    verdicts,
+)
 from bigram_subnetworks.report.figures import BUILDERS, FigureData, figure_style, png_bytes
-from bigram_subnetworks.report.paper import FAILS, HOLDS, NOT_MEASURED, Evidence, verdicts
 from bigram_subnetworks.report.summary import (
     control_values,
     summarise,
@@ -46,6 +54,7 @@ from bigram_subnetworks.stages import STAGES, arguments, benchmark_files, job_fi
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 KINDS = ("Q", "K", "V", "O", "MLP-in", "MLP-out")
+LOW, HIGH = "_low", "_high"
 CHECKPOINT_STEPS = (0, 292, 1209, 5000)
 
 RAW_CONFIG: dict[str, Any] = {
@@ -83,8 +92,12 @@ class Spec:
         default_factory=lambda: {"1e1": (0.08, 0.85, 0.90), "1e2": (0.03, 0.80, 0.70)}
     )
     first_mlp_share: float = 0.6
+    checkpoint_plurality: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)  # per checkpoint step
     overlap_ratio: float = 8.0
     overlap_p: float = 1 / 10_001
+    overlap_draws: int = 10_000
+    half_width: float = 0.005  # of every r's bootstrap interval
+    unseen: float = 0.0
     surprisal: dict[str, float] = field(
         default_factory=lambda: {
             "full model": 5.90,
@@ -124,18 +137,28 @@ def _parquet(path: Path, rows: list[dict[str, Any]], schema: pa.Schema | None = 
     write_parquet(pa.Table.from_pylist(rows, schema=schema), path)
 
 
-def _mask_metrics(kept: int, masked: int, r: float, full_r: float) -> dict[str, float]:
+def _interval(metric: str, value: float, spec: Spec) -> dict[str, float]:
+    """A metric with its bootstrap interval (value ± spec.half_width)."""
+    return {
+        metric: value,
+        f"{metric}_low": value - spec.half_width,
+        f"{metric}_high": value + spec.half_width,
+    }
+
+
+def _mask_metrics(kept: int, masked: int, r: float, full_r: float, spec: Spec) -> dict[str, float]:
     loss = 4.0 + (1 - kept / masked)
     return {
         "kept": kept,
         "kept_fraction": kept / masked,
-        "bigram_r": r,
-        "bigram_r_dropinf": r - 0.01,
+        **_interval("bigram_r", r, spec),
+        **_interval("bigram_r_dropinf", r - 0.01 if spec.unseen else r, spec),
         "bigram_cross_entropy": loss + 0.1,
         "lm_loss": loss,
         "perplexity": math.exp(loss),
         "mean_surprisal_bits": loss / math.log(2),
-        "full_model_r": full_r,
+        **_interval("full_model_r", full_r, spec),
+        "unseen_fraction": spec.unseen,
     }
 
 
@@ -183,6 +206,10 @@ def _residual_rows(model: str, condition: str, layers: int, spec: Spec) -> list[
         }
 
     rows = [row("layer0_linear_map_bigram_r", 0, 0.7)]
+    rows += [
+        row(f"layer0_linear_map_bigram_r{end}", 0, 0.7 + d)
+        for end, d in ((LOW, -0.01), (HIGH, 0.01))
+    ]
     for layer in range(layers + 1):
         to_input = 0.0 if layer == 0 else spec.rotation_layer1[condition] + layer
         rows.append(row("rotation_to_input", layer, to_input))
@@ -226,7 +253,7 @@ def write_run(root: Path, cfg: Config, spec: Spec) -> tuple[Path, Path]:
             **{("full", k): (round(f * masked), r, fr) for k, (f, r, fr) in spec.optimal.items()},
         }
         for (target, label), (kept, r, full_r) in entries.items():
-            for metric, value in _mask_metrics(kept, masked, r, full_r).items():
+            for metric, value in _mask_metrics(kept, masked, r, full_r, spec).items():
                 masks.append(
                     {
                         "model": name,
@@ -265,7 +292,7 @@ def write_run(root: Path, cfg: Config, spec: Spec) -> tuple[Path, Path]:
                     "observed": observed,
                     "expected": expected,
                     "expected_sd": expected / 10,
-                    "ratio": spec.overlap_ratio if is_selected else 2.0,
+                    "ratio": spec.overlap_ratio * 1.5 if is_selected else 3.0,
                     "p_value": spec.overlap_p if is_selected else 0.5,
                     "null_mean": expected,
                     "null_sd": expected / 10,
@@ -274,12 +301,23 @@ def write_run(root: Path, cfg: Config, spec: Spec) -> tuple[Path, Path]:
                     "kept_b": 0.08,
                     "observed_count": round(observed * masked),
                     "n_masked": masked,
-                    "draws": 200,
+                    "draws": spec.overlap_draws,
                     "seed": 0,
+                    "row_expected": expected,
+                    "row_expected_sd": expected / 10,
+                    "row_ratio": spec.overlap_ratio if is_selected else 2.0,
+                    "row_p_value": spec.overlap_p if is_selected else None,
+                    "row_null_mean": expected if is_selected else None,
+                    "row_null_sd": expected / 10 if is_selected else None,
                 }
             )
         null += [
-            {"model": name, "draw": i, "overlap": expected * (1 + 0.1 * math.sin(i))}
+            {
+                "model": name,
+                "draw": i,
+                "overlap": expected / 1.5 * (1 + 0.1 * math.sin(i)),
+                "row_overlap": expected * (1 + 0.1 * math.cos(i)),
+            }
             for i in range(200)
         ]
         for condition, mean in spec.surprisal.items():
@@ -334,8 +372,8 @@ def write_run(root: Path, cfg: Config, spec: Spec) -> tuple[Path, Path]:
     metrics = run_dir / "metrics"
     _parquet(metrics / "masks.parquet", masks, A.MASK_METRICS.schema)
     _parquet(metrics / "blocks.parquet", blocks)
-    _parquet(metrics / "overlap.parquet", overlap)
-    _parquet(metrics / "overlap_null.parquet", null)
+    _parquet(metrics / "overlap.parquet", overlap, A.OVERLAP.schema)
+    _parquet(metrics / "overlap_null.parquet", null, A.OVERLAP_NULL.schema)
     _parquet(metrics / "ablations.parquet", ablations)
     _parquet(metrics / "generations.parquet", generations)
     _parquet(metrics / "residual.parquet", residual, A.RESIDUAL.schema)
@@ -360,9 +398,18 @@ def _write_checkpoints(metrics: Path, cfg: Config, spec: Spec) -> None:
             for j, label in enumerate(cfg.checkpoints.lambdas):
                 masks[("bigram", label)] = (masked // (2 + 5 * j), 0.9 - 0.05 * j - 0.1 / (1 + i))
             for (target, label), (kept, r) in masks.items():
-                values = {"kept": kept, "kept_fraction": kept / masked, "bigram_r": r}
+                values = {
+                    "kept": kept,
+                    "kept_fraction": kept / masked,
+                    **_interval("bigram_r", r, spec),
+                    "unseen_fraction": spec.unseen,
+                }
                 if target == "bigram":
-                    values |= {"first_mlp_share": 0.3 + 0.05 * i, "mlp_share": 0.8}
+                    values |= {
+                        "first_mlp_share": 0.3 + 0.05 * i,
+                        "mlp_share": 0.8,
+                        "first_mlp_plurality": spec.checkpoint_plurality[i],
+                    }
                 for metric, value in values.items():
                     rows.append(
                         {
@@ -376,7 +423,8 @@ def _write_checkpoints(metrics: Path, cfg: Config, spec: Spec) -> None:
                     )
             for budget, series in spec.r_at_budget.items():
                 fit = {**base, "target": None, "lambda": None, "lambda_value": None}
-                rows.append({**fit, "budget": budget, "metric": "r_at_budget", "value": series[i]})
+                for metric, value in _interval("r_at_budget", series[i], spec).items():
+                    rows.append({**fit, "budget": budget, "metric": metric, "value": value})
                 rows.append(
                     {
                         **fit,
@@ -387,11 +435,15 @@ def _write_checkpoints(metrics: Path, cfg: Config, spec: Spec) -> None:
                 )
     _parquet(metrics / "checkpoints.parquet", rows, A.CHECKPOINTS.schema)
     controls = [
-        {"model": model, "control": control, "lambda": "0", "metric": "bigram_r", "value": r}
+        {"model": model, "control": control, "lambda": "0", "metric": metric, "value": value}
         for model in cfg.checkpoints.models
         for control, r in spec.controls.items()
+        for metric, value in (
+            *_interval("bigram_r", r, spec).items(),
+            ("unseen_fraction", spec.unseen),
+        )
     ]
-    _parquet(metrics / "controls.parquet", controls)
+    _parquet(metrics / "controls.parquet", controls, A.CONTROLS.schema)
 
 
 def _benchmark(path: Path, seconds: float) -> Path:
@@ -422,13 +474,28 @@ def report_argv(cfg: Config, config_file: str) -> list[str]:
     return [stage.command, "--config", config_file, *arguments(stage, cfg, job_fields(cfg, {}))]
 
 
+def _verdicts_with_flags(
+    root: Path, cfg: Config, spec: Spec, flagged: set[tuple[int, int]]
+) -> dict[str, tuple[str, str]]:
+    """`_verdicts`, with exactly the (budget, step) estimates in `flagged` extrapolated."""
+    write_run(root, cfg, spec)
+    path = root / "results" / cfg.run / "metrics" / "checkpoints.parquet"
+    table = pa.parquet.read_table(path).to_pylist()
+    for row in table:
+        if row["metric"] == "r_at_budget_extrapolated":
+            row["value"] = float((row["budget"], row["step"]) in flagged)
+    _parquet(path, table, A.CHECKPOINTS.schema)
+    tables = load_run(cfg, report_inputs(cfg, root))
+    models = summarise(tables)
+    found = verdicts(Evidence(models, summarise_checkpoints(tables), control_values(tables)))
+    return {v.key: (v.status, v.ours) for v in found}
+
+
 def _verdicts(root: Path, cfg: Config, spec: Spec) -> dict[str, tuple[str, str]]:
     write_run(root, cfg, spec)
     tables = load_run(cfg, report_inputs(cfg, root))
     models = summarise(tables)
-    found = verdicts(
-        Evidence(tables, models, summarise_checkpoints(tables), control_values(tables))
-    )
+    found = verdicts(Evidence(models, summarise_checkpoints(tables), control_values(tables)))
     return {v.key: (v.status, v.ours) for v in found}
 
 
@@ -501,7 +568,20 @@ def test_the_comparison_table_shows_computed_verdicts(built: Built) -> None:
     table = table[: table.index("</table>")]
     assert table.count('<td class="holds">holds</td>') >= 10
     assert '<td class="unmeasured">not measured</td>' in table  # the ~10M plateau
-    assert "§6.2, Table 3" in table and "3.81–15.27× chance" in table
+    assert '<td class="unmeasured">descriptive</td>' in table  # λ = 0 keeps about half
+    assert "§6.2, Table 3" in table and "Pythia 160M: 3.81× chance (row-shuffle null)" in table
+    for column in (
+        "paper",
+        "rule on the paper&#x27;s numbers",
+        "this run",
+        "rule",
+        "thresholds and where they come from",
+        "verdict",
+    ):
+        assert f"<th>{column}</th>" in table
+    # every threshold says where its value comes from; every r shows its interval
+    assert "overlap ratio = 3.8: the paper&#x27;s &#x27;3.8–15.3× chance&#x27;" in table
+    assert "best 0.900 [0.895, 0.905]" in table
     markdown = (built.report_dir / "summary.md").read_text("utf-8")
     assert "## Comparison with the paper" in markdown
     assert "](figures/sparsity_r.png)" in markdown and "data:image" not in markdown
@@ -531,7 +611,13 @@ def test_metrics_json_holds_finite_headline_numbers(cfg: Config, built: Built) -
     assert model["selected_lambda"] == "1e1"
     assert model["selected_kept_fraction"] == pytest.approx(0.05, abs=1e-3)
     assert model["selected_r"] == pytest.approx(0.87)
-    assert model["overlap_ratio"] == pytest.approx(8.0)
+    assert model["overlap_row_ratio"] == pytest.approx(8.0)  # the paper's (row-shuffle) null
+    assert model["overlap_ratio"] == pytest.approx(12.0)  # the uniform within-block null
+    assert model["full_model_r_interval"] == {
+        "low": pytest.approx(0.695),
+        "high": pytest.approx(0.705),
+    }
+    assert model["unseen_fraction"] == 0.0
     assert model["eval_loss"] == 4.0 and model["bigram_baseline_loss"] == 4.5
     assert model["ablation_surprisal_bits"]["random_removed"] == pytest.approx(5.95)
     assert model["rotation_layer1_to_input"]["random"] == pytest.approx(6.0)
@@ -539,6 +625,7 @@ def test_metrics_json_holds_finite_headline_numbers(cfg: Config, built: Built) -
     assert list(steps) == sorted(f"step_{s}" for s in CHECKPOINT_STEPS)
     assert steps["step_1209"]["r_at_1000"] == pytest.approx(0.86)
     assert sum(metrics["claims"].values()) == 18
+    assert metrics["claims"]["descriptive"] == 1
 
     def leaves(node: Any) -> Iterator[Any]:
         for value in node.values():
@@ -578,17 +665,21 @@ def test_paper_like_numbers_reproduce_the_paper_claims(
     found = paper_like
     assert found["best_high"][0] == FAILS  # r 0.90 < 0.95: the paper's level is not reached
     assert found["plateau"][0] == NOT_MEASURED  # every mask keeps far fewer than 10M weights
+    assert found["lambda0_half"][0] == DESCRIPTIVE  # guaranteed by the initialisation
     assert {k for k, (status, _) in found.items() if status == HOLDS} == set(found) - {
         "best_high",
         "plateau",
+        "lambda0_half",
     }
-    assert "best r 0.900 (λ = 0) vs full model 0.700" in found["best_above_full"][1]
+    assert (
+        "best 0.900 [0.895, 0.905] vs full model 0.700 [0.695, 0.705]"
+        in (found["best_above_full"][1])
+    )
 
 
 FLIPS = {
     "best_above_full": {"full_r": 0.95},
     "best_high": {"sweep": {"0": (0.5, 0.97), "1e1": (0.05, 0.96)}},
-    "lambda0_half": {"sweep": {"0": (0.9, 0.90), "1e1": (0.05, 0.87)}},
     "selected_sparse": {"sweep": {"0": (0.5, 0.90), "1e1": (0.3, 0.87)}},
     "first_mlp": {"first_mlp_share": 0.05},
     "overlap": {"overlap_ratio": 0.9, "overlap_p": 0.7},
@@ -617,6 +708,75 @@ def test_changing_the_data_flips_the_verdict(
     expected = HOLDS if key == "best_high" else FAILS
     assert after[0] == expected != before[0], (before, after)
     assert after[1] != before[1]  # the numbers that decided it are shown
+
+
+# Cases the previous rules could not fail (or called "not measured"): each now does not hold.
+CANNOT_FAIL_BEFORE = {
+    # the trained embeddings do not raise r, and training does not either (was: not measured)
+    "trained_embeddings": {
+        "controls": {
+            **Spec().controls,
+            "bigram subnetwork": 0.74,
+            "random init": 0.75,
+            "random body, trained embeddings": 0.74,
+        }
+    },
+    # optimal removal lowers surprisal: "bigram ≥ 0.8 × optimal" held vacuously
+    "bigram_vs_optimal": {"surprisal": {**Spec().surprisal, "optimal removed": 5.5}},
+    # a ratio > 1 with p < 0.05 is not the paper's claim (3.8–15.3×, p < 1e-4)
+    "overlap": {"overlap_ratio": 2.0, "overlap_p": 0.001},
+    # too few draws to resolve p < 1e-4, however large the ratio
+    "overlap_draws": {"overlap_draws": 500, "overlap_p": 1 / 501},
+    # plurality in the final mask but not at one checkpoint (was checked on the final mask only)
+    "first_mlp": {"checkpoint_plurality": (1.0, 0.0, 1.0, 1.0)},
+    # noisy trajectories: the earlier value beats the last by less than the uncertainty
+    "full_r_falls": {"checkpoint_full_r": (0.05, 0.686, 0.685, 0.68)},
+    "decompression": {"r_at_budget": {1000: (0.5, 0.8, 0.836, 0.83)}},
+    # the last checkpoint's estimate is extrapolated: it may not decide
+    "decompression_extrapolated": {"r_at_budget": {1000: (0.5, 0.8, 0.86, 0.83)}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(CANNOT_FAIL_BEFORE))
+def test_cases_the_old_rules_could_not_fail_now_fail(
+    cfg: Config, tmp_path: Path, paper_like: dict[str, tuple[str, str]], case: str
+) -> None:
+    key = case.split("_draws")[0].split("_extrapolated")[0]
+    spec = replace(Spec(), **CANNOT_FAIL_BEFORE[case])
+    if case == "decompression_extrapolated":  # budget 1000 extrapolated at the last step only
+        spec = replace(spec, r_at_budget={1000: (0.5, 0.8, 0.86, 0.83)})
+        found = _verdicts_with_flags(tmp_path, cfg, spec, {(1000, 5000)})[key]
+        assert found[0] == NOT_MEASURED and "extrapolated" in found[1], found
+        return
+    found = _verdicts(tmp_path, cfg, spec)[key]
+    assert paper_like[key][0] == HOLDS
+    assert found[0] == FAILS, found
+    if case == "overlap_draws":
+        assert "too few draws to reach p < 0.0001" in found[1]
+    if case in ("full_r_falls", "decompression"):
+        assert "margin -" in found[1]  # the stated margin is negative
+
+
+def test_lambda0_half_is_descriptive_whatever_the_data(cfg: Config, tmp_path: Path) -> None:
+    for fraction in (0.5, 0.9, 0.05):
+        spec = replace(Spec(), sweep={**Spec().sweep, "0": (fraction, 0.9)})
+        status, text = _verdicts(tmp_path, cfg, spec)["lambda0_half"]
+        assert status == DESCRIPTIVE and f"{fraction:.1%} kept" in text
+
+
+def test_the_r_level_is_decided_on_the_drop_unseen_r_when_unseen_bigrams_matter(
+    cfg: Config, tmp_path: Path
+) -> None:
+    """With 5% of eval positions unseen the clipped r (0.96) and the drop-unseen r (0.95) differ
+    by more than the paper's precision: the drop-unseen r decides, and says so."""
+    sweep = {"0": (0.5, 0.96), "1": (0.2, 0.955), "1e1": (0.05, 0.95), "1e2": (0.01, 0.8)}
+    clipped = replace(Spec(), sweep=sweep)
+    status, text = _verdicts(tmp_path, cfg, clipped)["best_high"]
+    assert status == HOLDS and "clipped r (0.00% unseen: negligible)" in text
+    unseen = replace(clipped, unseen=0.05)
+    status, text = _verdicts(tmp_path, cfg, unseen)["best_high"]
+    assert status == FAILS, text  # drop-unseen 0.95 [0.945, 0.955] is not above 0.95
+    assert "decided on the drop-unseen r (5.00% of eval positions unseen" in text
 
 
 def test_without_checkpoints_those_claims_are_not_measured(tmp_path: Path) -> None:

@@ -14,13 +14,17 @@ from bigram_subnetworks.analysis.residual import (
     Moments,
     covariance_similarity,
     linear_map_logits,
+    linear_map_scores,
+    linear_map_surprisal,
     median_rotation,
     recall_at_k,
     residual_analysis,
     residual_states,
     ridge,
+    split_sequences,
     token_ranks,
 )
+from bigram_subnetworks.analysis.scoring import clip_infinite, pearson
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.models.layout import final_norm, input_embedding
 
@@ -222,7 +226,7 @@ def test_residual_states_restore_training_mode(model: torch.nn.Module) -> None:
 
 def test_residual_analysis_rows(model: torch.nn.Module) -> None:
     sequences = torch.randint(0, VOCAB, (24, 16), generator=torch.Generator().manual_seed(7))
-    result = residual_analysis(model, sequences, n_heldout=4, batch_size=8)
+    result = residual_analysis(model, sequences[:20], sequences[20:], batch_size=8)
     rows = result.rows
     n = N_LAYERS + 1
     assert len(rows) == 2 * n + 3 * n + n * n
@@ -245,10 +249,68 @@ def test_residual_analysis_rows(model: torch.nn.Module) -> None:
 def test_layer0_input_recall_is_perfect_with_clear_embeddings() -> None:
     model = tiny_model("gpt_neox", init=1.0)  # embeddings large next to α = 1
     sequences = torch.randint(0, VOCAB, (40, 16), generator=torch.Generator().manual_seed(8))
-    rows = residual_analysis(model, sequences, n_heldout=8, batch_size=16).rows
+    rows = residual_analysis(model, sequences[:32], sequences[32:], batch_size=16).rows
     assert next(r for r in rows if r["metric"] == "recall@1" and r["layer"] == 0)["value"] == 1.0
 
 
 def test_residual_analysis_needs_fit_and_test_sequences(model: torch.nn.Module) -> None:
-    with pytest.raises(UserError, match="n_heldout"):
-        residual_analysis(model, torch.zeros(3, 4, dtype=torch.long), n_heldout=3)
+    with pytest.raises(UserError, match="need both"):
+        residual_analysis(model, torch.zeros(3, 4, dtype=torch.long), torch.zeros(0, 4).long())
+    with pytest.raises(UserError, match="at least two"):
+        split_sequences(1, seed=0)
+
+
+# --- fitting vs held-out data --------------------------------------------------------------------
+
+
+def test_the_split_is_seeded_disjoint_and_holds_out_a_quarter() -> None:
+    fit, heldout = split_sequences(40, seed=3)
+    assert len(heldout) == 10 and len(fit) == 30
+    assert sorted([*fit, *heldout]) == list(range(40)) and not set(fit) & set(heldout)
+    assert list(fit) == sorted(fit) and list(heldout) == sorted(heldout)
+    again = split_sequences(40, seed=3)
+    assert np.array_equal(again[1], heldout)
+    assert not np.array_equal(split_sequences(40, seed=4)[1], heldout)
+    assert list(heldout) != list(range(30, 40))  # not simply the last quarter
+    assert [len(part) for part in split_sequences(2, seed=0)] == [1, 1]
+
+
+def test_maps_come_from_the_fitting_part_and_are_scored_on_the_held_out_part(
+    model: torch.nn.Module,
+) -> None:
+    """Rotations and covariances depend on the fitting sequences only; recall and the
+    linear-map surprisals change with the held-out ones."""
+    g = torch.Generator().manual_seed(11)
+    fit = torch.randint(0, VOCAB, (20, 16), generator=g)
+    heldout_a = torch.randint(0, VOCAB, (6, 16), generator=g)
+    heldout_b = torch.randint(0, VOCAB, (6, 16), generator=g)
+    first = residual_analysis(model, fit, heldout_a, batch_size=8)
+    second = residual_analysis(model, fit, heldout_b, batch_size=8)
+
+    def values(rows: list[dict], prefix: str) -> list[float]:
+        return [r["value"] for r in rows if r["metric"].startswith(prefix)]
+
+    for prefix in ("rotation", "covariance"):
+        assert values(first.rows, prefix) == values(second.rows, prefix)
+    torch.testing.assert_close(first.layer0_to_output.weight, second.layer0_to_output.weight)
+    assert values(first.rows, "recall") != values(second.rows, "recall")
+    bits = linear_map_surprisal(model, first.layer0_to_output, heldout_a, VOCAB, 4)
+    assert bits.shape == (6, 15)
+    refit = residual_analysis(model, torch.cat([fit, heldout_a]), heldout_b, batch_size=8)
+    in_sample = linear_map_surprisal(model, refit.layer0_to_output, heldout_a, VOCAB, 4)
+    assert not np.allclose(bits, in_sample)  # fitted on the scored sequences: another map
+
+
+def test_linear_map_scores_are_held_out_r_with_intervals_and_unseen_fraction() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.gamma(2.0, 3.0, size=(40, 15))
+    reference[rng.random(reference.shape) < 0.05] = np.inf  # unseen bigrams
+    bits = np.where(np.isfinite(reference), reference, 30.0) * 0.5 + rng.normal(size=(40, 15))
+    scores = linear_map_scores(bits, reference, resamples=300, seed=0)
+    finite = np.isfinite(reference)
+    assert scores["bigram_r"] == pytest.approx(pearson(bits, clip_infinite(reference)))
+    assert scores["bigram_r_dropinf"] == pytest.approx(pearson(bits[finite], reference[finite]))
+    assert scores["unseen_fraction"] == pytest.approx(1 - finite.mean())
+    for metric in ("bigram_r", "bigram_r_dropinf"):
+        assert scores[f"{metric}_low"] < scores[metric] < scores[f"{metric}_high"]
+    assert scores == linear_map_scores(bits, reference, resamples=300, seed=0)

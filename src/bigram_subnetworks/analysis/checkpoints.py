@@ -2,14 +2,19 @@
 
 The bigram masks of every configured checkpoint (trained by the train_mask stage under model keys
 `<model>+step-<N>`; the final checkpoint's are the main grid's) are scored like the final model's
-masks (r, kept fraction, LM loss, ...), plus where each mask sits: the share of its kept weights in
-the first layer's MLP, in all MLPs and in attention. Each checkpoint's own full model is scored too,
-so its bigram r is tracked per step.
+masks (r with its bootstrap interval, kept fraction, LM loss, ...), plus where each mask sits: the
+share of its kept weights in the first layer's MLP, in all MLPs and in attention, and whether the
+first MLP holds the plurality (the largest layer × {attention, MLP} group), which the paper reports
+at every checkpoint. Each checkpoint's own full model is scored too, so its bigram r is tracked per
+step.
 
 Per checkpoint, bigram r is fitted against the number of active (kept) parameters N over the λ
 sweep as a power law in the deficit, 1 − r = c · N^(−k), by least squares on log(1 − r) against
 log N, and r is estimated at fixed budgets of active parameters, as the paper does for 500K
-parameters. Estimates outside the fitted range of N are flagged as extrapolated.
+parameters. Estimates outside the fitted range of N are flagged as extrapolated (reported, never
+used to decide a verdict). Each estimate's interval refits the power law on every bootstrap
+resample of the masks' r (the same resamples for every mask), so it carries the eval-sequence
+uncertainty of all the points it rests on.
 """
 
 from __future__ import annotations
@@ -35,19 +40,42 @@ SCHEMA = CHECKPOINTS.schema
 
 
 def location_shares(blocks: list[dict[str, Any]]) -> dict[str, float]:
-    """Shares of a mask's kept weights in layer 0's MLP, in every MLP and in attention, from
-    per-block rows (layer, kind, kept); NaN for an empty mask."""
+    """Where a mask's kept weights sit, from per-block rows (layer, kind, kept): the shares in
+    layer 0's MLP, in every MLP and in attention, and `first_mlp_plurality` (1.0 when layer 0's
+    MLP holds at least as many as every other layer × {attention, MLP} group, else 0.0); NaN
+    for an empty mask."""
     kept = sum(b["kept"] for b in blocks)
     if kept == 0:
-        return {"first_mlp_share": math.nan, "mlp_share": math.nan, "attention_share": math.nan}
-    mlp = [b for b in blocks if b["kind"].startswith("MLP")]
-    first_mlp = sum(b["kept"] for b in mlp if b["layer"] == 0)
-    mlp_kept = sum(b["kept"] for b in mlp)
+        return dict.fromkeys(
+            ("first_mlp_share", "mlp_share", "attention_share", "first_mlp_plurality"), math.nan
+        )
+    groups: dict[tuple[int, str], int] = defaultdict(int)
+    for b in blocks:
+        groups[(int(b["layer"]), "MLP" if b["kind"].startswith("MLP") else "attention")] += int(
+            b["kept"]
+        )
+    first_mlp = groups.get((0, "MLP"), 0)
+    mlp_kept = sum(count for (_, part), count in groups.items() if part == "MLP")
     return {
         "first_mlp_share": first_mlp / kept,
         "mlp_share": mlp_kept / kept,
         "attention_share": (kept - mlp_kept) / kept,
+        "first_mlp_plurality": float(first_mlp > 0 and first_mlp >= max(groups.values())),
     }
+
+
+def largest_group(blocks: list[dict[str, Any]]) -> str | None:
+    """The layer × {attention, MLP} group holding most of a mask's kept weights ("layer 0 MLP");
+    None for an empty mask."""
+    groups: dict[tuple[int, str], int] = defaultdict(int)
+    for b in blocks:
+        groups[(int(b["layer"]), "MLP" if b["kind"].startswith("MLP") else "attention")] += int(
+            b["kept"]
+        )
+    if not groups or max(groups.values()) == 0:
+        return None
+    layer, part = max(groups, key=lambda key: (groups[key], -key[0], key[1] == "MLP"))
+    return f"layer {layer} {part}"
 
 
 def _row(
@@ -108,12 +136,39 @@ def fit_power_law(active: np.ndarray, r: np.ndarray) -> PowerLaw | None:
     )
 
 
+def budget_replicates(
+    active: np.ndarray, replicates: np.ndarray, budgets: list[int], usable: np.ndarray
+) -> np.ndarray:
+    """r at every budget under the power law refitted on each bootstrap resample: `replicates`
+    is (resamples, masks) of bigram r, `usable` the masks the point fit used. Returns
+    (resamples, budgets); NaN for a resample with an r ≥ 1 or a non-finite r."""
+    x = np.log(np.asarray(active, dtype=np.float64)[usable])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = np.log1p(-np.asarray(replicates, dtype=np.float64)[:, usable])
+    bad = ~np.isfinite(y).all(1)
+    y[bad] = 0.0  # estimated, then set to NaN below
+    centred = x - x.mean()
+    slope = (y - y.mean(1, keepdims=True)) @ centred / (centred @ centred)
+    intercept = y.mean(1) - slope * x.mean()
+    logs = np.log(np.asarray(budgets, dtype=np.float64))
+    estimate = 1.0 - np.exp(intercept[:, None] + slope[:, None] * logs[None, :])
+    estimate[bad] = np.nan
+    return estimate
+
+
 def fit_rows(
-    model: str, step: int, masks: list[tuple[float, float]], budgets: list[int]
+    model: str,
+    step: int,
+    masks: list[tuple[float, float]],
+    budgets: list[int],
+    replicates: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """The fit's parameters and the r estimated at every budget, for one checkpoint's masks given
-    as (active parameters, bigram r)."""
-    fit = fit_power_law(np.array([m[0] for m in masks]), np.array([m[1] for m in masks]))
+    as (active parameters, bigram r); with `replicates` ((resamples, masks) bootstrap r of the
+    same masks) also each estimate's percentile interval (`r_at_budget_low`/`_high`)."""
+    active = np.array([m[0] for m in masks], dtype=np.float64)
+    r = np.array([m[1] for m in masks], dtype=np.float64)
+    fit = fit_power_law(active, r)
     if fit is None:
         log.warning("%s step %d: fewer than two usable masks; no power-law fit", model, step)
         return [_row(model, step, None, None, "fit_points", 0)]
@@ -123,10 +178,21 @@ def fit_rows(
         _row(model, step, None, None, "fit_r2", fit.r2),
         _row(model, step, None, None, "fit_points", fit.points),
     ]
+    intervals: dict[int, tuple[float, float]] = {}
+    if replicates is not None and np.asarray(replicates).size:
+        from bigram_subnetworks.analysis.scoring import percentile_interval
+
+        usable = (active > 0) & np.isfinite(r) & (r < 1)
+        estimates = budget_replicates(active, np.asarray(replicates), budgets, usable)
+        intervals = {b: percentile_interval(estimates[:, i]) for i, b in enumerate(budgets)}
     for budget in budgets:
         outside = not fit.n_min <= budget <= fit.n_max
         rows.append(_row(model, step, None, None, "r_at_budget", fit.r_at(budget), budget))
         rows.append(_row(model, step, None, None, "r_at_budget_extrapolated", outside, budget))
+        if budget in intervals:
+            low, high = intervals[budget]
+            rows.append(_row(model, step, None, None, "r_at_budget_low", low, budget))
+            rows.append(_row(model, step, None, None, "r_at_budget_high", high, budget))
     return rows
 
 
@@ -140,23 +206,25 @@ def checkpoint_rows(
     sequences: np.ndarray,
     batch_size: int,
     device: Any,
-) -> list[dict[str, Any]]:
-    """The rows of one checkpoint: every mask, the checkpoint's full model and the empty mask,
-    with the location shares of each mask."""
-    from bigram_subnetworks.analysis.scoring import evaluate_model
+    resamples: int = 0,
+    seed: int = 0,
+) -> tuple[list[dict[str, Any]], dict[tuple[str, str], np.ndarray]]:
+    """The rows of one checkpoint (every mask, the checkpoint's full model and the empty mask,
+    with the location of each mask) and the bootstrap replicates of each mask's bigram r."""
+    from bigram_subnetworks.analysis.scoring import score_masks
 
-    metrics, blocks = evaluate_model(
-        name, model, masks, counts, sequences, batch_size, device, identity
+    found = score_masks(
+        name, model, masks, counts, sequences, batch_size, device, identity, resamples, seed
     )
     by_mask: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for block in blocks:
+    for block in found.blocks:
         if block["head"] is None:
             by_mask[(block["target"], block["lambda"])].append(block)
-    rows = [{**row, "step": step, "budget": None} for row in metrics]
+    rows = [{**row, "step": step, "budget": None} for row in found.metrics]
     for (target, label), mask_blocks in by_mask.items():
         for metric, value in location_shares(mask_blocks).items():
             rows.append(_row(name, step, target, label, metric, value))
-    return rows
+    return rows, found.replicates
 
 
 def run_stage(
@@ -191,7 +259,7 @@ def run_stage(
             variant = None if step == final else f"step-{step}"
             model, identity = load_variant(model_dir, variant)
             step_masks = index.get(model_key(name, variant), [])
-            table = checkpoint_rows(
+            table, replicates = checkpoint_rows(
                 name,
                 step,
                 model,
@@ -201,6 +269,8 @@ def run_stage(
                 sequences,
                 cfg.analysis.batch_size,
                 device,
+                cfg.analysis.bootstrap_resamples,
+                cfg.seed,
             )
             rows += table
             values: dict[str, dict[str, float]] = defaultdict(dict)
@@ -208,7 +278,8 @@ def run_stage(
                 if row["target"] == "bigram":
                     values[row["lambda"]][row["metric"]] = row["value"]
             scored = [(v["kept"], v["bigram_r"]) for v in values.values()]
-            rows += fit_rows(name, step, scored, cfg.checkpoints.budgets)
+            draws = np.stack([replicates[("bigram", label)] for label in values], axis=1)
+            rows += fit_rows(name, step, scored, cfg.checkpoints.budgets, draws)
             log.info("%s step %d: %d masks scored", name, step, len(step_masks))
     with atomic_outputs(checkpoints) as (temp,):
         write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), temp, seed=cfg.seed)

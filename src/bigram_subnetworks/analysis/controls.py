@@ -5,10 +5,13 @@ the full model; its bigram subnetwork (λ = 0, and the selected λ); a bigram su
 randomly initialised model (the step-0 checkpoint's λ = 0 mask); a bigram subnetwork of a model
 whose body is the step-0 initialisation but whose token embeddings, unembedding (and GPT-2's
 position embeddings) are the trained ones (the model variant `random-body`); the embeddings alone
-(the empty mask); and the embeddings plus the layer-0 linear map of the residual analysis.
+(the empty mask); and the embeddings plus the layer-0 linear map L_out that the residual stage
+fits on the **bigram subnetwork** (its "bigram" condition, as the paper's §A.4 and footnote 11 do),
+scored on the residual stage's held-out sequences.
 
-Every mask is trained by the train_mask stage; this stage scores the control model and gathers
-the other stages' tables.
+Every r comes with its bootstrap interval (`bigram_r_low`/`_high`) and the unseen-bigram fraction
+of the positions it was scored on. Every mask is trained by the train_mask stage; this stage scores
+the control model and gathers the other stages' tables.
 """
 
 from __future__ import annotations
@@ -28,6 +31,19 @@ from bigram_subnetworks.io import atomic_outputs, read_parquet, write_parquet
 log = logging.getLogger(__name__)
 
 SCHEMA = CONTROLS.schema
+LINEAR_MAP_CONDITION = "bigram"  # the residual condition whose layer-0 map Table 2 uses (§A.4)
+LINEAR_MAP = "layer0_linear_map_"  # prefix of the residual stage's linear-map metrics
+CONTROL_METRICS = (
+    "bigram_r",
+    "bigram_r_low",
+    "bigram_r_high",
+    "bigram_r_dropinf",
+    "bigram_r_dropinf_low",
+    "bigram_r_dropinf_high",
+    "unseen_fraction",
+    "kept",
+    "kept_fraction",
+)
 
 
 def _values(table: list[dict[str, Any]], model: str, target: str, label: str) -> dict[str, float]:
@@ -49,8 +65,55 @@ def _control_rows(
     return [
         {"model": model, "control": control, "lambda": label, "metric": metric, "value": value}
         for metric, value in values.items()
-        if metric in ("bigram_r", "bigram_r_dropinf", "kept", "kept_fraction")
+        if metric in CONTROL_METRICS
     ]
+
+
+def linear_map_values(residual_rows: list[dict[str, Any]], model: str) -> dict[str, float]:
+    """The layer-0 linear-map control of one model from the residual stage's rows: its bigram r,
+    interval, drop-unseen r and unseen fraction, from the bigram-subnetwork condition (the paper
+    fits L_out on the bigram subnetwork, §A.4 footnote 11), under the controls' metric names."""
+    values = {
+        row["metric"].removeprefix(LINEAR_MAP): row["value"]
+        for row in residual_rows
+        if row["model"] == model
+        and row["condition"] == LINEAR_MAP_CONDITION
+        and row["metric"].startswith(LINEAR_MAP)
+    }
+    if "bigram_r" not in values:
+        raise UserError(
+            f"residual table: no layer-0 linear map r of {model}'s bigram subnetwork; rerun "
+            "the residual stage"
+        )
+    return values
+
+
+def control_table(
+    model: str,
+    chosen: str,
+    evaluated: list[dict[str, Any]],
+    step0: list[dict[str, Any]],
+    hybrid: list[dict[str, Any]],
+    residual_rows: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """The control rows of one model from the evaluate stage's rows, the step-0 checkpoint's
+    rows, the trained-embeddings control's rows (target `random-body`) and the residual rows;
+    `chosen` is the selected bigram λ."""
+    from bigram_subnetworks.analysis.scoring import REFERENCE
+
+    table = [
+        ("full model", "neginf", _values(evaluated, model, REFERENCE, "neginf")),
+        ("bigram subnetwork", "0", _values(evaluated, model, "bigram", "0")),
+        ("bigram subnetwork (selected λ)", chosen, _values(evaluated, model, "bigram", chosen)),
+        ("random init", "0", _values(step0, model, "bigram", "0")),
+        ("random body, trained embeddings", "0", _values(hybrid, model, RANDOM_BODY, "0")),
+        ("embeddings only", "inf", _values(evaluated, model, REFERENCE, "inf")),
+        ("embeddings + layer-0 linear map", chosen, linear_map_values(residual_rows, model)),
+    ]
+    rows: list[dict[str, Any]] = []
+    for control, label, values in table:
+        rows += _control_rows(model, control, label, values)
+    return rows
 
 
 def run_stage(
@@ -68,12 +131,7 @@ def run_stage(
 ) -> None:
     """The controls stage: score the trained-embeddings control masks (`<model>+random-body`)
     and write `controls.parquet` from them and the other stages' tables."""
-    from bigram_subnetworks.analysis.scoring import (
-        REFERENCE,
-        eval_sample,
-        evaluate_model,
-        index_masks,
-    )
+    from bigram_subnetworks.analysis.scoring import eval_sample, evaluate_model, index_masks
     from bigram_subnetworks.analysis.select import read_selection
     from bigram_subnetworks.data.bigrams import read_bigram_counts
     from bigram_subnetworks.data.tokenize import read_sequences
@@ -102,29 +160,18 @@ def run_stage(
             replace(m, target=RANDOM_BODY) for m in index.get(model_key(name, RANDOM_BODY), [])
         ]
         hybrid_rows, _ = evaluate_model(
-            name, hybrid, hybrid_masks, counts, evaluation, cfg.analysis.batch_size, device
+            name,
+            hybrid,
+            hybrid_masks,
+            counts,
+            evaluation,
+            cfg.analysis.batch_size,
+            device,
+            resamples=cfg.analysis.bootstrap_resamples,
+            seed=cfg.seed,
         )
         chosen = read_selection(selection, name)["bigram"]["lambda"]
-        linear = [
-            r["value"]
-            for r in residual_rows
-            if r["model"] == name
-            and r["condition"] == "full model"
-            and r["metric"] == "layer0_linear_map_bigram_r"
-        ]
-        if not linear:
-            raise UserError(f"{residual}: no layer-0 linear map r for {name}; rerun residual")
-        table = [
-            ("full model", "neginf", _values(evaluated, name, REFERENCE, "neginf")),
-            ("bigram subnetwork", "0", _values(evaluated, name, "bigram", "0")),
-            ("bigram subnetwork (selected λ)", chosen, _values(evaluated, name, "bigram", chosen)),
-            ("random init", "0", _values(step0, name, "bigram", "0")),
-            ("random body, trained embeddings", "0", _values(hybrid_rows, name, RANDOM_BODY, "0")),
-            ("embeddings only", "inf", _values(evaluated, name, REFERENCE, "inf")),
-            ("embeddings + layer-0 linear map", "neginf", {"bigram_r": linear[0]}),
-        ]
-        for control, label, values in table:
-            rows += _control_rows(name, control, label, values)
+        rows += control_table(name, chosen, evaluated, step0, hybrid_rows, residual_rows)
         summary = ", ".join(
             f"{r['control']} {r['value']:.3f}"
             for r in rows

@@ -1,5 +1,6 @@
 """The evaluate stage: score every mask of the main grid, and each full model, on held-out
-sequences (the scoring itself is `analysis.scoring`)."""
+sequences, with a seeded bootstrap interval beside every r (the scoring itself is
+`analysis.scoring`)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ def run_stage(
             cfg.analysis.batch_size,
             device,
             model_identity(model_dir, info),
+            resamples=cfg.analysis.bootstrap_resamples,
+            seed=cfg.seed,
         )
         metrics += rows
         block_rows += model_blocks

@@ -1,14 +1,29 @@
-"""Overlap of two masks of one model, and its significance under a within-block null.
+"""Overlap of two masks of one model, and its significance under two within-block nulls.
 
-Overlap = |A ∧ B| / N_masked. Null: A and B are each redrawn uniformly within every Block (Q, K, V,
-O, MLP-in, MLP-out of every layer) with their own kept counts. Blocks are then independent and the
-overlap inside block b is hypergeometric (population n_b, k_A successes, k_B draws), so the
-expected overlap is Σ_b k_A k_B / n_b exactly and one null draw is one hypergeometric variate per
-block: O(blocks × draws) work, never O(parameters × draws).
+Overlap = |A ∧ B| / N_masked. Blocks are Q, K, V, O, MLP-in and MLP-out of every layer.
 
-Everything after `block_overlap` works on per-block counts only, so masks of a billion entries
-are read once and never shuffled. This module imports numpy only; the mask functions take torch
-tensors but load the mask toolkit (and torch) when first called.
+**Uniform null** (the paper's text: "random within block"). A and B are each redrawn uniformly
+within every block with their own kept counts. Blocks are then independent and the overlap inside
+block b is hypergeometric (population n_b, k_A successes, k_B draws), so the expected overlap is
+Σ_b k_A k_B / n_b exactly and one null draw is one hypergeometric variate per block:
+O(blocks × draws) work, never O(parameters × draws).
+
+**Row-shuffle null** (the authors' released code, `np.random.shuffle` on each (out, in) weight
+matrix, which permutes whole rows). The rows of A's and of B's matrix are permuted independently
+within every block, which keeps each row's entries and their column alignment. Only the relative
+permutation τ matters, so a draw is Σ_i |A_i ∧ B_τ(i)|, with τ uniform: with the row-pair counts
+M_ij = |A_i ∧ B_j| computed once (a sparse product), one draw is one lookup per row, O(rows)
+instead of O(entries). Its mean is exact, Σ_b Σ_ij M_ij / R_b (the column counts of A and B
+multiplied and summed, divided by the number of rows), and so is its variance (Hoeffding's
+permutation variance, 1/(R−1) Σ_ij of the doubly centred M_ij²). Where masks concentrate on some
+input columns (embedding dimensions), this null expects more overlap than the uniform one, so its
+ratio is smaller. The paper's Table 3 numbers (expected overlap = mean of 10K such draws) come from
+this null, so the report compares Table 3 with it. Row draws are made for each model's selected
+pair (the pair Table 3 reports); the exact row mean and sd are given for every pair.
+
+Everything after `block_overlap` / `row_blocks` works on counts only, so masks of a billion
+entries are read once and never shuffled. This module imports numpy and scipy only; the mask
+functions take torch tensors but load the mask toolkit (and torch) when first called.
 """
 
 from __future__ import annotations
@@ -32,7 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_DRAWS = 10_000
-CHUNK_VARIATES = 1 << 22  # hypergeometric variates per sampling pass (32 MiB of int64)
+CHUNK_VARIATES = 1 << 22  # variates (or row lookups) per sampling pass (32 MiB of int64)
+ROW_STREAM = 0x2055  # seeds the row-shuffle draws apart from the uniform null's
 
 
 @dataclass(frozen=True, eq=False)  # arrays: no elementwise ==
@@ -78,9 +94,45 @@ class BlockOverlap:
         return int(self.both.sum())
 
 
+@dataclass(frozen=True, eq=False)
+class RowBlock:
+    """The row-pair intersection counts M_ij = |A_i ∧ B_j| of one block's (out, in) matrices,
+    sparse: `keys` = i · rows + j (sorted, int64) and `counts` (int64) of the pairs M_ij > 0."""
+
+    rows: int
+    keys: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def total(self) -> int:
+        """Σ_ij M_ij = Σ_c colA_c · colB_c."""
+        return int(self.counts.sum())
+
+    def mean(self) -> float:
+        """Exact null mean of Σ_i M_i,τ(i): Σ_ij M_ij / rows."""
+        return self.total / self.rows
+
+    def variance(self) -> float:
+        """Exact null variance of Σ_i M_i,τ(i) over uniform permutations τ (Hoeffding 1951):
+        Σ_ij d_ij² / (rows − 1), d the doubly centred M."""
+        r = self.rows
+        if r < 2 or self.keys.size == 0:
+            return 0.0
+        i, j = np.divmod(self.keys, r)
+        m = self.counts.astype(np.float64)
+        row_means = np.bincount(i, weights=m, minlength=r) / r
+        col_means = np.bincount(j, weights=m, minlength=r) / r
+        grand = m.sum() / (r * r)
+        centred = (m * m).sum() - r * (row_means @ row_means) - r * (col_means @ col_means)
+        centred += r * r * grand * grand
+        return max(centred, 0.0) / (r - 1)
+
+
 @dataclass(frozen=True)
 class OverlapResult:
-    """Overlap test outcome; overlaps and kept amounts are fractions of the masked entries."""
+    """Overlap test outcome; overlaps and kept amounts are fractions of the masked entries.
+    `row_*`: the row-shuffle null (NaN without row blocks; p and draw statistics NaN without
+    row draws)."""
 
     observed: float  # |A ∧ B| / N
     expected: float  # Σ_b k_A k_B / n_b / N, exact under the null
@@ -96,6 +148,12 @@ class OverlapResult:
     n_masked: int  # N
     draws: int
     seed: int
+    row_expected: float = float("nan")  # exact row-shuffle null mean / N
+    row_expected_sd: float = float("nan")  # exact row-shuffle null sd / N
+    row_ratio: float = float("nan")  # observed / row_expected
+    row_p_value: float = float("nan")  # (1 + #{row null >= observed}) / (1 + draws)
+    row_null_mean: float = float("nan")  # mean of the row-shuffle draws / N
+    row_null_sd: float = float("nan")  # sd of the row-shuffle draws / N
 
 
 def block_overlap(
@@ -115,6 +173,76 @@ def block_overlap(
         kept_a[i], kept_b[i] = int(a.count_nonzero()), int(b.count_nonzero())
         both[i] = int((a & b).count_nonzero())
     return BlockOverlap(size, kept_a, kept_b, both)
+
+
+def _output_axis(layout: Layout) -> int:
+    """0 when the layout's weights are stored (out, in) (nn.Linear), 1 for (in, out) (Conv1D)."""
+    from bigram_subnetworks.models.layout import _ARCHS  # the one place the layout records it
+
+    return _ARCHS[layout.arch].output_axis
+
+
+def row_pairs(a: np.ndarray, b: np.ndarray) -> RowBlock:
+    """`RowBlock` of two boolean (rows, cols) matrices (rows = output units)."""
+    from scipy import sparse
+
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"row_pairs: need two equal 2-D shapes, got {a.shape} and {b.shape}")
+    rows = a.shape[0]
+    product = (
+        sparse.csr_array(a.astype(np.int64)) @ sparse.csr_array(b.astype(np.int64)).T
+    ).tocoo()
+    keys = product.row.astype(np.int64) * rows + product.col.astype(np.int64)
+    counts = product.data.astype(np.int64)
+    keep = counts > 0
+    order = np.argsort(keys[keep], kind="stable")
+    return RowBlock(rows, keys[keep][order], counts[keep][order])
+
+
+def row_blocks(
+    mask_a: Mapping[str, torch.Tensor], mask_b: Mapping[str, torch.Tensor], layout: Layout
+) -> list[RowBlock]:
+    """The `RowBlock` of every block in `layout.blocks()` order, each block read as its (out, in)
+    matrix (GPT-2's Conv1D blocks are transposed first), as the authors' code shuffles them."""
+    from bigram_subnetworks.masks.toolkit import check_mask
+
+    check_mask(mask_a, layout, "overlap mask A")
+    check_mask(mask_b, layout, "overlap mask B")
+    transpose = _output_axis(layout) == 1
+    out = []
+    for block in layout.blocks():
+        a = block.select(mask_a[block.param]).numpy().astype(bool)
+        b = block.select(mask_b[block.param]).numpy().astype(bool)
+        if transpose:
+            a, b = a.T, b.T
+        out.append(row_pairs(a, b))
+    return out
+
+
+def row_null_overlaps(blocks: list[RowBlock], draws: int, seed: int = 0) -> np.ndarray:
+    """`draws` samples of |A ∧ B| (int64 counts) under the row-shuffle null: per block, a seeded
+    uniform permutation τ of its rows and Σ_i M_i,τ(i), looked up for the rows with any M_ij > 0
+    only (O(rows) per draw, vectorised over chunks of draws)."""
+    if draws < 1:
+        raise ValueError(f"draws {draws}: need at least one null draw")
+    rng = np.random.default_rng([seed, ROW_STREAM])
+    total = np.zeros(draws, dtype=np.int64)
+    for block in blocks:
+        if block.keys.size == 0:
+            continue
+        r = block.rows
+        active = np.unique(block.keys // r)  # rows i with some M_ij > 0
+        identity = np.broadcast_to(np.arange(r, dtype=np.int64), (1, r))
+        chunk = max(1, CHUNK_VARIATES // r)
+        for start in range(0, draws, chunk):
+            stop = min(start + chunk, draws)
+            tau = rng.permuted(np.broadcast_to(identity, (stop - start, r)), axis=1)
+            query = active[None, :] * r + tau[:, active]
+            where = np.searchsorted(block.keys, query)
+            where = np.minimum(where, block.keys.size - 1)
+            hit = block.keys[where] == query
+            total[start:stop] += np.where(hit, block.counts[where], 0).sum(axis=1)
+    return total
 
 
 def expected_overlap(counts: BlockOverlap) -> float:
@@ -152,12 +280,31 @@ def null_overlaps(counts: BlockOverlap, draws: int = DEFAULT_DRAWS, seed: int = 
     return out
 
 
-def overlap_test(counts: BlockOverlap, draws: int = DEFAULT_DRAWS, seed: int = 0) -> OverlapResult:
-    """Observed vs. null overlap from per-block counts, with the +1-corrected p-value."""
+def overlap_test(
+    counts: BlockOverlap,
+    draws: int = DEFAULT_DRAWS,
+    seed: int = 0,
+    rows: list[RowBlock] | None = None,
+    row_draws: bool = False,
+) -> OverlapResult:
+    """Observed vs. null overlap from per-block counts, with the +1-corrected p-value; with
+    `rows` (the same masks' `row_blocks`) also the exact row-shuffle mean and sd, and with
+    `row_draws` its `draws` seeded draws and p-value."""
     null = null_overlaps(counts, draws, seed)
     n = counts.n_masked
     observed, expected = counts.observed, expected_overlap(counts)
     total_a = int(counts.kept_a.sum())
+    row: dict[str, float] = {}
+    if rows is not None:
+        row_mean = sum(block.mean() for block in rows)
+        row["row_expected"] = row_mean / n
+        row["row_expected_sd"] = float(np.sqrt(sum(block.variance() for block in rows))) / n
+        row["row_ratio"] = observed / row_mean if row_mean > 0 else float("nan")
+        if row_draws:
+            row_null = row_null_overlaps(rows, draws, seed)
+            row["row_p_value"] = (1 + int(np.count_nonzero(row_null >= observed))) / (1 + draws)
+            row["row_null_mean"] = float(row_null.mean()) / n
+            row["row_null_sd"] = float(row_null.std()) / n
     return OverlapResult(
         observed=observed / n,
         expected=expected / n,
@@ -173,6 +320,7 @@ def overlap_test(counts: BlockOverlap, draws: int = DEFAULT_DRAWS, seed: int = 0
         n_masked=n,
         draws=draws,
         seed=seed,
+        **row,
     )
 
 
@@ -196,17 +344,22 @@ def pair_rows(
     selected: tuple[str, str] | None,
     draws: int,
     seed: int,
-) -> tuple[list[dict], np.ndarray | None]:
-    """Overlap rows for every (bigram λ, optimal λ) pair of one model, and the null draws of the
-    selected pair (None when the model has no selected pair)."""
+) -> tuple[list[dict], dict[str, np.ndarray] | None]:
+    """Overlap rows for every (bigram λ, optimal λ) pair of one model (both nulls' exact means;
+    row-shuffle draws for the selected pair only), and the null draws of the selected pair as
+    fractions, {"uniform": ..., "row": ...} (None when the model has no selected pair)."""
     rows, selected_null = [], None
     for bigram_label, mask_a in bigram.items():
         for optimal_label, mask_b in optimal.items():
             counts = block_overlap(mask_a, mask_b, layout)
-            result = overlap_test(counts, draws, seed)
+            blocks = row_blocks(mask_a, mask_b, layout)
             is_selected = selected == (bigram_label, optimal_label)
+            result = overlap_test(counts, draws, seed, blocks, row_draws=is_selected)
             if is_selected:
-                selected_null = null_overlaps(counts, draws, seed) / counts.n_masked
+                selected_null = {
+                    "uniform": null_overlaps(counts, draws, seed) / counts.n_masked,
+                    "row": row_null_overlaps(blocks, draws, seed) / counts.n_masked,
+                }
             rows.append(
                 {
                     "model": model,
@@ -259,7 +412,10 @@ def run_stage(
         )
         rows += model_rows
         if null is not None:
-            nulls += [{"model": model, "draw": i, "overlap": float(v)} for i, v in enumerate(null)]
+            nulls += [
+                {"model": model, "draw": i, "overlap": float(u), "row_overlap": float(r)}
+                for i, (u, r) in enumerate(zip(null["uniform"], null["row"], strict=True))
+            ]
         log.info("%s: %d bigram × optimal pairs tested", model, len(model_rows))
     with atomic_outputs(overlap, overlap_null) as (table_file, null_file):
         write_parquet(pa.Table.from_pylist(rows, schema=OVERLAP.schema), table_file, seed=cfg.seed)

@@ -10,6 +10,17 @@ For every layer two ridge maps (α = 1, intercept not penalised, as sklearn's
 `Ridge(alpha=1.0, fit_intercept=True)`) are fitted: "to input" predicts the current token's raw
 embedding row (no position embedding), "to output" predicts the layer-L state. Fits use running
 float64 sums (`Moments`), so memory does not grow with the number of tokens.
+
+Fitting and scoring data (`split_sequences`): the sequences are split once, seeded, into a fitting
+part (three quarters) and a held-out part (a quarter; whole sequences, so no context is shared).
+
+- On the **fitting** part: the maps themselves, their rotations (a property of the fitted map, as
+  in the paper, which reads them off maps fitted on its 1K sequences) and the covariance
+  similarities (activation statistics, no map involved).
+- On the **held-out** part: every number that scores a map's predictions: token recall@k through
+  the "to input" maps, and the layer-0 linear-map bigram r (Table 2's "embeddings + learned linear
+  map"), with its bootstrap interval over held-out sequences and the unseen-bigram fraction of the
+  held-out positions. An in-sample r would credit the map with what it memorised.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
@@ -41,6 +53,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KS = (1, 5, 10)
+HELDOUT_FRACTION = 0.25  # share of the residual sequences held out to score the maps
+SPLIT_STREAM = 0x5E11  # seeds the fit/held-out split apart from other uses of the run's seed
+
+
+def split_sequences(
+    n: int, seed: int, heldout_fraction: float = HELDOUT_FRACTION
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of n sequences into (fitting, held-out) index arrays, each sorted; the
+    held-out part has max(1, round(n · heldout_fraction)) sequences and the fitting part the
+    rest (at least one each)."""
+    if n < 2:
+        raise UserError(f"{n} residual sequences: need at least two (one to fit, one to test)")
+    n_heldout = min(n - 1, max(1, round(n * heldout_fraction)))
+    order = np.random.default_rng([seed, SPLIT_STREAM]).permutation(n)
+    return np.sort(order[n_heldout:]), np.sort(order[:n_heldout])
 
 
 @dataclass(frozen=True)
@@ -200,30 +227,29 @@ class ResidualAnalysis:
 
 def residual_analysis(
     model: torch.nn.Module,
-    sequences: torch.Tensor,
-    n_heldout: int,
+    fit: torch.Tensor,
+    heldout: torch.Tensor,
     batch_size: int = 32,
     alpha: float = 1.0,
     vocab_size: int | None = None,
     ks: Sequence[int] = KS,
 ) -> ResidualAnalysis:
-    """Fit both maps and the covariances on all positions of `sequences[:-n_heldout]`, score token
-    recall on the held-out `sequences[-n_heldout:]` (whole sequences are held out, so no context is
-    shared between fit and test). Recall ranks the first `vocab_size` embedding rows (all if None).
+    """Fit both maps and the covariances on every position of the `fit` sequences, and score
+    token recall on the `heldout` sequences (see the module docstring for which number uses
+    which). Recall ranks the first `vocab_size` embedding rows (all if None).
 
     Rows are dicts with keys metric, layer, layer_b, value: metric "rotation_to_input",
     "rotation_to_output" (degrees) and "recall@k" per layer (layer_b None), and
     "covariance_similarity" for every layer pair (layer, layer_b)."""
-    sequences = torch.as_tensor(sequences)
-    if not 0 < n_heldout < len(sequences):
+    fit, heldout = torch.as_tensor(fit), torch.as_tensor(heldout)
+    if len(fit) == 0 or len(heldout) == 0:
         raise UserError(
-            f"n_heldout {n_heldout}: must leave sequences to fit and to test; "
-            f"there are {len(sequences)} sequences"
+            f"{len(fit)} fitting and {len(heldout)} held-out sequences: the residual analyses "
+            "need both"
         )
     embed = input_embedding(model).detach()
     device, d = embed.device, embed.shape[1]
     n_states = len(block_modules(model)) + 1
-    fit, heldout = sequences[:-n_heldout], sequences[-n_heldout:]
     moments = [Moments(d, 2 * d, device) for _ in range(n_states)]
     for start in range(0, len(fit), batch_size):
         batch = fit[start : start + batch_size]
@@ -260,19 +286,16 @@ def residual_analysis(
     return ResidualAnalysis(rows, to_output[0])
 
 
-def linear_map_bigram_r(
+def linear_map_surprisal(
     model: torch.nn.Module,
     fitted: LinearMap,
     sequences: torch.Tensor,
-    reference_bits: Any,
     vocab_size: int,
     batch_size: int,
-) -> float:
-    """Bigram r of "embeddings + the layer-0 linear map" (Table 2): surprisal of the next token
-    under final_norm(L_out(x_0)) @ W_Uᵀ, against the clipped bigram surprisal."""
-    import numpy as np
-
-    from bigram_subnetworks.analysis.scoring import LOG2E, clip_infinite, pearson
+) -> np.ndarray:
+    """Surprisal (bits, (n, T-1)) of every next token under "embeddings + the layer-0 linear
+    map" (Table 2): final_norm(L_out(x_0)) through the model's LM head."""
+    from bigram_subnetworks.analysis.scoring import LOG2E
 
     bits = []
     for start in range(0, len(sequences), batch_size):
@@ -282,7 +305,45 @@ def linear_map_bigram_r(
         log_probs = torch.log_softmax(logits, -1).reshape(batch.shape[0], batch.shape[1], -1)
         nll = -log_probs[:, :-1].gather(-1, batch[:, 1:, None].to(log_probs.device)).squeeze(-1)
         bits.append((nll * LOG2E).cpu().numpy())
-    return pearson(np.concatenate(bits), clip_infinite(reference_bits))
+    return np.concatenate(bits)
+
+
+def linear_map_scores(
+    bits: np.ndarray, reference_bits: np.ndarray, resamples: int, seed: int
+) -> dict[str, float]:
+    """Bigram r of the linear-map surprisals `bits` against the bigram surprisals of the same
+    (held-out) positions, clipped and drop-unseen, each with its bootstrap interval over the
+    sequences, and the unseen fraction of those positions; keys as the controls' metrics."""
+    from bigram_subnetworks.analysis.scoring import (
+        HIGH,
+        LOW,
+        Bootstrap,
+        clip_infinite,
+        pearson,
+        sequence_moments,
+        unseen_fraction,
+    )
+
+    clipped = clip_infinite(reference_bits)
+    finite = np.isfinite(reference_bits)
+    values = {
+        "bigram_r": pearson(bits, clipped),
+        "bigram_r_dropinf": pearson(bits[finite], reference_bits[finite]),
+        "unseen_fraction": unseen_fraction(reference_bits),
+    }
+    resampling = Bootstrap.draw(len(bits), resamples, seed)
+    if resampling.resamples:
+        moments = np.stack(
+            [
+                sequence_moments(bits, clipped),
+                sequence_moments(bits, np.where(finite, reference_bits, 0.0), finite),
+            ],
+            axis=1,
+        )
+        draws = resampling.replicates(moments)
+        for i, metric in enumerate(("bigram_r", "bigram_r_dropinf")):
+            values[metric + LOW], values[metric + HIGH] = resampling.interval(draws[:, i])
+    return values
 
 
 def run_stage(
@@ -296,7 +357,8 @@ def run_stage(
     residual: Path,
 ) -> None:
     """The residual stage: `residual.parquet` for the full model, the selected bigram mask and a
-    random mask with the same count in every block, for every model."""
+    random mask with the same count in every block, for every model (maps fitted on the seeded
+    fitting part of the sequences, scored on the held-out part)."""
     from bigram_subnetworks.analysis.scoring import (
         bigram_surprisal,
         eval_sample,
@@ -315,8 +377,9 @@ def run_stage(
     counts = read_bigram_counts(bigram_stats)
     sequences = eval_sample(read_sequences(tokens_eval), settings.residual_sequences, cfg.seed + 1)
     tokens = torch.from_numpy(sequences.astype("int64"))
-    heldout = max(1, len(tokens) // 4)
-    reference_bits = bigram_surprisal(counts, sequences)
+    fit_part, test_part = split_sequences(len(tokens), cfg.seed)
+    fit, heldout = tokens[fit_part], tokens[test_part]
+    heldout_bits = bigram_surprisal(counts, sequences[test_part])
     device = pick_device(cfg.device)
     index = index_masks(masks)
     rows: list[dict[str, Any]] = []
@@ -336,17 +399,17 @@ def run_stage(
         for condition, mask in conditions.items():
             with masked(model, mask):
                 result = residual_analysis(
-                    model, tokens, heldout, settings.batch_size, vocab_size=counts.vocab_size
+                    model, fit, heldout, settings.batch_size, vocab_size=counts.vocab_size
                 )
-                r = linear_map_bigram_r(
+                bits = linear_map_surprisal(
                     model,
                     result.layer0_to_output,
-                    tokens,
-                    reference_bits,
+                    heldout,
                     counts.vocab_size,
                     settings.batch_size,
                 )
-            extra = [_row("layer0_linear_map_bigram_r", 0, r)]
+            scores = linear_map_scores(bits, heldout_bits, settings.bootstrap_resamples, cfg.seed)
+            extra = [_row(f"layer0_linear_map_{k}", 0, v) for k, v in scores.items()]
             rows += [{"model": name, "condition": condition, **row} for row in result.rows + extra]
         log.info("%s: residual analyses of %d conditions", name, len(conditions))
     with atomic_outputs(residual) as (temp,):

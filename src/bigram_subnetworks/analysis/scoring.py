@@ -4,7 +4,16 @@ Per mask (and for the full model and the empty mask): kept count and fraction; t
 between the masked model's per-token surprisal and the bigram model's (bits; bigram surprisals of
 zero-probability pairs clipped to the largest finite one, and a variant that drops those tokens);
 the soft-target bigram cross-entropy; the LM loss and perplexity; the r with the full model's
-surprisal. Per block (layer × Q/K/V/O/MLP-in/MLP-out) and per head: kept fractions.
+surprisal; the share of eval positions whose bigram was never counted (`unseen_fraction`: the
+positions the clipped r clips and the drop-unseen r drops). Per block (layer × Q/K/V/O/MLP-in/
+MLP-out) and per head: kept fractions.
+
+Every r comes with a seeded percentile bootstrap interval over eval *sequences* (`<metric>_low`,
+`<metric>_high`; 95%): each resample draws the n sequences with replacement, and because a Pearson
+r is a function of six sums (count, Σx, Σy, Σx², Σy², Σxy), each sequence is reduced to those six
+numbers once and every resample is one row of a (resamples × n) count matrix times that (n × 6)
+table: one small matrix product per mask instead of re-scoring. All masks of one evaluation share
+the resamples, so their intervals are paired.
 
 Predictions are scored at positions 0..T-2 of every eval sequence (the next token is known), each
 conditioned on its real current token, as in the paper.
@@ -42,6 +51,10 @@ log = logging.getLogger(__name__)
 
 LOG2E = 1.0 / math.log(2.0)
 REFERENCE = "reference"  # target label of the full-model and empty-mask rows
+CI_LEVEL = 0.95  # two-sided level of every bootstrap interval
+LOW, HIGH = "_low", "_high"  # suffixes of an r metric's interval bounds
+R_METRICS = ("bigram_r", "bigram_r_dropinf", "full_model_r")  # the r values with intervals
+BOOTSTRAP_STREAM = 0xB007  # seeds the resamples apart from every other use of the run's seed
 
 
 @dataclass(frozen=True)
@@ -124,6 +137,96 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b) / denominator if denominator > 0 else float("nan")
 
 
+# -------------------------------------------------------------------------------- bootstrap
+
+
+def sequence_moments(x: np.ndarray, y: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """Per-sequence sufficient statistics of a Pearson r between x and y, both (n, T): an (n, 6)
+    float64 table of count, Σx, Σy, Σx², Σy², Σxy over each row's positions (where `keep`).
+    x and y are first centred on their overall means (over the kept positions), which leaves
+    every r unchanged and keeps the sums of squares well conditioned."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    weight = np.ones_like(x) if keep is None else np.asarray(keep, dtype=np.float64)
+    total = weight.sum()
+    if total > 0:
+        x = x - (np.where(weight > 0, x, 0.0).sum() / total)
+        y = y - (np.where(weight > 0, y, 0.0).sum() / total)
+    x, y = np.where(weight > 0, x, 0.0), np.where(weight > 0, y, 0.0)
+    return np.stack(
+        [
+            weight.sum(1),
+            x.sum(1),
+            y.sum(1),
+            (x * x).sum(1),
+            (y * y).sum(1),
+            (x * y).sum(1),
+        ],
+        axis=1,
+    )
+
+
+def r_from_moments(moments: np.ndarray) -> np.ndarray:
+    """Pearson r from summed moments (..., 6) (see `sequence_moments`); NaN where either variable
+    is constant."""
+    n, sx, sy, sxx, syy, sxy = np.moveaxis(np.asarray(moments, dtype=np.float64), -1, 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cov = sxy - sx * sy / n
+        var_x, var_y = sxx - sx * sx / n, syy - sy * sy / n
+        denominator = np.sqrt(var_x * var_y)
+        return np.where((var_x > 0) & (var_y > 0), cov / denominator, np.nan)
+
+
+@dataclass(frozen=True, eq=False)
+class Bootstrap:
+    """Seeded resamples of n eval sequences: `counts[b, i]` is how often sequence i is drawn in
+    resample b (n draws with replacement). Empty (no resamples) gives NaN intervals."""
+
+    counts: np.ndarray  # (resamples, n) float64
+
+    @classmethod
+    def draw(cls, n_sequences: int, resamples: int, seed: int) -> Bootstrap:
+        """`resamples` resamples of `n_sequences` sequences; the same seed gives the same ones."""
+        if resamples < 0 or n_sequences < 1:
+            raise ValueError(f"need resamples >= 0 and sequences >= 1: {resamples}, {n_sequences}")
+        rng = np.random.default_rng([seed, BOOTSTRAP_STREAM])
+        picks = rng.integers(0, n_sequences, size=(resamples, n_sequences))
+        picks += np.arange(resamples)[:, None] * n_sequences
+        counts = np.bincount(picks.ravel(), minlength=resamples * n_sequences)
+        return cls(counts.reshape(resamples, n_sequences).astype(np.float64))
+
+    @property
+    def resamples(self) -> int:
+        return int(self.counts.shape[0])
+
+    def replicates(self, moments: np.ndarray) -> np.ndarray:
+        """r of every resample, (resamples,) or (resamples, k) for moments (n, k, 6)."""
+        n = moments.shape[0]
+        summed = self.counts @ moments.reshape(n, -1)
+        return r_from_moments(summed.reshape(self.resamples, *moments.shape[1:]))
+
+    def interval(self, replicates: np.ndarray) -> tuple[float, float]:
+        """The percentile interval (CI_LEVEL) of replicates; NaN without resamples."""
+        return percentile_interval(replicates)
+
+
+def percentile_interval(replicates: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
+    """(low, high): the (1 − level)/2 and (1 + level)/2 quantiles of the finite replicates along
+    the first axis; NaN when there are none."""
+    values = np.asarray(replicates, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return math.nan, math.nan
+    tail = (1.0 - level) / 2
+    low, high = np.quantile(values, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def unseen_fraction(reference_bits: np.ndarray) -> float:
+    """Share of eval positions whose bigram probability is 0 (never counted in training): the
+    positions whose surprisal the clipped r clips and the drop-unseen r drops."""
+    return float(1.0 - np.isfinite(reference_bits).mean())
+
+
 def _batches(sequences: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     for start in range(0, len(sequences), batch_size):
         yield sequences[start : start + batch_size]
@@ -191,7 +294,17 @@ def _block_rows(model: str, target: str, label: str, mask: Mask, lm: MaskedLM) -
     return rows
 
 
-def evaluate_model(
+@dataclass(frozen=True)
+class Evaluation:
+    """What `score_masks` gives: metric rows, block rows and, per (target, λ label), the
+    bootstrap replicates of its bigram r (empty arrays without resamples)."""
+
+    metrics: list[dict[str, Any]]
+    blocks: list[dict[str, Any]]
+    replicates: dict[tuple[str, str], np.ndarray]
+
+
+def score_masks(
     name: str,
     model: torch.nn.Module,
     mask_files: list[MaskFile],
@@ -200,9 +313,12 @@ def evaluate_model(
     batch_size: int,
     device: torch.device,
     identity: dict[str, Any] | None = None,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    resamples: int = 0,
+    seed: int = 0,
+) -> Evaluation:
     """Metric rows and block rows for the full model, the empty mask and every mask file (with
-    the model's `identity`, mask files trained on other weights are refused)."""
+    the model's `identity`, mask files trained on other weights are refused), with `resamples`
+    seeded bootstrap resamples of the eval sequences behind every r's interval."""
     model = model.to(device).eval()
     lm = MaskedLM(model, counts.vocab_size)
     if int(sequences.max()) >= counts.vocab_size:
@@ -215,6 +331,8 @@ def evaluate_model(
     reference_bits = bigram_surprisal(counts, sequences)
     clipped = clip_infinite(reference_bits)
     finite = np.isfinite(reference_bits)
+    unseen = unseen_fraction(reference_bits)
+    resampling = Bootstrap.draw(len(sequences), resamples, seed)
 
     candidates: list[tuple[str, str, Mask]] = [
         (REFERENCE, "neginf", keep_all(lm.layout)),
@@ -223,6 +341,7 @@ def evaluate_model(
     candidates += [(m.target, m.label, m.path) for m in mask_files]  # type: ignore[misc]
     metrics: list[dict[str, Any]] = []
     blocks: list[dict[str, Any]] = []
+    replicates: dict[tuple[str, str], np.ndarray] = {}
     full_bits: np.ndarray | None = None
     for target, label, source in tqdm(candidates, desc=f"evaluate {name}", unit="mask"):
         mask = load_mask(source, lm.layout, identity)[0] if isinstance(source, Path) else source
@@ -241,10 +360,45 @@ def evaluate_model(
             "perplexity": math.exp(loss),
             "mean_surprisal_bits": float(bits.mean()),
             "full_model_r": pearson(bits, full_bits),
+            "unseen_fraction": unseen,
         }
+        if resampling.resamples:
+            moments = np.stack(
+                [
+                    sequence_moments(bits, clipped),
+                    sequence_moments(bits, np.where(finite, reference_bits, 0.0), finite),
+                    sequence_moments(bits, full_bits),
+                ],
+                axis=1,
+            )
+            draws = resampling.replicates(moments)  # (resamples, 3), in R_METRICS order
+            replicates[(target, label)] = draws[:, 0]
+            for i, metric in enumerate(R_METRICS):
+                values[metric + LOW], values[metric + HIGH] = resampling.interval(draws[:, i])
+        else:
+            replicates[(target, label)] = np.empty(0)
         metrics += _metric_rows(name, target, label, values)
         blocks += _block_rows(name, target, label, mask, lm)
-    return metrics, blocks
+    return Evaluation(metrics, blocks, replicates)
+
+
+def evaluate_model(
+    name: str,
+    model: torch.nn.Module,
+    mask_files: list[MaskFile],
+    counts: BigramCounts,
+    sequences: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    identity: dict[str, Any] | None = None,
+    resamples: int = 0,
+    seed: int = 0,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`score_masks`' metric rows and block rows."""
+    found = score_masks(
+        name, model, mask_files, counts, sequences, batch_size, device, identity, resamples, seed
+    )
+    return found.metrics, found.blocks
 
 
 METRIC_SCHEMA = MASK_METRICS.schema

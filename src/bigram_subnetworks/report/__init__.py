@@ -1,8 +1,10 @@
 """The final report: figures, a self-contained HTML page, a Markdown summary, DVC metrics and
 verdicts on the paper's claims computed from a finished run.
 
-Modules: `tables` (load the run), `summary` (headline numbers), `paper` (the paper's numbers and
-the verdicts), `figures`, `html` (HTML and Markdown rendering), `build` (the stage).
+Modules: `tables` (load the run), `summary` (headline numbers, and the evidence form the verdicts
+read), `paper` (the paper's numbers from `paper_numbers.yaml`, as evidence of the same form),
+`claims` (each claim declared once with its rule and thresholds; the verdicts on a run and on the
+paper), `figures`, `html` (HTML and Markdown rendering), `build` (the stage).
 """
 
 from bigram_subnetworks.report.figures import FIGURES, figure_names

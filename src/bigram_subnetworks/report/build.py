@@ -16,6 +16,15 @@ import yaml
 from bigram_subnetworks.config import Config
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import atomic_outputs, write_json
+from bigram_subnetworks.report.claims import (
+    DESCRIPTIVE,
+    FAILS,
+    HOLDS,
+    NOT_MEASURED,
+    Evidence,
+    Verdict,
+    verdicts,
+)
 from bigram_subnetworks.report.figures import FIGURES, FigureData, render_figures
 from bigram_subnetworks.report.html import (
     Document,
@@ -24,19 +33,11 @@ from bigram_subnetworks.report.html import (
     render_html,
     render_markdown,
 )
-from bigram_subnetworks.report.paper import (
-    FAILS,
-    HOLDS,
-    NOT_MEASURED,
-    Evidence,
-    Verdict,
-    scale_note,
-    side_by_side,
-    verdicts,
-)
+from bigram_subnetworks.report.paper import scale_note, side_by_side
 from bigram_subnetworks.report.summary import (
     ABLATION_CONDITIONS,
     CheckpointSummary,
+    Estimate,
     ModelSummary,
     control_values,
     summarise,
@@ -79,18 +80,23 @@ def summary_table(models: list[ModelSummary]) -> Table:
                 "eval loss / bigram baseline (nats)": (
                     f"{_fmt(s.eval_loss)} / {_fmt(s.bigram_baseline_loss)}"
                 ),
-                "full-model r": _fmt(s.full_model_r),
-                "best r (λ)": f"{_fmt(s.best_r)} ({s.best_lambda or '–'})",
-                "selected λ": s.selected_lambda,
+                "unseen eval bigrams": _fmt(s.unseen_fraction, ".2%"),
+                "full-model r": s.estimate("full_model_r").text(),
+                "best r (λ)": f"{s.estimate('best_r').text()} ({s.best_lambda or '–'})",
+                "best drop-unseen r (λ)": (
+                    f"{s.estimate('best_r_dropinf').text()} ({s.best_dropinf_lambda or '–'})"
+                ),
+                "selected λ": s.selected_lambda or "–",
                 "kept": _fmt(s.selected_kept_fraction, ".2%"),
-                "selected r": _fmt(s.selected_r),
+                "selected r": s.estimate("selected_r").text(),
                 "optimal pair λ (kept)": (
                     f"{s.optimal_lambda} ({_fmt(s.optimal_kept_fraction, '.2%')})"
                     if s.optimal_lambda
                     else "none"
                 ),
-                "overlap × chance (p)": (
-                    f"{_fmt(s.overlap_ratio, '.2f')} ({_fmt(s.overlap_p, '.2g')})"
+                "overlap × chance, row / uniform null (p, resolution)": (
+                    f"{_fmt(s.overlap_row_ratio, '.2f')} / {_fmt(s.overlap_ratio, '.2f')} "
+                    f"({_fmt(s.overlap_row_p, '.2g')}, {_fmt(s.p_resolution, '.2g')})"
                 ),
                 "layer-0 MLP share": _fmt(s.first_mlp_share, ".1%"),
                 "layer-1 rotation to input, full / bigram (°)": (
@@ -99,13 +105,20 @@ def summary_table(models: list[ModelSummary]) -> Table:
             }
         )
     frame = pd.DataFrame(rows)
-    numeric = tuple(c for c in frame.columns if c not in ("model", "selected λ", "best r (λ)"))
+    text = ("model", "selected λ", "best r (λ)", "best drop-unseen r (λ)")
+    numeric = tuple(c for c in frame.columns if c not in text)
     return Table(
         "Summary per model",
         frame,
-        "r: Pearson correlation of per-token surprisal with the bigram model's (bits). Kept: "
-        "fraction of the masked weights (block weight matrices). Rotation: median eigenvalue "
-        "angle of the ridge map from layer 1 to the input embeddings.",
+        "r: Pearson correlation of per-token surprisal with the bigram model's (bits), with its "
+        "95% bootstrap interval over eval sequences in brackets; unseen bigrams (zero bigram "
+        "probability) are clipped to the largest finite surprisal, or dropped in the drop-unseen "
+        "r. Kept: fraction of the masked weights (block weight matrices). Overlap: observed / "
+        "expected under the row-shuffle null (the authors' code, which Table 3 used) and the "
+        "uniform within-block null; p under the row-shuffle null and its resolution "
+        "1/(draws + 1). Rotation: median eigenvalue angle of the ridge map from layer 1 to the "
+        "input embeddings; rotations are read off maps fitted on three quarters of the residual "
+        "sequences, while token recall and the linear-map r are scored on the held-out quarter.",
         numeric,
     )
 
@@ -141,7 +154,10 @@ def verdict_table(found: list[Verdict]) -> Table:
                 "claim": v.claim,
                 "where": v.where,
                 "paper": v.paper,
+                "rule on the paper's numbers": v.paper_status,
                 "this run": v.ours,
+                "rule": v.rule,
+                "thresholds and where they come from": v.thresholds or "–",
                 "verdict": v.status,
             }
             for v in found
@@ -150,20 +166,35 @@ def verdict_table(found: list[Verdict]) -> Table:
     return Table(
         "Comparison with the paper",
         frame,
-        "Each verdict is computed from this run's tables with the stated thresholds: 'holds' if "
-        "the test passes for every model where it was measured.",
+        "Each verdict is computed from this run's tables with the stated rule: 'holds' if it "
+        "passes for every model where it was measured. The same rule is run on the paper's own "
+        "numbers (paper_numbers.yaml), which it must pass wherever the paper gives numbers. "
+        "Intervals: 95% bootstrap over eval sequences; margins are the gap between the intervals "
+        "(positive: they do not overlap).",
     )
 
 
-def controls_table(controls: dict[str, dict[str, float]]) -> Table | None:
+def _estimates_text(values: dict[str, Estimate], name: str) -> str:
+    estimate = values.get(name, Estimate())
+    unseen = f"; {estimate.unseen:.1%} unseen" if math.isfinite(estimate.unseen) else ""
+    return estimate.text() + unseen if estimate.measured else "–"
+
+
+def controls_table(controls: dict[str, dict[str, Estimate]]) -> Table | None:
     if not controls:
         return None
     names = list(dict.fromkeys(name for values in controls.values() for name in values))
     frame = pd.DataFrame(
-        [{"model": m, **{n: _fmt(v.get(n)) for n in names}} for m, v in controls.items()]
+        [{"model": m, **{n: _estimates_text(v, n) for n in names}} for m, v in controls.items()]
     )
     return Table(
-        "Table 2 controls: bigram r", frame, "As the paper's Table 2 (λ = 0).", tuple(names)
+        "Table 2 controls: bigram r",
+        frame,
+        "As the paper's Table 2 (λ = 0), with 95% bootstrap intervals and the share of unseen "
+        "eval bigrams. The linear map is the layer-0 'to output' ridge map fitted on the bigram "
+        "subnetwork (selected λ) on three quarters of the residual sequences and scored on the "
+        "held-out quarter.",
+        tuple(names),
     )
 
 
@@ -174,23 +205,30 @@ def checkpoint_table(checkpoints: list[CheckpointSummary]) -> Table | None:
             row = {
                 "model": c.model,
                 "step": str(step),
-                "full-model r": _fmt(c.full_model_r.get(step)),
-                "λ = 0 r": _fmt(c.lambda0_r.get(step)),
+                "full-model r": c.full_model_r.get(step, Estimate()).text(),
+                "λ = 0 r": c.lambda0_r.get(step, Estimate()).text(),
             }
             for budget, by_step in c.r_at_budget.items():
                 flag = "*" if c.extrapolated.get(budget, {}).get(step) else ""
-                row[f"r at {budget:,}"] = _fmt(by_step.get(step)) + flag
+                row[f"r at {budget:,}"] = by_step.get(step, Estimate()).text() + flag
+            for label, flags in c.plurality.items():
+                flag = flags.get(step)
+                row[f"layer-0 MLP plurality (λ = {label})"] = (
+                    "–" if flag is None else ("yes" if flag else "no")
+                )
             rows.append(row)
     if not rows:
         return None
     frame = pd.DataFrame(rows).fillna("–")
     numeric = tuple(c for c in frame.columns if c != "model")
-    return Table(
-        "Across checkpoints",
-        frame,
-        "r at N: the power-law fit's estimate with N active parameters (* extrapolated).",
-        numeric,
+    unseen = [c.unseen_fraction for c in checkpoints if math.isfinite(c.unseen_fraction)]
+    note = (
+        "r at N: the power-law fit's estimate with N active parameters, its interval from "
+        "refitting on every bootstrap resample (* extrapolated: shown, never used by a verdict)."
     )
+    if unseen:
+        note += f" Unseen eval bigrams: {_span(unseen, '.2%')}."
+    return Table("Across checkpoints", frame, note, numeric)
 
 
 def generations_table(tables: RunTables) -> Table:
@@ -309,13 +347,16 @@ def glance(models: list[ModelSummary], found: list[Verdict]) -> list[tuple[str, 
         f"chance: {status.get('overlap', NOT_MEASURED)}."
     )
     counts = {
-        label: sum(v.status == label for v in found) for label in (HOLDS, FAILS, NOT_MEASURED)
+        label: sum(v.status == label for v in found)
+        for label in (HOLDS, FAILS, NOT_MEASURED, DESCRIPTIVE)
     }
+    tested = len(found) - counts[DESCRIPTIVE]
     failing = [v.claim for v in found if v.status == FAILS]
     compare = (
-        f"{counts[HOLDS]} of {len(found)} claims hold here; {counts[FAILS]} "
+        f"{counts[HOLDS]} of {tested} tested claims hold here; {counts[FAILS]} "
         f"{'does' if counts[FAILS] == 1 else 'do'} not hold; {counts[NOT_MEASURED]} "
-        f"{'was' if counts[NOT_MEASURED] == 1 else 'were'} not measured. {scale_note(models)}"
+        f"{'was' if counts[NOT_MEASURED] == 1 else 'were'} not measured "
+        f"({counts[DESCRIPTIVE]} descriptive). {scale_note(models)}"
     )
     if failing:
         compare += " Not reproduced: " + "; ".join(failing) + "."
@@ -348,6 +389,10 @@ def _finite_items(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _interval(estimate: Estimate) -> dict[str, float]:
+    return {"low": estimate.low, "high": estimate.high}
+
+
 def _key(name: str) -> str:
     return name.replace(" ", "_").replace("-", "_")
 
@@ -363,15 +408,22 @@ def headline_metrics(
             "bigram_baseline_loss": s.bigram_baseline_loss,
             "masked_weights": s.masked_weights,
             "full_model_r": s.full_model_r,
+            "full_model_r_interval": _interval(s.estimate("full_model_r")),
+            "unseen_fraction": s.unseen_fraction,
             "lambda0_r": s.lambda0_r,
             "lambda0_kept_fraction": s.lambda0_kept_fraction,
             "best_r": s.best_r,
+            "best_r_interval": _interval(s.estimate("best_r")),
+            "best_r_dropinf": s.estimate("best_r_dropinf").value,
             "selected_lambda": s.selected_lambda,
             "selected_kept_fraction": s.selected_kept_fraction,
             "selected_r": s.selected_r,
+            "selected_r_interval": _interval(s.estimate("selected_r")),
             "optimal_lambda": s.optimal_lambda,
             "overlap_ratio": s.overlap_ratio,
             "overlap_p": s.overlap_p,
+            "overlap_row_ratio": s.overlap_row_ratio,
+            "overlap_row_p": s.overlap_row_p,
             "first_mlp_share": s.first_mlp_share,
             "ablation_surprisal_bits": {_key(c): v for c, v in s.ablation_mean.items()},
             "rotation_layer1_to_input": {
@@ -381,10 +433,10 @@ def headline_metrics(
     trajectories = {
         c.model: {
             f"step_{step}": {
-                "full_model_r": c.full_model_r.get(step, math.nan),
-                "lambda0_r": c.lambda0_r.get(step, math.nan),
+                "full_model_r": c.full_model_r.get(step, Estimate()).value,
+                "lambda0_r": c.lambda0_r.get(step, Estimate()).value,
                 **{
-                    f"r_at_{budget}": by_step.get(step, math.nan)
+                    f"r_at_{budget}": by_step.get(step, Estimate()).value
                     for budget, by_step in c.r_at_budget.items()
                 },
             }
@@ -396,6 +448,7 @@ def headline_metrics(
         "holds": sum(v.status == HOLDS for v in found),
         "does_not_hold": sum(v.status == FAILS for v in found),
         "not_measured": sum(v.status == NOT_MEASURED for v in found),
+        "descriptive": sum(v.status == DESCRIPTIVE for v in found),
     }
     return _finite_items({"models": per_model, "checkpoints": trajectories, "claims": claims})
 
@@ -426,7 +479,7 @@ def build_document(
     numbers = Table(
         "Key numbers: paper vs this run",
         side_by_side(models),
-        "Ranges over the paper's models (Figure 1, Tables 1 and 3) and over this run's models.",
+        "Ranges over the paper's models (paper_numbers.yaml) and over this run's models.",
     )
     main = [
         summary_table(models),
@@ -454,8 +507,10 @@ def plot_tables(tables: RunTables) -> dict[str, str]:
     sweep = wide[wide["target"].isin(["bigram", "full"])].sort_values(
         ["model", "target", "lambda_value"]
     )
+    columns = ["model", "target", "lambda", "kept", "kept_fraction", "bigram_r"]
+    columns += [c for c in ("bigram_r_low", "bigram_r_high") if c in sweep]
     out = {
-        "sparsity": sweep[["model", "target", "lambda", "kept", "kept_fraction", "bigram_r"]]
+        "sparsity": sweep[columns]
         .rename(columns={"kept": "active_parameters"})
         .to_csv(index=False, float_format="%.6g")
     }
@@ -488,7 +543,7 @@ def run_stage(
     tables = load_run(cfg, inputs, [p for p in benchmark_files(cfg) if p.is_file()])
     models = summarise(tables)
     checkpoints = summarise_checkpoints(tables)
-    found = verdicts(Evidence(tables, models, checkpoints, control_values(tables)))
+    found = verdicts(Evidence(models, checkpoints, control_values(tables)))
     pngs = render_figures(cfg, FigureData(tables, models, checkpoints))
     document = build_document(cfg, tables, models, checkpoints, found, pngs)
     csvs = plot_tables(tables)

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import matplotlib as mpl
 import numpy as np
@@ -128,6 +129,24 @@ def png_bytes(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def _yerr(rows: Any, metric: str) -> np.ndarray | None:
+    """Asymmetric error bars (2, n) from the `<metric>_low`/`_high` columns (None if absent)."""
+    low, high = f"{metric}_low", f"{metric}_high"
+    if low not in rows or high not in rows:
+        return None
+    value = rows[metric].to_numpy(dtype=float)
+    bars = np.vstack([value - rows[low].to_numpy(dtype=float), rows[high].to_numpy(dtype=float)])
+    bars[1] -= value
+    return np.where(np.isfinite(bars), np.clip(bars, 0, None), 0.0)
+
+
+def _estimate_bars(estimates: list[Any]) -> np.ndarray:
+    """Error bars (2, n) of report Estimates (zero where there is no interval)."""
+    bars = np.array([[e.value - e.low, e.high - e.value] for e in estimates], dtype=float).T
+    bars = bars.reshape(2, len(estimates))
+    return np.where(np.isfinite(bars), np.clip(bars, 0, None), 0.0)
+
+
 def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
     cols = max(1, min(n, max_cols))
     return math.ceil(max(n, 1) / cols), cols
@@ -146,7 +165,15 @@ def sparsity_r(data: FigureData) -> Figure:
     for s in data.models:
         colour = data.colour(s.model)
         rows = bigram[bigram["model"] == s.model]
-        ax.plot(rows["kept"], rows["bigram_r"], "o-", color=colour, label=s.model)
+        ax.errorbar(
+            rows["kept"],
+            rows["bigram_r"],
+            yerr=_yerr(rows, "bigram_r"),
+            fmt="o-",
+            color=colour,
+            capsize=2,
+            label=s.model,
+        )
         for label, kept, r in zip(rows["lambda"], rows["kept"], rows["bigram_r"], strict=True):
             ax.annotate(
                 f"λ={label}",
@@ -255,46 +282,62 @@ def overlap(data: FigureData) -> Figure:
     rows, cols = _grid(len(data.models) + 1, 4)
     figure, axes = _figure(rows, cols, (3.4, 2.9))
     flat = axes.ravel()
+    nulls = (
+        ("overlap", "uniform null", "0.6", "overlap_expected", "--"),
+        ("row_overlap", "row-shuffle null (paper)", "tab:blue", "overlap_row_expected", ":"),
+    )
     for ax, s in zip(flat, data.models, strict=False):
-        draws = null.loc[null["model"] == s.model, "overlap"].to_numpy()
-        if draws.size == 0 or not math.isfinite(s.overlap_observed):
+        mine = null[null["model"] == s.model]
+        shown = [n for n in nulls if n[0] in mine and mine[n[0]].notna().any()]
+        if not shown or not math.isfinite(s.overlap_observed):
             _empty(ax, f"{s.model}:\nno selected bigram/optimal pair")
             continue
-        ax.hist(draws, bins=30, color="0.6", label="null draws")
-        ax.axvline(s.overlap_expected, color="black", linestyle="--", label="expected")
-        low, high = float(draws.min()), float(draws.max())
+        values = np.concatenate([mine[n[0]].dropna().to_numpy() for n in shown])
+        bins = np.histogram_bin_edges(values, bins=30)
+        for column, label, colour, expected, style in shown:
+            ax.hist(mine[column].dropna(), bins=bins, color=colour, alpha=0.6, label=label)
+            mean = getattr(s, expected)
+            if math.isfinite(mean):
+                ax.axvline(mean, color=colour, linestyle=style, linewidth=1.2)
+        low, high = float(values.min()), float(values.max())
         margin = max(high - low, abs(high) * 1e-3, 1e-12) * 0.15
+        ratio = s.overlap_row_ratio if math.isfinite(s.overlap_row_ratio) else s.overlap_ratio
         if s.overlap_observed <= high + margin:
             ax.axvline(s.overlap_observed, color="tab:red", linewidth=2, label="observed")
             ax.set_xlim(min(low, s.overlap_observed) - margin, high + margin)
         else:  # far beyond the null: point at it from the right edge
             ax.set_xlim(low - margin, high + margin)
             ax.annotate(
-                f"observed {s.overlap_observed:.3g}\n({s.overlap_ratio:.1f}× expected) →",
+                f"observed {s.overlap_observed:.3g}\n({ratio:.1f}× expected) →",
                 xy=(0.98, 0.6),
                 xycoords="axes fraction",
                 ha="right",
                 color="tab:red",
                 fontsize=8,
             )
+        p_value = s.overlap_row_p if math.isfinite(s.overlap_row_p) else s.overlap_p
         ax.set(
-            title=f"{s.model}: p = {s.overlap_p:.2g}",
+            title=f"{s.model}: p = {p_value:.2g} (resolution {s.p_resolution:.1g})",
             xlabel="overlap (fraction of masked weights)",
             ylabel="null draws",
         )
-        ax.legend(loc="upper left")
+        ax.legend(loc="upper left", fontsize=6)
     ax = flat[len(data.models)]
     measured = [s for s in data.models if math.isfinite(s.overlap_ratio)]
     if measured:
-        bars = ax.bar(
-            [s.model for s in measured],
-            [s.overlap_ratio for s in measured],
-            color=[data.colour(s.model) for s in measured],
-        )
-        ax.bar_label(bars, labels=[f"{s.overlap_ratio:.1f}×" for s in measured], fontsize=8)
+        centres = np.arange(len(measured))
+        for offset, attribute, label, colour in (
+            (-0.2, "overlap_row_ratio", "row-shuffle null", "tab:blue"),
+            (0.2, "overlap_ratio", "uniform null", "0.6"),
+        ):
+            ratios = [getattr(s, attribute) for s in measured]
+            bars = ax.bar(centres + offset, ratios, 0.4, color=colour, label=label)
+            ax.bar_label(bars, labels=[f"{r:.1f}×" for r in ratios], fontsize=7)
+        ax.set_xticks(centres, [s.model for s in measured])
         ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
         ax.set(ylabel="observed / expected", title="overlap vs chance (dashed: 1×)")
         ax.tick_params(axis="x", rotation=20)
+        ax.legend(fontsize=7)
     else:
         _empty(ax, "no overlap ratio measured")
     for ax in flat[len(data.models) + 1 :]:
@@ -372,7 +415,15 @@ def checkpoints(data: FigureData) -> Figure:
         palette = dict(zip(labels, sns.color_palette("crest", len(labels)), strict=True))
         r_ax, kept_ax, mlp_ax = row
         steps = sorted(c.full_model_r)
-        r_ax.plot(steps, [c.full_model_r[s] for s in steps], "k--", label="full model")
+        full = [c.full_model_r[s] for s in steps]
+        r_ax.errorbar(
+            steps,
+            [e.value for e in full],
+            yerr=_estimate_bars(full),
+            fmt="k--",
+            capsize=2,
+            label="full model",
+        )
         for ax, metric in (
             (r_ax, "bigram_r"),
             (kept_ax, "kept_fraction"),
@@ -381,15 +432,45 @@ def checkpoints(data: FigureData) -> Figure:
             for label in labels:
                 series = masks[(masks["lambda"] == label) & (masks["metric"] == metric)]
                 series = series.sort_values("step")
-                ax.plot(
-                    series["step"], series["value"], "o-", color=palette[label], label=f"λ={label}"
+                bounds = masks[
+                    (masks["lambda"] == label)
+                    & masks["metric"].isin([f"{metric}_low", f"{metric}_high"])
+                ]
+                yerr = None
+                if metric == "bigram_r" and not bounds.empty:
+                    wide = bounds.pivot_table(index="step", columns="metric", values="value")
+                    wide = wide.reindex(series["step"])
+                    yerr = np.vstack(
+                        [
+                            series["value"].to_numpy() - wide[f"{metric}_low"].to_numpy(),
+                            wide[f"{metric}_high"].to_numpy() - series["value"].to_numpy(),
+                        ]
+                    )
+                    yerr = np.where(np.isfinite(yerr), np.clip(yerr, 0, None), 0.0)
+                ax.errorbar(
+                    series["step"],
+                    series["value"],
+                    yerr=yerr,
+                    fmt="o-",
+                    color=palette[label],
+                    capsize=2,
+                    label=f"λ={label}",
                 )
         budget_colours = sns.color_palette("flare", len(c.r_at_budget))
         for colour, (budget, by_step) in zip(budget_colours, c.r_at_budget.items(), strict=True):
             flags = c.extrapolated.get(budget, {})
             steps = sorted(by_step)
-            values = [by_step[s] for s in steps]
-            r_ax.plot(steps, values, ":", color=colour, label=f"r at {budget:,} active")
+            estimates = [by_step[s] for s in steps]
+            values = [e.value for e in estimates]
+            r_ax.errorbar(
+                steps,
+                values,
+                yerr=_estimate_bars(estimates),
+                fmt=":",
+                color=colour,
+                capsize=2,
+                label=f"r at {budget:,} active",
+            )
             for step, value in zip(steps, values, strict=True):
                 hollow = flags.get(step, False)
                 r_ax.plot(step, value, "D", color=colour, fillstyle="none" if hollow else "full")

@@ -11,6 +11,7 @@ from html import escape
 import pandas as pd
 
 VERDICT_COLUMN = "verdict"
+PAPER_VERDICT_COLUMN = "rule on the paper's numbers"
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
@@ -29,7 +30,12 @@ dl.glance dt { font-weight: bold; margin-top: .6em; } dl.glance dd { margin-left
 .note { color: #555; font-size: .9em; }
 """
 _TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
-_VERDICT_CLASSES = {"holds": "holds", "does not hold": "fails", "not measured": "unmeasured"}
+_VERDICT_CLASSES = {
+    "holds": "holds",
+    "does not hold": "fails",
+    "not measured": "unmeasured",
+    "descriptive": "unmeasured",
+}
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,7 @@ class Document:
 
 def _cell(column: str, value: object, numeric: tuple[str, ...]) -> str:
     text = escape(str(value))
-    if column == VERDICT_COLUMN:
+    if column in (VERDICT_COLUMN, PAPER_VERDICT_COLUMN):
         return f'<td class="{_VERDICT_CLASSES.get(str(value), "")}">{text}</td>'
     return f'<td class="num">{text}</td>' if column in numeric else f"<td>{text}</td>"
 

@@ -1,5 +1,10 @@
 """Headline numbers per model, computed once from the run's tables and shared by the summary
-tables, the paper comparison and `metrics.json`. Missing quantities are NaN (or None)."""
+tables, the paper comparison and `metrics.json`. Missing quantities are NaN (or None).
+
+The same dataclasses hold the paper's own reported numbers (`report.paper.paper_evidence`), so the
+verdict functions of `report.claims` read a run and the paper alike: every field has a default,
+and a source fills in what it has.
+"""
 
 from __future__ import annotations
 
@@ -27,38 +32,92 @@ ABLATION_CONDITIONS = (
     "optimal removed",
 )
 RESIDUAL_CONDITIONS = ("full model", "bigram", "random")
+LOW, HIGH = "_low", "_high"  # suffixes of an r metric's bootstrap interval (analysis.scoring)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A correlation with its bootstrap interval (NaN bounds: none, e.g. the paper's numbers) and
+    the unseen-bigram fraction of the positions it was scored on (NaN: not known)."""
+
+    value: float = NAN
+    low: float = NAN
+    high: float = NAN
+    unseen: float = NAN
+
+    @property
+    def measured(self) -> bool:
+        return self.value is not None and math.isfinite(self.value)
+
+    @property
+    def has_interval(self) -> bool:
+        return math.isfinite(self.low) and math.isfinite(self.high)
+
+    def bounds(self) -> tuple[float, float]:
+        """(low, high); the point value twice where there is no interval."""
+        return (self.low, self.high) if self.has_interval else (self.value, self.value)
+
+    def text(self, spec: str = ".3f") -> str:
+        """'0.912 [0.905, 0.918]' (or just the value without an interval; '–' when missing)."""
+        if not self.measured:
+            return "–"
+        if not self.has_interval:
+            return format(self.value, spec)
+        return f"{self.value:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
+
+    @classmethod
+    def of(cls, values: dict[str, Any], metric: str, unseen: str = "unseen_fraction") -> Estimate:
+        """The estimate of `metric` from a row of metrics (with `metric_low`/`_high`)."""
+
+        def number(name: str) -> float:
+            value = values.get(name)
+            return float(value) if value is not None and pd.notna(value) else NAN
+
+        return cls(number(metric), number(metric + LOW), number(metric + HIGH), number(unseen))
 
 
 @dataclass(frozen=True)
 class ModelSummary:
-    """One model's headline numbers (fractions of the masked weights; r = bigram surprisal r)."""
+    """One model's headline numbers (fractions of the masked weights; r = bigram surprisal r).
+
+    `estimates` holds every r with its interval and unseen fraction, by name: full_model_r,
+    full_model_r_dropinf, best_r, best_r_dropinf, selected_r, lambda0_r, empty_r (the empty mask:
+    embeddings only). `sweep` lists the trained bigram masks that keep weights as (kept, r)."""
 
     model: str
-    parameters: float
-    masked_weights: int
-    eval_loss: float
-    bigram_baseline_loss: float
-    full_model_r: float
-    lambda0_r: float
-    lambda0_kept_fraction: float
-    best_r: float
-    best_lambda: str | None
-    selected_lambda: str
-    selected_kept: int
-    selected_kept_fraction: float
-    selected_r: float
-    optimal_lambda: str | None
-    optimal_kept_fraction: float
-    overlap_observed: float
-    overlap_expected: float
-    overlap_ratio: float
-    overlap_p: float
-    overlap_share: float  # share of the bigram mask inside the optimal mask
-    first_mlp_share: float
-    mlp_share: float
-    attention_share: float
-    largest_group: str | None  # e.g. "layer 0 MLP": the layer × {attention, MLP} group with most
-    first_mlp_is_plurality: bool | None
+    parameters: float = NAN
+    masked_weights: int = 0
+    eval_loss: float = NAN
+    bigram_baseline_loss: float = NAN
+    full_model_r: float = NAN
+    lambda0_r: float = NAN
+    lambda0_kept_fraction: float = NAN
+    best_r: float = NAN
+    best_lambda: str | None = None
+    best_dropinf_lambda: str | None = None
+    selected_lambda: str | None = None
+    selected_kept: int = 0
+    selected_kept_fraction: float = NAN
+    selected_r: float = NAN
+    optimal_lambda: str | None = None
+    optimal_kept_fraction: float = NAN
+    overlap_observed: float = NAN
+    overlap_expected: float = NAN  # uniform within-block null
+    overlap_ratio: float = NAN
+    overlap_p: float = NAN
+    overlap_draws: int = 0
+    overlap_row_expected: float = NAN  # row-shuffle null (the authors' code)
+    overlap_row_ratio: float = NAN
+    overlap_row_p: float = NAN
+    overlap_share: float = NAN  # share of the bigram mask inside the optimal mask
+    first_mlp_share: float = NAN
+    mlp_share: float = NAN
+    attention_share: float = NAN
+    largest_group: str | None = None  # e.g. "layer 0 MLP": the layer × {attention, MLP} group
+    first_mlp_is_plurality: bool | None = None
+    unseen_fraction: float = NAN  # eval positions whose bigram was never counted
+    estimates: dict[str, Estimate] = field(default_factory=dict)
+    sweep: list[tuple[float, Estimate]] = field(default_factory=list)  # (kept, r) per mask
     ablation_mean: dict[str, float] = field(default_factory=dict)  # condition -> bits
     ablation_sd: dict[str, float] = field(default_factory=dict)
     rotation_to_input: dict[str, dict[int, float]] = field(default_factory=dict)  # cond -> layer
@@ -71,6 +130,15 @@ class ModelSummary:
             return None
         return self.eval_loss < self.bigram_baseline_loss
 
+    def estimate(self, name: str) -> Estimate:
+        """An r by name (see the class docstring); NaN when not measured."""
+        return self.estimates.get(name, Estimate())
+
+    @property
+    def p_resolution(self) -> float:
+        """The smallest p-value the overlap test's draws can give: 1 / (draws + 1)."""
+        return 1.0 / (self.overlap_draws + 1) if self.overlap_draws > 0 else NAN
+
 
 def _value(frame: pd.DataFrame, column: str) -> float:
     """The single value of `column` in a one-row frame; NaN when absent."""
@@ -80,34 +148,34 @@ def _value(frame: pd.DataFrame, column: str) -> float:
     return float(value) if pd.notna(value) else NAN
 
 
+def _row(frame: pd.DataFrame) -> dict[str, Any]:
+    return frame.iloc[0].to_dict() if not frame.empty else {}
+
+
 def _mask_row(metrics: pd.DataFrame, target: str, label: str | None) -> pd.DataFrame:
     return metrics[(metrics["target"] == target) & (metrics["lambda"] == label)]
 
 
 def location(blocks: pd.DataFrame) -> dict[str, Any]:
     """Where a mask's kept weights sit, from its per-block rows (layer, kind, kept): shares in
-    layer 0's MLP, in all MLPs and in attention, and the largest layer × {attention, MLP} group."""
-    kept = float(blocks["kept"].sum()) if len(blocks) else 0.0
-    if kept == 0:
-        return {
-            "first_mlp_share": NAN,
-            "mlp_share": NAN,
-            "attention_share": NAN,
-            "largest_group": None,
-            "first_mlp_is_plurality": None,
-        }
-    is_mlp = blocks["kind"].isin(MLP_KINDS)
-    groups = blocks.assign(part=is_mlp.map({True: "MLP", False: "attention"}))
-    by_group = groups.groupby(["layer", "part"])["kept"].sum()
-    first_mlp = float(by_group.get((0, "MLP"), 0))
-    top_layer, top_part = by_group.idxmax()
+    layer 0's MLP, in all MLPs and in attention, the largest layer × {attention, MLP} group and
+    whether layer 0's MLP holds the plurality (the same rule as the checkpoints stage's)."""
+    from bigram_subnetworks.analysis.checkpoints import largest_group, location_shares
+
+    rows = blocks[["layer", "kind", "kept"]].to_dict("records") if len(blocks) else []
+    shares = location_shares(rows)
+    plurality = shares.pop("first_mlp_plurality")
     return {
-        "first_mlp_share": first_mlp / kept,
-        "mlp_share": float(blocks.loc[is_mlp, "kept"].sum()) / kept,
-        "attention_share": float(blocks.loc[~is_mlp, "kept"].sum()) / kept,
-        "largest_group": f"layer {int(top_layer)} {top_part}",
-        "first_mlp_is_plurality": first_mlp > 0 and first_mlp >= float(by_group.max()),
+        **shares,
+        "largest_group": largest_group(rows),
+        "first_mlp_is_plurality": None if math.isnan(plurality) else bool(plurality),
     }
+
+
+def _best(trained: pd.DataFrame, metric: str) -> pd.DataFrame:
+    if trained.empty or metric not in trained:
+        return trained.head(0)
+    return trained.sort_values(metric, ascending=False, kind="stable").head(1)
 
 
 def summarise_model(tables: RunTables, model: str) -> ModelSummary:
@@ -118,14 +186,30 @@ def summarise_model(tables: RunTables, model: str) -> ModelSummary:
     metrics = tables.metric_table()
     metrics = metrics[metrics["model"] == model]
     full = _mask_row(metrics, REFERENCE, "neginf")
+    empty = _mask_row(metrics, REFERENCE, "inf")
     trained_bigram = metrics[
         (metrics["target"] == "bigram") & metrics["lambda_value"].map(math.isfinite)
     ]
-    best = trained_bigram.sort_values("bigram_r", ascending=False).head(1)
+    best = _best(trained_bigram, "bigram_r")
+    best_dropinf = _best(trained_bigram, "bigram_r_dropinf")
     selected_label = chosen["bigram"]["lambda"]
     selected = _mask_row(metrics, "bigram", selected_label)
     optimal_label = chosen["optimal"]["lambda"] if chosen.get("optimal") else None
     lambda0 = _mask_row(metrics, "bigram", "0")
+    estimates = {
+        "full_model_r": Estimate.of(_row(full), "bigram_r"),
+        "full_model_r_dropinf": Estimate.of(_row(full), "bigram_r_dropinf"),
+        "best_r": Estimate.of(_row(best), "bigram_r"),
+        "best_r_dropinf": Estimate.of(_row(best_dropinf), "bigram_r_dropinf"),
+        "selected_r": Estimate.of(_row(selected), "bigram_r"),
+        "lambda0_r": Estimate.of(_row(lambda0), "bigram_r"),
+        "empty_r": Estimate.of(_row(empty), "bigram_r"),
+    }
+    sweep = [
+        (float(row["kept"]), Estimate.of(row, "bigram_r"))
+        for row in trained_bigram.sort_values("kept").to_dict("records")
+        if row.get("kept", 0) > 0
+    ]
 
     pair = tables.overlap[
         (tables.overlap["model"] == model) & tables.overlap["selected"].astype(bool)
@@ -151,6 +235,7 @@ def summarise_model(tables: RunTables, model: str) -> ModelSummary:
         lambda0_kept_fraction=_value(lambda0, "kept_fraction"),
         best_r=_value(best, "bigram_r"),
         best_lambda=str(best["lambda"].iloc[0]) if not best.empty else None,
+        best_dropinf_lambda=str(best_dropinf["lambda"].iloc[0]) if not best_dropinf.empty else None,
         selected_lambda=selected_label,
         selected_kept=int(chosen["bigram"]["kept"]),
         selected_kept_fraction=_value(selected, "kept_fraction"),
@@ -161,8 +246,15 @@ def summarise_model(tables: RunTables, model: str) -> ModelSummary:
         overlap_expected=_value(pair, "expected"),
         overlap_ratio=_value(pair, "ratio"),
         overlap_p=_value(pair, "p_value"),
+        overlap_draws=int(_value(pair, "draws")) if not pair.empty else 0,
+        overlap_row_expected=_value(pair, "row_expected"),
+        overlap_row_ratio=_value(pair, "row_ratio"),
+        overlap_row_p=_value(pair, "row_p_value"),
         overlap_share=_value(pair, "share_a_in_b"),
         **location(blocks),
+        unseen_fraction=_value(full, "unseen_fraction"),
+        estimates=estimates,
+        sweep=sweep,
         ablation_mean=ablations["mean_surprisal_bits"].astype(float).to_dict(),
         ablation_sd=ablations["sd_surprisal_bits"].astype(float).to_dict(),
         rotation_to_input=_per_layer(residual, "rotation_to_input"),
@@ -195,15 +287,18 @@ def summarise(tables: RunTables) -> list[ModelSummary]:
 
 @dataclass(frozen=True)
 class CheckpointSummary:
-    """One checkpoint model's trajectory: per step, the full model's and λ = 0 mask's r, and the
-    fitted r at each budget (with whether it was extrapolated)."""
+    """One checkpoint model's trajectory: per step, the full model's and λ = 0 mask's r, the
+    fitted r at each budget (with whether it was extrapolated), and per λ label whether the
+    layer-0 MLP holds the plurality of the mask (None: the mask keeps nothing)."""
 
     model: str
-    steps: list[int]
-    full_model_r: dict[int, float]
-    lambda0_r: dict[int, float]
-    r_at_budget: dict[int, dict[int, float]]  # budget -> step -> r
-    extrapolated: dict[int, dict[int, bool]]  # budget -> step -> outside the fitted range
+    steps: list[int] = field(default_factory=list)
+    full_model_r: dict[int, Estimate] = field(default_factory=dict)
+    lambda0_r: dict[int, Estimate] = field(default_factory=dict)
+    r_at_budget: dict[int, dict[int, Estimate]] = field(default_factory=dict)  # budget -> step
+    extrapolated: dict[int, dict[int, bool]] = field(default_factory=dict)  # budget -> step
+    plurality: dict[str, dict[int, bool | None]] = field(default_factory=dict)  # λ -> step
+    unseen_fraction: float = NAN
 
 
 def summarise_checkpoints(tables: RunTables) -> list[CheckpointSummary]:
@@ -220,34 +315,57 @@ def summarise_checkpoints(tables: RunTables) -> list[CheckpointSummary]:
         full = masks[(masks["target"] == REFERENCE) & (masks["lambda"] == "neginf")]
         lambda0 = masks[(masks["target"] == "bigram") & (masks["lambda"] == "0")]
         fits = rows[rows["budget"].notna()]
-        estimates = fits[fits["metric"] == "r_at_budget"]
-        flags = fits[fits["metric"] == "r_at_budget_extrapolated"]
+        plurality: dict[str, dict[int, bool | None]] = {}
+        if "first_mlp_plurality" in masks:
+            trained = masks[masks["target"] == "bigram"]
+            for r in trained.to_dict("records"):
+                value = r["first_mlp_plurality"]
+                flag = None if value is None or pd.isna(value) else bool(value)
+                plurality.setdefault(str(r["lambda"]), {})[int(r["step"])] = flag
+        unseen = full["unseen_fraction"] if "unseen_fraction" in full else pd.Series([], float)
         summaries.append(
             CheckpointSummary(
                 model=str(model),
                 steps=sorted(int(s) for s in rows["step"].unique()),
-                full_model_r=dict(zip(full["step"].astype(int), full["bigram_r"], strict=True)),
-                lambda0_r=dict(zip(lambda0["step"].astype(int), lambda0["bigram_r"], strict=True)),
-                r_at_budget=_by_budget(estimates, float),
-                extrapolated=_by_budget(flags, bool),
+                full_model_r=_by_step(full),
+                lambda0_r=_by_step(lambda0),
+                r_at_budget=_estimates_by_budget(fits),
+                extrapolated=_flags_by_budget(fits[fits["metric"] == "r_at_budget_extrapolated"]),
+                plurality=plurality,
+                unseen_fraction=float(unseen.iloc[0]) if len(unseen) else NAN,
             )
         )
     return summaries
 
 
-def _by_budget(rows: pd.DataFrame, cast: type) -> dict[int, dict[int, Any]]:
-    out: dict[int, dict[int, Any]] = {}
-    for r in rows.sort_values(["budget", "step"]).itertuples():
-        out.setdefault(int(r.budget), {})[int(r.step)] = cast(r.value)
+def _by_step(masks: pd.DataFrame) -> dict[int, Estimate]:
+    return {int(r["step"]): Estimate.of(r, "bigram_r") for r in masks.to_dict("records")}
+
+
+def _estimates_by_budget(fits: pd.DataFrame) -> dict[int, dict[int, Estimate]]:
+    wide = wide_metrics(fits, ["budget", "step"])
+    out: dict[int, dict[int, Estimate]] = {}
+    if "r_at_budget" not in wide:
+        return out
+    for r in wide.sort_values(["budget", "step"]).to_dict("records"):
+        out.setdefault(int(r["budget"]), {})[int(r["step"])] = Estimate.of(r, "r_at_budget")
     return out
 
 
-def control_values(tables: RunTables) -> dict[str, dict[str, float]]:
-    """Bigram r of every Table 2 control, per model (empty when not configured)."""
+def _flags_by_budget(rows: pd.DataFrame) -> dict[int, dict[int, bool]]:
+    out: dict[int, dict[int, bool]] = {}
+    for r in rows.sort_values(["budget", "step"]).itertuples():
+        out.setdefault(int(r.budget), {})[int(r.step)] = bool(r.value)
+    return out
+
+
+def control_values(tables: RunTables) -> dict[str, dict[str, Estimate]]:
+    """Bigram r of every Table 2 control (with its interval and unseen fraction), per model
+    (empty when not configured)."""
     if tables.controls is None:
         return {}
-    rows = tables.controls[tables.controls["metric"] == "bigram_r"]
-    return {
-        str(model): {str(r.control): float(r.value) for r in group.itertuples()}
-        for model, group in rows.groupby("model", sort=False)
-    }
+    wide = wide_metrics(tables.controls, ["model", "control"])
+    out: dict[str, dict[str, Estimate]] = {}
+    for r in wide.to_dict("records"):
+        out.setdefault(str(r["model"]), {})[str(r["control"])] = Estimate.of(r, "bigram_r")
+    return out
