@@ -470,7 +470,7 @@ def test_mask_edit_refuses_a_malformed_head(
     argv = ["mask", "edit", str(trained_mask), "--model-dir", str(pretrained), "--keep"]
     assert main([*argv, "--head", "1", "--output", str(tmp_path / "x")]) == 1
     assert capsys.readouterr().err.strip() == (
-        "bsn mask: error: --head '1': expected LAYER:HEAD, e.g. 0:3"
+        "bsn mask edit: error: --head '1': expected LAYER:HEAD, e.g. 0:3"
     )
     assert not (tmp_path / "x").exists()
 

@@ -191,7 +191,7 @@ def test_dvc_tracks_a_dotted_model_name_through_its_parent() -> None:
     cfg = validate_config(raw)
     stage = STAGES["pretrain"]
     fields = job_fields(cfg, {"model": "gpt2-1.5b"})
-    assert dvc_params(stage, cfg, fields) == ["seed", "device", "models"]
+    assert dvc_params(stage, cfg, fields) == ["seed", "device", "threads", "models"]
 
 
 def test_paths_parse_back_into_their_fields() -> None:

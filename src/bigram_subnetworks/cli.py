@@ -164,7 +164,7 @@ def run_stage(stage: Stage, args: argparse.Namespace, cfg: Config) -> None:
     if stage.torch:
         from bigram_subnetworks.models.loading import tune_cpu
 
-        tune_cpu(args.threads)
+        tune_cpu(args.threads or cfg.threads)
     module, function = stage.run.split(":")
     paths = {name: getattr(args, name) for name in {**stage.inputs, **stage.outputs}}
     getattr(importlib.import_module(module), function)(view, **wildcards, **paths)
@@ -231,7 +231,11 @@ def _add_stage(sub: argparse._SubParsersAction, stage: Stage) -> None:
     parser.add_argument("--log", type=Path, help=LOG_HELP)
     if stage.torch:
         parser.add_argument(
-            "--threads", type=int, default=None, help="Torch threads (default: all cores)."
+            "--threads",
+            type=int,
+            default=None,
+            help="Torch threads (default: the config's threads, else Snakemake's share of the "
+            "cores, else all).",
         )
     parser.set_defaults(func=functools.partial(run_stage, stage), needs_config=True)
 

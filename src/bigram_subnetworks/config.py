@@ -460,6 +460,12 @@ class Config(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where torch stages run; auto: CUDA when available, else CPU."
     )
+    threads: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="CPU threads of every torch job (a thread count changes results in their "
+        "last bits, so it belongs to the config). null: the cores Snakemake gives the job. "
+        "Small models run fastest on 1 thread each, one job per core.",
+    )
     hub_cache: str = Field(
         "data/hub",
         description="Hugging Face cache (HF_HUB_CACHE) the fetch stage fills with every Hub "

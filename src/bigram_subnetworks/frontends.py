@@ -214,7 +214,5 @@ def dvc_yaml(cfg: Config, source: str) -> str:
         ((name, column),) = spec["y"].items()
         plots.append({title: {**spec, "y": {csv[name]: column}}})
     document = {"stages": stages, "plots": plots}
-    text = yaml.dump(
-        document, Dumper=_Dumper, sort_keys=False, width=1 << 16, allow_unicode=True
-    )
+    text = yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=1 << 16, allow_unicode=True)
     return DVC_HEADER.format(source=source) + text

@@ -251,7 +251,8 @@ def _plots(cfg: Config) -> list[Wildcards]:
 # The effective config every stage reads (DVC makes it in the `config` stage; Snakemake writes it
 # when it reads the workflow, from its own `config`, which --configfile/--config/modules set).
 CORPUS_SOURCE = Artifact("{corpus_path}", "the local corpus folder (its files are tracked)")
-SCORING = ("seed", "device", "analysis.eval_sequences", "analysis.batch_size")
+TORCH = ("device", "threads")  # where and on how many threads a model runs (results' last bits)
+SCORING = ("seed", *TORCH, "analysis.eval_sequences", "analysis.batch_size")
 BOOTSTRAP = "analysis.bootstrap_resamples"  # the intervals of every r a stage writes
 MASK_OF_BASE = (("model", "base"),)
 DATA = {
@@ -339,7 +340,7 @@ _STAGES = [
             "tokenizer": _one(A.TOKENIZER),
         },
         outputs={"model_dir": _one(A.MODEL)},
-        reads=("seed", "device", "models.{model}"),
+        reads=("seed", *TORCH, "models.{model}"),
         wildcards=("model",),
         grid=embedded_models,
         enabled=_has_embedded,
@@ -359,7 +360,7 @@ _STAGES = [
             "mask_log": _one(A.MASK_LOG),
             "mask_curve": _one(A.MASK_CURVE),
         },
-        reads=("seed", "device", "masks", "models.{base}"),
+        reads=("seed", *TORCH, "masks", "models.{base}"),
         wildcards=("model", "target", "lam"),
         grid=all_masks,
         torch=True,
@@ -422,7 +423,7 @@ _STAGES = [
         outputs={"residual": _one(A.RESIDUAL)},
         reads=(
             "seed",
-            "device",
+            *TORCH,
             "analysis.residual_sequences",
             "analysis.batch_size",
             BOOTSTRAP,

@@ -61,7 +61,7 @@ ALL_CORES = _all_cores()
 # slower). With N GPUs each torch job takes one GPU (`resources: gpu=1`; at most N at once, the
 # default limit here) and an equal share of the cores; `bsn` picks a GPU no other job uses.
 GPUS = 0 if CFG.device == "cpu" else visible_gpus()
-TORCH_THREADS = torch_threads(ALL_CORES, GPUS)
+TORCH_THREADS = CFG.threads or torch_threads(ALL_CORES, GPUS)
 if GPUS and "gpu" not in workflow.global_resources:
     workflow.register_resource("gpu", GPUS)
 
