@@ -19,7 +19,10 @@ permutation variance, 1/(R−1) Σ_ij of the doubly centred M_ij²). Where masks
 input columns (embedding dimensions), this null expects more overlap than the uniform one, so its
 ratio is smaller. The paper's Table 3 numbers (expected overlap = mean of 10K such draws) come from
 this null, so the report compares Table 3 with it. Row draws are made for each model's selected
-pair (the pair Table 3 reports); the exact row mean and sd are given for every pair.
+pair (the pair Table 3 reports); the exact row mean and sd are given for every pair. One
+difference remains: for GPT-NeoX's fused query_key_value the authors' code takes contiguous thirds
+of the rows as Q, K and V, while the blocks here are the true per-head interleaved Q, K and V rows
+(see `models.layout`), so rows are shuffled within the right kind.
 
 Everything after `block_overlap` / `row_blocks` works on counts only, so masks of a billion
 entries are read once and never shuffled. This module imports numpy and scipy only; the mask
