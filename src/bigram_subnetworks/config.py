@@ -733,6 +733,24 @@ def run_stage(cfg: Config, *, output: Path) -> None:
     write_effective_config(cfg, output)
 
 
+def typed_overrides(overrides: Any) -> Any:
+    """Snakemake's `--config key={...}` hands nested values over as strings ('500', '0.02'):
+    whole and decimal numbers among them become numbers again (λ labels stay strings)."""
+    if isinstance(overrides, dict):
+        return {
+            key: value if key in ("lambdas", "bigram", "full") else typed_overrides(value)
+            for key, value in overrides.items()
+        }
+    if isinstance(overrides, list):
+        return [typed_overrides(value) for value in overrides]
+    if isinstance(overrides, str):
+        if re.fullmatch(r"[+-]?[0-9]+", overrides.strip()):
+            return int(overrides)
+        if re.fullmatch(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", overrides.strip()):
+            return float(overrides)
+    return overrides
+
+
 def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """`overrides` merged recursively into `base` (mappings merge, other values replace)."""
     merged = dict(base)

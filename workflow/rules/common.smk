@@ -11,6 +11,8 @@ from bigram_subnetworks import validation
 from bigram_subnetworks.artifacts import REPORT_HTML as _REPORT
 from bigram_subnetworks.config import (
     ConfigError,
+    merge_overrides,
+    typed_overrides,
     validate_config,
     write_effective_config,
 )
@@ -29,7 +31,8 @@ def _source():
 
 
 try:
-    CFG = validate_config(dict(config), source=_source())
+    RAW = merge_overrides(dict(config), typed_overrides(workflow.config_settings.config or {}))
+    CFG = validate_config(RAW, source=_source())
     validation.check(CFG, _source())
 except ConfigError as error:
     sys.exit(str(error))
