@@ -20,6 +20,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from bigram_subnetworks.analysis.scoring import (
     METRIC_SCHEMA,
+    R_METRICS,
     Bootstrap,
     MaskFile,
     bigram_surprisal,
@@ -290,7 +291,12 @@ def test_every_r_has_a_seeded_interval_and_the_unseen_fraction_beside_it(
                 assert low == value == high == pytest.approx(1.0)  # r of a model with itself
                 continue
             assert low < value < high and high - low < 1.0
-        assert found.replicates[mask].shape == (200,)
+        assert found.replicates[mask].shape == (200, len(R_METRICS))  # one column per r
+        for column, metric in enumerate(R_METRICS):
+            low, high = table[(*mask, metric + "_low")], table[(*mask, metric + "_high")]
+            draws = found.replicates[mask][:, column]
+            assert np.quantile(draws, 0.025) == pytest.approx(low)
+            assert np.quantile(draws, 0.975) == pytest.approx(high)
     assert pa.Table.from_pylist(found.metrics, schema=METRIC_SCHEMA).num_rows == len(found.metrics)
     again = score_masks("m", model, masks, counts, held_out, 5, torch.device("cpu"), None, 200, 1)
     assert again.metrics == found.metrics  # seeded

@@ -186,7 +186,9 @@ def test_an_unknown_model_name_is_refused(tmp_path: Path, data_dirs: tuple[Path,
 def test_local_models_are_checked_and_recorded(tmp_path: Path, pretrained: Path) -> None:
     local = {"source": "local", "path": str(pretrained / "final")}
     output = tmp_path / "local"
-    fetch_stage(validate_config(config_dict(mine=local)), model="mine", model_dir=output)
+    raw = config_dict(mine=local)
+    raw["tokenizer"] = {"name": "own", "source": "pretrained", "model": local["path"]}
+    fetch_stage(validate_config(raw), model="mine", model_dir=output)
     model, stored = load_model(output)
     assert stored["model_type"] == "gpt_neox" and stored["final_step"] is None
     assert model.config.model_type == "gpt_neox"
@@ -211,6 +213,7 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[str
 def hub_config(cache: Path, **model: Any) -> Any:
     spec = {"source": "huggingface", "id": "test/tiny", "revision": "step30", **model}
     raw = config_dict(tiny=spec) | {"hub_cache": str(cache)}
+    raw["tokenizer"] = {"name": "tiny", "source": "pretrained", "model": "test/tiny"}
     raw["lambdas"]["bigram"] = ["0"]
     raw["checkpoints"] = {"models": ["tiny"], "steps": [0, 30], "lambdas": ["0"]}
     return validate_config(raw)

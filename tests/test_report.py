@@ -186,10 +186,21 @@ def _block_rows(model: str, target: str, label: str, layers: int, d: int, kept: 
                     "kept": count,
                     "size": sizes[kind],
                     "fraction": count / sizes[kind],
+                    "param": f"gpt_neox.layers.{layer}.{PARAMS[kind]}.weight",
                 }
             )
     rows.append({**rows[0], "head": 0, "kept": 0, "size": d * d // 2, "fraction": 0.0})
     return rows
+
+
+PARAMS = {
+    "Q": "attention.query_key_value",
+    "K": "attention.query_key_value",
+    "V": "attention.query_key_value",
+    "O": "attention.dense",
+    "MLP-in": "mlp.dense_h_to_4h",
+    "MLP-out": "mlp.dense_4h_to_h",
+}
 
 
 def _residual_rows(model: str, condition: str, layers: int, spec: Spec) -> list[dict[str, Any]]:
@@ -559,6 +570,7 @@ def test_html_is_self_contained_and_escapes_generated_text(built: Built) -> None
         "Configuration",
     ):
         assert f"<h2>{section}</h2>" in built.html
+    assert "gpt_neox.layers.&lt;l&gt;.attention.query_key_value.weight" in built.html
     assert "run: synthetic" in built.html  # the config's YAML dump
 
 

@@ -484,6 +484,8 @@ def test_on_a_machine_with_gpus_torch_jobs_take_one_gpu_each_and_a_share_of_the_
     tmp_path: Path,
 ) -> None:
     project = make_project(tmp_path / "p")
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("threads: 1", "threads: null"))
     env = ["env", "CUDA_VISIBLE_DEVICES=0,1"]
     text = run([*env, "snakemake", "-n", "--cores", "8", "masks"], project).stdout
     cores = min(8, os.cpu_count() or 1)  # Snakemake's cores, capped at the machine's
@@ -499,6 +501,11 @@ def test_on_a_machine_with_gpus_torch_jobs_take_one_gpu_each_and_a_share_of_the_
     cpu = run(["snakemake", "-n", "--cores", "8", "masks"], project).stdout
     mask_jobs = [block for block in cpu.split("\n\n") if "rule train_mask:" in block]
     assert all("gpu=0" in b and threads(b) == cores for b in mask_jobs)
+    # A config that fixes the threads (results depend on them) keeps them on any machine.
+    params.write_text(params.read_text().replace("threads: null", "threads: 1"))
+    fixed = run([*env, "snakemake", "-n", "--cores", "8", "masks"], project).stdout
+    mask_jobs = [block for block in fixed.split("\n\n") if "rule train_mask:" in block]
+    assert all("gpu=1" in b and threads(b) == 1 for b in mask_jobs)
 
 
 def test_the_workflow_runs_as_a_module_of_another_workflow(tmp_path: Path) -> None:

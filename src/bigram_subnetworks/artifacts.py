@@ -155,6 +155,7 @@ BLOCKS = Artifact(
         ("kept", pa.int64()),
         ("size", pa.int64()),
         ("fraction", pa.float64()),
+        ("param", pa.string()),  # the model's own parameter the block lies in
     ),
 )
 SELECTION = Artifact("results/{run}/selection.json", "the selected bigram mask and its pair")

@@ -37,6 +37,7 @@ from bigram_subnetworks.io import atomic_outputs, write_parquet
 log = logging.getLogger(__name__)
 
 SCHEMA = CHECKPOINTS.schema
+DROPINF = "_dropinf"  # metric suffix of the fit of the drop-unseen r
 
 
 def location_shares(blocks: list[dict[str, Any]]) -> dict[str, float]:
@@ -162,21 +163,23 @@ def fit_rows(
     masks: list[tuple[float, float]],
     budgets: list[int],
     replicates: np.ndarray | None = None,
+    suffix: str = "",
 ) -> list[dict[str, Any]]:
     """The fit's parameters and the r estimated at every budget, for one checkpoint's masks given
     as (active parameters, bigram r); with `replicates` ((resamples, masks) bootstrap r of the
-    same masks) also each estimate's percentile interval (`r_at_budget_low`/`_high`)."""
+    same masks) also each estimate's percentile interval (`r_at_budget_low`/`_high`). Metric
+    names end with `suffix` (`_dropinf` for the fit of the drop-unseen r)."""
     active = np.array([m[0] for m in masks], dtype=np.float64)
     r = np.array([m[1] for m in masks], dtype=np.float64)
     fit = fit_power_law(active, r)
     if fit is None:
         log.warning("%s step %d: fewer than two usable masks; no power-law fit", model, step)
-        return [_row(model, step, None, None, "fit_points", 0)]
+        return [_row(model, step, None, None, "fit_points" + suffix, 0)]
     rows = [
-        _row(model, step, None, None, "fit_scale", fit.scale),
-        _row(model, step, None, None, "fit_exponent", fit.exponent),
-        _row(model, step, None, None, "fit_r2", fit.r2),
-        _row(model, step, None, None, "fit_points", fit.points),
+        _row(model, step, None, None, "fit_scale" + suffix, fit.scale),
+        _row(model, step, None, None, "fit_exponent" + suffix, fit.exponent),
+        _row(model, step, None, None, "fit_r2" + suffix, fit.r2),
+        _row(model, step, None, None, "fit_points" + suffix, fit.points),
     ]
     intervals: dict[int, tuple[float, float]] = {}
     if replicates is not None and np.asarray(replicates).size:
@@ -187,12 +190,13 @@ def fit_rows(
         intervals = {b: percentile_interval(estimates[:, i]) for i, b in enumerate(budgets)}
     for budget in budgets:
         outside = not fit.n_min <= budget <= fit.n_max
-        rows.append(_row(model, step, None, None, "r_at_budget", fit.r_at(budget), budget))
-        rows.append(_row(model, step, None, None, "r_at_budget_extrapolated", outside, budget))
+        name = f"r_at_budget{suffix}"
+        rows.append(_row(model, step, None, None, name, fit.r_at(budget), budget))
+        rows.append(_row(model, step, None, None, f"{name}_extrapolated", outside, budget))
         if budget in intervals:
             low, high = intervals[budget]
-            rows.append(_row(model, step, None, None, "r_at_budget_low", low, budget))
-            rows.append(_row(model, step, None, None, "r_at_budget_high", high, budget))
+            rows.append(_row(model, step, None, None, f"r_at_budget{suffix}_low", low, budget))
+            rows.append(_row(model, step, None, None, f"r_at_budget{suffix}_high", high, budget))
     return rows
 
 
@@ -239,7 +243,7 @@ def run_stage(
     """The checkpoints stage: score every checkpoint's masks and full model, add the power-law
     fits and write `checkpoints.parquet` (one row per model × step × mask × metric; fits have a
     null λ)."""
-    from bigram_subnetworks.analysis.scoring import eval_sample, index_masks
+    from bigram_subnetworks.analysis.scoring import R_METRICS, eval_sample, index_masks
     from bigram_subnetworks.data.bigrams import read_bigram_counts
     from bigram_subnetworks.data.tokenize import read_sequences
     from bigram_subnetworks.models.loading import pick_device, read_model_info
@@ -277,9 +281,14 @@ def run_stage(
             for row in table:
                 if row["target"] == "bigram":
                     values[row["lambda"]][row["metric"]] = row["value"]
-            scored = [(v["kept"], v["bigram_r"]) for v in values.values()]
-            draws = np.stack([replicates[("bigram", label)] for label in values], axis=1)
-            rows += fit_rows(name, step, scored, cfg.checkpoints.budgets, draws)
+            for metric, suffix in (("bigram_r", ""), ("bigram_r_dropinf", DROPINF)):
+                # the fit of the clipped r, and of the drop-unseen r (the paper's regime)
+                column = R_METRICS.index(metric)
+                scored = [(v["kept"], v[metric]) for v in values.values()]
+                draws = np.stack(
+                    [replicates[("bigram", label)][:, column] for label in values], axis=1
+                )
+                rows += fit_rows(name, step, scored, cfg.checkpoints.budgets, draws, suffix)
             log.info("%s step %d: %d masks scored", name, step, len(step_masks))
     with atomic_outputs(checkpoints) as (temp,):
         write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), temp, seed=cfg.seed)

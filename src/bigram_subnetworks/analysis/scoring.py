@@ -289,6 +289,7 @@ def _block_rows(model: str, target: str, label: str, mask: Mask, lm: MaskedLM) -
                 "kept": entry["kept"],
                 "size": entry["size"],
                 "fraction": entry["kept"] / entry["size"],
+                "param": entry["param"],
             }
         )
     return rows
@@ -297,7 +298,8 @@ def _block_rows(model: str, target: str, label: str, mask: Mask, lm: MaskedLM) -
 @dataclass(frozen=True)
 class Evaluation:
     """What `score_masks` gives: metric rows, block rows and, per (target, λ label), the
-    bootstrap replicates of its bigram r (empty arrays without resamples)."""
+    bootstrap replicates of its r values ((resamples, len(R_METRICS)), in R_METRICS order; no
+    rows without resamples)."""
 
     metrics: list[dict[str, Any]]
     blocks: list[dict[str, Any]]
@@ -372,11 +374,11 @@ def score_masks(
                 axis=1,
             )
             draws = resampling.replicates(moments)  # (resamples, 3), in R_METRICS order
-            replicates[(target, label)] = draws[:, 0]
+            replicates[(target, label)] = draws
             for i, metric in enumerate(R_METRICS):
                 values[metric + LOW], values[metric + HIGH] = resampling.interval(draws[:, i])
         else:
-            replicates[(target, label)] = np.empty(0)
+            replicates[(target, label)] = np.empty((0, len(R_METRICS)))
         metrics += _metric_rows(name, target, label, values)
         blocks += _block_rows(name, target, label, mask, lm)
     return Evaluation(metrics, blocks, replicates)

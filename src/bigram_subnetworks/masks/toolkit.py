@@ -175,11 +175,12 @@ def set_layer(mask: Mapping[str, torch.Tensor], layout: Layout, layer: int, keep
 
 
 def block_counts(mask: Mapping[str, torch.Tensor], layout: Layout) -> list[dict[str, Any]]:
-    """Kept entries and size of every (layer, kind) block."""
+    """Kept entries and size of every (layer, kind) block, with the parameter it lies in."""
     return [
         {
             "layer": block.layer,
             "kind": block.kind,
+            "param": block.param,
             "kept": int(block.select(mask[block.param]).count_nonzero()),
             "size": block.size,
         }
@@ -194,6 +195,7 @@ def head_counts(mask: Mapping[str, torch.Tensor], layout: Layout) -> list[dict[s
             "layer": layer,
             "head": head,
             "kind": block.kind,
+            "param": block.param,
             "kept": int(block.select(mask[block.param]).count_nonzero()),
             "size": block.size,
         }

@@ -231,6 +231,28 @@ def checkpoint_table(checkpoints: list[CheckpointSummary]) -> Table | None:
     return Table("Across checkpoints", frame, note, numeric)
 
 
+def block_names_table(tables: RunTables) -> Table:
+    """Each model's blocks in its own terms: the parameters (layer 0's names, with the layer
+    number as <l>) that Q, K, V, O, MLP-in and MLP-out are parts of."""
+    blocks = tables.blocks
+    if "param" not in blocks or blocks.empty:
+        return Table("Blocks in each model's terms", pd.DataFrame(), "Not recorded.")
+    first = blocks[(blocks["layer"] == 0) & blocks["head"].isna()].drop_duplicates(
+        ["model", "kind", "param"]
+    )
+    rows = []
+    for model, group in first.groupby("model", sort=False):
+        row = {"model": model}
+        for kind, names in group.groupby("kind", sort=False)["param"]:
+            row[kind] = ", ".join(str(n).replace(".0.", ".<l>.", 1) for n in dict.fromkeys(names))
+        rows.append(row)
+    note = (
+        "Fused Q/K/V weights (GPT-NeoX interleaves them per head, GPT-2 concatenates them) are "
+        "split into their Q, K and V rows or columns; gated MLPs count gate and up as MLP-in."
+    )
+    return Table("Blocks in each model's terms", pd.DataFrame(rows), note)
+
+
 def generations_table(tables: RunTables) -> Table:
     frame = tables.generations[["model", "condition", "prompt", "decoding", "text"]].copy()
     frame["text"] = frame["text"].map(lambda t: str(t).replace("\n", "\\n"))
@@ -494,7 +516,12 @@ def build_document(
         glance=glance(models, found),
         tables=main,
         figures=[FigureEntry(name, FIGURES[name], png) for name, png in figures.items()],
-        appendix=[generations_table(tables), cost_table(cfg, tables), versions_table()],
+        appendix=[
+            block_names_table(tables),
+            generations_table(tables),
+            cost_table(cfg, tables),
+            versions_table(),
+        ],
         config_yaml=yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
         citation="Reproduces: " + CITATION,
     )

@@ -30,7 +30,12 @@ from typing import Any
 from bigram_subnetworks.analysis.scoring import CI_LEVEL
 from bigram_subnetworks.config import lambda_value
 from bigram_subnetworks.report.paper import paper_evidence, paper_numbers, stated, where
-from bigram_subnetworks.report.summary import CheckpointSummary, Estimate, ModelSummary
+from bigram_subnetworks.report.summary import (
+    NEGLIGIBLE_CLIPPING,
+    CheckpointSummary,
+    Estimate,
+    ModelSummary,
+)
 
 HOLDS = "holds"
 FAILS = "does not hold"
@@ -64,7 +69,7 @@ INTERVALS = Threshold(
 HIGH_R = Threshold("r level", *stated("high_r"))
 R_PRECISION = Threshold(
     "negligible clipping",
-    0.0005,
+    NEGLIGIBLE_CLIPPING,
     "the unseen-bigram fraction counts as negligible when the clipped and the drop-unseen r "
     "agree to half a unit of the third decimal, the precision the paper reports r to; otherwise "
     "the drop-unseen r decides (the paper counts bigrams over 1.28B tokens: few unseen)",
@@ -713,7 +718,7 @@ def _full_r_falls(c: CheckpointSummary, evidence: Evidence) -> Outcome:
     passed, margin = above(peak[1], measured[last])
     text = (
         f"full-model r peaks at step {peak[0]} ({peak[1].text()}), {measured[last].text()} at "
-        f"step {last}, {_margin(margin)}"
+        f"step {last}, {_margin(margin)} ({c.r_variant})"
     )
     return passed, text
 
@@ -744,8 +749,8 @@ def _peaks_later(c: CheckpointSummary, evidence: Evidence) -> Outcome:
     passed, margin = above(peak[1], ceiling)
     text = (
         f"r at {budget:,} active peaks at step {peak[0]} ({peak[1].text()}); the full model "
-        f"peaks at step {full[0]}; highest up to then {ceiling.text()}, {_margin(margin)}"
-        + _extrapolated(c, budget)
+        f"peaks at step {full[0]}; highest up to then {ceiling.text()}, {_margin(margin)} "
+        f"({c.r_variant})" + _extrapolated(c, budget)
     )
     return peak[0] > full[0] and passed, text
 
@@ -771,6 +776,7 @@ def _decompression(c: CheckpointSummary, evidence: Evidence) -> Outcome:
     passed, margin = above(earlier[1], series[last])
     text = (
         f"r at {budget:,} active: {earlier[1].text()} at step {earlier[0]} vs "
-        f"{series[last].text()} at step {last}, {_margin(margin)}" + _extrapolated(c, budget)
+        f"{series[last].text()} at step {last}, {_margin(margin)} ({c.r_variant})"
+        + _extrapolated(c, budget)
     )
     return passed, text

@@ -62,17 +62,20 @@ FIGURES: dict[str, str] = {
     "block_heatmaps": "Kept fraction of the selected bigram mask per layer × block "
     "(Q, K, V, O, MLP-in, MLP-out), one panel per model.",
     "ablations": "Mean surprisal (bits, ± 1 sd over tokens) under each ablation condition.",
-    "overlap": "Null distribution of the overlap of the selected bigram and optimal masks "
-    "(within-block redraws, grey) with its exact expectation (dashed) and the observed overlap "
-    "(red: a line, or an arrow when it lies far beyond the null); last panel: observed/expected "
-    "ratio per model.",
+    "overlap": "Null distributions of the overlap of the selected bigram and optimal masks: "
+    "uniform redraws within each block (grey, expectation dashed) and the authors' row shuffle "
+    "(blue, expectation dotted; the null behind the paper's Table 3 and the p-value shown, with "
+    "its resolution), and the observed overlap (red: a line, or an arrow when it lies far beyond "
+    "the nulls); last panel: observed/expected ratio per model under both nulls.",
     "rotations": "Median rotation angle of the ridge map from each layer to the input "
     "embeddings and to the output layer: full model, selected bigram mask, random mask.",
     "covariance": "Cross-layer covariance similarity (top direction removed, Frobenius cosine) "
     "for the full model, the selected bigram mask and a random mask.",
-    "checkpoints": "Across pretraining checkpoints: bigram r (full model, each λ, and the "
-    "power-law estimate at each budget; hollow = extrapolated), kept fraction, and the share of "
-    "the mask in the first MLP layer.",
+    "checkpoints": "Across pretraining checkpoints (log step axis; step 0 drawn apart): the full "
+    "model's bigram r and the r of a subnetwork at fixed budgets of active weights (power-law "
+    "fits; hollow = extrapolated), with 95% bootstrap intervals and their peaks starred (the r "
+    "that matches the paper's regime); then each λ's kept fraction and the share of its mask in "
+    "the first MLP layer.",
     "training_curves": "Mask training: target cross-entropy, kept fraction and undecided "
     "fraction per step (the attempt that was kept) for every trained mask; solid: bigram target, "
     "dashed: full-model target.",
@@ -400,9 +403,36 @@ def covariance(data: FigureData) -> Figure:
     return figure
 
 
+def _step_axis(ax: Axes, steps: list[int]) -> Callable[[Any], Any]:
+    """A log step axis with step 0 drawn apart, left of the smallest positive step behind a
+    grey break; returns the map from steps to positions on it."""
+    positive = [s for s in steps if s > 0] or [1]
+    zero = min(positive) / 4
+    ax.set_xscale("log")
+    ax.axvspan(zero * 1.5, min(positive) / 1.5, color="0.92", lw=0, zorder=0)
+    decades = range(0, int(math.log10(max(positive))) + 1)
+    ticks = [10**d for d in decades if 10**d >= min(positive)]
+    ax.xaxis.set_major_locator(mpl.ticker.FixedLocator([zero, *ticks]))
+    ax.xaxis.set_major_formatter(mpl.ticker.FixedFormatter(["0", *(f"{t:,}" for t in ticks)]))
+    ax.xaxis.set_minor_locator(mpl.ticker.NullLocator())
+
+    def position(step: Any) -> Any:
+        return np.where(np.asarray(step, dtype=float) > 0, step, zero)
+
+    return position
+
+
+def _mark_peak(ax: Axes, x: Any, values: list[float], colour: Any) -> None:
+    """A star on the highest point of a series (the peak the trajectory claims look at)."""
+    finite = [(v, i) for i, v in enumerate(values) if math.isfinite(v)]
+    if finite:
+        value, index = max(finite)
+        ax.plot(x[index], value, "*", color=colour, markersize=11, zorder=5)
+
+
 def checkpoints(data: FigureData) -> Figure:
     table = data.tables.checkpoints
-    figure, axes = _figure(max(len(data.checkpoints), 1), 3, (4.0, 3.0))
+    figure, axes = _figure(max(len(data.checkpoints), 1), 3, (4.2, 3.0))
     if table is None or not data.checkpoints:
         _empty(axes[0, 0], "no checkpoint data")
         for ax in axes.ravel()[1:]:
@@ -414,56 +444,28 @@ def checkpoints(data: FigureData) -> Figure:
         labels = sorted(masks["lambda"].unique(), key=float)
         palette = dict(zip(labels, sns.color_palette("crest", len(labels)), strict=True))
         r_ax, kept_ax, mlp_ax = row
+        where = {ax: _step_axis(ax, c.steps) for ax in row}
         steps = sorted(c.full_model_r)
         full = [c.full_model_r[s] for s in steps]
+        x = where[r_ax](steps)
         r_ax.errorbar(
-            steps,
+            x,
             [e.value for e in full],
             yerr=_estimate_bars(full),
             fmt="k--",
             capsize=2,
             label="full model",
         )
-        for ax, metric in (
-            (r_ax, "bigram_r"),
-            (kept_ax, "kept_fraction"),
-            (mlp_ax, "first_mlp_share"),
-        ):
-            for label in labels:
-                series = masks[(masks["lambda"] == label) & (masks["metric"] == metric)]
-                series = series.sort_values("step")
-                bounds = masks[
-                    (masks["lambda"] == label)
-                    & masks["metric"].isin([f"{metric}_low", f"{metric}_high"])
-                ]
-                yerr = None
-                if metric == "bigram_r" and not bounds.empty:
-                    wide = bounds.pivot_table(index="step", columns="metric", values="value")
-                    wide = wide.reindex(series["step"])
-                    yerr = np.vstack(
-                        [
-                            series["value"].to_numpy() - wide[f"{metric}_low"].to_numpy(),
-                            wide[f"{metric}_high"].to_numpy() - series["value"].to_numpy(),
-                        ]
-                    )
-                    yerr = np.where(np.isfinite(yerr), np.clip(yerr, 0, None), 0.0)
-                ax.errorbar(
-                    series["step"],
-                    series["value"],
-                    yerr=yerr,
-                    fmt="o-",
-                    color=palette[label],
-                    capsize=2,
-                    label=f"λ={label}",
-                )
+        _mark_peak(r_ax, x, [e.value for e in full], "black")
         budget_colours = sns.color_palette("flare", len(c.r_at_budget))
         for colour, (budget, by_step) in zip(budget_colours, c.r_at_budget.items(), strict=True):
             flags = c.extrapolated.get(budget, {})
-            steps = sorted(by_step)
-            estimates = [by_step[s] for s in steps]
+            at = sorted(by_step)
+            estimates = [by_step[s] for s in at]
             values = [e.value for e in estimates]
+            x = where[r_ax](at)
             r_ax.errorbar(
-                steps,
+                x,
                 values,
                 yerr=_estimate_bars(estimates),
                 fmt=":",
@@ -471,18 +473,36 @@ def checkpoints(data: FigureData) -> Figure:
                 capsize=2,
                 label=f"r at {budget:,} active",
             )
-            for step, value in zip(steps, values, strict=True):
+            for position, value, step in zip(x, values, at, strict=True):
                 hollow = flags.get(step, False)
-                r_ax.plot(step, value, "D", color=colour, fillstyle="none" if hollow else "full")
+                r_ax.plot(
+                    position, value, "D", color=colour, fillstyle="none" if hollow else "full"
+                )
+            _mark_peak(
+                r_ax,
+                x,
+                [v if not flags.get(s) else math.nan for v, s in zip(values, at, strict=True)],
+                colour,
+            )
+        for ax, metric in ((kept_ax, "kept_fraction"), (mlp_ax, "first_mlp_share")):
+            for label in labels:
+                series = masks[(masks["lambda"] == label) & (masks["metric"] == metric)]
+                series = series.sort_values("step")
+                ax.plot(
+                    where[ax](series["step"].to_numpy()),
+                    series["value"],
+                    "o-",
+                    color=palette[label],
+                    label=f"λ={label}",
+                )
         for ax, ylabel in (
-            (r_ax, "bigram r"),
+            (r_ax, f"bigram r ({c.r_variant.split(' (')[0]})"),
             (kept_ax, "kept fraction"),
             (mlp_ax, "share in the layer-0 MLP"),
         ):
-            ax.set_xscale("symlog", linthresh=1)
             ax.set(xlabel="pretraining step", ylabel=ylabel, title=f"{c.model}: {ylabel}")
-        r_ax.legend()
-        kept_ax.legend()
+        r_ax.legend(fontsize="small")
+        kept_ax.legend(fontsize="small")
     return figure
 
 

@@ -299,6 +299,7 @@ class CheckpointSummary:
     extrapolated: dict[int, dict[int, bool]] = field(default_factory=dict)  # budget -> step
     plurality: dict[str, dict[int, bool | None]] = field(default_factory=dict)  # λ -> step
     unseen_fraction: float = NAN
+    r_variant: str = "clipped r"  # which r the trajectories show (see regime_of)
 
 
 def summarise_checkpoints(tables: RunTables) -> list[CheckpointSummary]:
@@ -323,32 +324,59 @@ def summarise_checkpoints(tables: RunTables) -> list[CheckpointSummary]:
                 flag = None if value is None or pd.isna(value) else bool(value)
                 plurality.setdefault(str(r["lambda"]), {})[int(r["step"])] = flag
         unseen = full["unseen_fraction"] if "unseen_fraction" in full else pd.Series([], float)
+        last = full.sort_values("step").tail(1).to_dict("records")
+        suffix, variant = regime_of(last[0] if last else {})
         summaries.append(
             CheckpointSummary(
                 model=str(model),
                 steps=sorted(int(s) for s in rows["step"].unique()),
-                full_model_r=_by_step(full),
-                lambda0_r=_by_step(lambda0),
-                r_at_budget=_estimates_by_budget(fits),
-                extrapolated=_flags_by_budget(fits[fits["metric"] == "r_at_budget_extrapolated"]),
+                full_model_r=_by_step(full, "bigram_r" + suffix),
+                lambda0_r=_by_step(lambda0, "bigram_r" + suffix),
+                r_at_budget=_estimates_by_budget(fits, "r_at_budget" + suffix),
+                extrapolated=_flags_by_budget(
+                    fits[fits["metric"] == f"r_at_budget{suffix}_extrapolated"]
+                ),
                 plurality=plurality,
                 unseen_fraction=float(unseen.iloc[0]) if len(unseen) else NAN,
+                r_variant=variant,
             )
         )
     return summaries
 
 
-def _by_step(masks: pd.DataFrame) -> dict[int, Estimate]:
-    return {int(r["step"]): Estimate.of(r, "bigram_r") for r in masks.to_dict("records")}
+# Clipping the unseen bigrams' surprisal moves r by less than this: negligible (half a unit of the
+# third decimal, the precision the paper reports r to).
+NEGLIGIBLE_CLIPPING = 0.0005
 
 
-def _estimates_by_budget(fits: pd.DataFrame) -> dict[int, dict[int, Estimate]]:
+def regime_of(full: dict[str, Any]) -> tuple[str, str]:
+    """The metric suffix and name of the r that matches the paper's regime, from a full model's
+    row: the drop-unseen r where clipping the unseen bigrams moves r by NEGLIGIBLE_CLIPPING or
+    more (the paper counts bigrams over 1.28B tokens: few are unseen), the clipped r otherwise."""
+    unseen, clipped, dropped = (
+        float(full[k]) if full.get(k) is not None and pd.notna(full[k]) else NAN
+        for k in ("unseen_fraction", "bigram_r", "bigram_r_dropinf")
+    )
+    if not (unseen > 0 and math.isfinite(clipped) and math.isfinite(dropped)):
+        return "", "clipped r"
+    if abs(clipped - dropped) < NEGLIGIBLE_CLIPPING:
+        return "", f"clipped r ({unseen:.2%} unseen: negligible)"
+    return "_dropinf", f"drop-unseen r ({unseen:.2%} of eval positions unseen)"
+
+
+def _by_step(masks: pd.DataFrame, metric: str = "bigram_r") -> dict[int, Estimate]:
+    return {int(r["step"]): Estimate.of(r, metric) for r in masks.to_dict("records")}
+
+
+def _estimates_by_budget(
+    fits: pd.DataFrame, metric: str = "r_at_budget"
+) -> dict[int, dict[int, Estimate]]:
     wide = wide_metrics(fits, ["budget", "step"])
     out: dict[int, dict[int, Estimate]] = {}
-    if "r_at_budget" not in wide:
+    if metric not in wide:
         return out
     for r in wide.sort_values(["budget", "step"]).to_dict("records"):
-        out.setdefault(int(r["budget"]), {})[int(r["step"])] = Estimate.of(r, "r_at_budget")
+        out.setdefault(int(r["budget"]), {})[int(r["step"])] = Estimate.of(r, metric)
     return out
 
 
