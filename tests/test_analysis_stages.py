@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 import torch
 from tokenizers import Tokenizer
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import GPTNeoXForCausalLM
 
 from bigram_subnetworks.analysis.ablate import (
     ablation_masks,
@@ -26,23 +26,14 @@ from bigram_subnetworks.masks.toolkit import block_counts, kept
 from bigram_subnetworks.masks.train import MaskedLM
 from bigram_subnetworks.models.layout import layout_of
 from bigram_subnetworks.report.summary import ABLATION_CONDITIONS
+from tiny_models import tiny_lm
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def model(small_bpe: Tokenizer) -> GPTNeoXForCausalLM:
-    torch.manual_seed(0)
-    config = GPTNeoXConfig(
-        vocab_size=small_bpe.get_vocab_size(),
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        initializer_range=0.3,
-    )
-    return GPTNeoXForCausalLM(config).eval()
+    return tiny_lm(vocab=small_bpe.get_vocab_size(), ff=32, initializer_range=0.3)
 
 
 def random_mask(layout: Any, density: float, seed: int) -> dict[str, torch.Tensor]:

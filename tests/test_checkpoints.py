@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import GPTNeoXForCausalLM
 
 from bigram_subnetworks.analysis.checkpoints import (
     budget_replicates,
@@ -20,6 +20,7 @@ from bigram_subnetworks.analysis.checkpoints import (
 )
 from bigram_subnetworks.models.layout import embedding_parameters
 from bigram_subnetworks.models.variants import transplant_embeddings
+from tiny_models import tiny_lm
 
 
 @given(
@@ -134,17 +135,7 @@ def test_budget_intervals_refit_the_power_law_on_every_resample() -> None:
 
 
 def tiny_neox(seed: int, tied: bool = False) -> GPTNeoXForCausalLM:
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        tie_word_embeddings=tied,
-    )
-    return GPTNeoXForCausalLM(config).eval()
+    return tiny_lm(ff=32, positions=16, seed=seed, tie_word_embeddings=tied)
 
 
 @pytest.mark.parametrize("tied", [False, True])

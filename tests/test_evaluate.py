@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import GPTNeoXForCausalLM
 
 from bigram_subnetworks.analysis.scoring import (
     METRIC_SCHEMA,
@@ -39,6 +39,7 @@ from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.masks.losses import dense_bigram_cross_entropy, dense_bigram_matrix
 from bigram_subnetworks.masks.toolkit import save_mask
 from bigram_subnetworks.models.layout import layout_of
+from tiny_models import tiny_lm
 
 VOCAB = 30
 
@@ -88,17 +89,7 @@ def test_clipping_and_pearson() -> None:
 
 @pytest.fixture(scope="module")
 def model_and_data() -> tuple[GPTNeoXForCausalLM, np.ndarray, np.ndarray]:
-    torch.manual_seed(0)
-    config = GPTNeoXConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        initializer_range=0.5,
-    )
-    model = GPTNeoXForCausalLM(config).eval()
+    model = tiny_lm(vocab=VOCAB, ff=32, positions=16, initializer_range=0.5)
     assert sum(p.numel() for p in model.parameters()) < 10_000
     rng = np.random.default_rng(1)
     return model, rng.integers(0, VOCAB, (40, 10)), rng.integers(0, VOCAB, (12, 10))

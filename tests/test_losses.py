@@ -27,6 +27,7 @@ from bigram_subnetworks.masks.losses import (
     logits_from_hidden,
     unigram_distribution,
 )
+from tiny_models import tiny_lm
 
 pytestmark = [
     pytest.mark.usefixtures("torch_single_thread"),
@@ -297,7 +298,6 @@ def test_distillation_minimum_is_teacher_entropy() -> None:
 def offset_lm_batch() -> tuple[object, BigramTarget, torch.Tensor]:
     """A tiny random GPT-NeoX whose logits share a large offset (GPT-2's sit near −60 to −100),
     a bigram table counted from a Zipfian bigram process, and a batch of that process."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     from bigram_subnetworks.masks.train import MaskedLM
 
@@ -311,17 +311,7 @@ def offset_lm_batch() -> tuple[object, BigramTarget, torch.Tensor]:
     for t in range(1, tokens.shape[1]):
         tokens[:, t] = successors[tokens[:, t - 1], rng.choice(vocab, size=16, p=zipf)]
     counts = count_bigrams(tokens, vocab)
-    torch.manual_seed(0)
-    config = GPTNeoXConfig(
-        vocab_size=vocab,
-        hidden_size=d,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        rotary_pct=0.25,
-    )
-    model = GPTNeoXForCausalLM(config).eval()
+    model = tiny_lm(vocab=vocab, d=d, heads=4, ff=64, positions=64, rotary_pct=0.25)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         # Every final hidden state contains the norm's bias b; a shared row part u with u · b = −60

@@ -489,6 +489,7 @@ def kill_once_written(command: list[str], path: Path) -> None:
     process.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_killed_train_mask_job_resumes_to_the_same_mask(
     tmp_path: Path, data_dirs: tuple[Path, Path], pretrained: Path
 ) -> None:
@@ -518,6 +519,7 @@ def test_a_killed_train_mask_job_resumes_to_the_same_mask(
     assert not state.parent.exists()
 
 
+@pytest.mark.slow
 def test_a_killed_pretrain_job_restarts_to_the_same_model(
     tmp_path: Path, data_dirs: tuple[Path, Path]
 ) -> None:

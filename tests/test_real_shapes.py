@@ -63,6 +63,7 @@ def data_dir(
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_a_real_shaped_local_model_trains_and_evaluates(
     name: str, data_dir: Path, tmp_path: Path

@@ -75,11 +75,12 @@ def test_every_shipped_config_gets_a_dvc_yaml_and_rules_for_every_job(path: Path
 def test_the_final_checkpoint_reuses_the_main_grid_and_controls_are_mask_jobs() -> None:
     cfg = load_config(ROOT / "params.yaml")
     assert cfg.checkpoints is not None
-    final = cfg.models["neox-4x96"].final_step
+    (model,) = cfg.checkpoints.models
+    final = cfg.models[model].final_step
     assert final in cfg.checkpoints.steps
     keys = {job["model"] for job in checkpoint_masks(cfg)}
-    assert "neox-4x96" in keys and f"neox-4x96+step-{final}" not in keys
-    assert {j["model"] for j in control_masks(cfg)} == {"neox-4x96+random-body"}
+    assert model in keys and f"{model}+step-{final}" not in keys
+    assert {j["model"] for j in control_masks(cfg)} == {f"{model}+random-body"}
     main = {tuple(j.values()) for j in main_masks(cfg)}
     everything = [tuple(j.values()) for j in all_masks(cfg)]
     assert len(everything) == len(set(everything))  # no mask is trained twice
@@ -186,7 +187,7 @@ def test_a_stage_cannot_read_a_key_it_does_not_declare() -> None:
 
 def test_dvc_tracks_a_dotted_model_name_through_its_parent() -> None:
     raw = raw_default()
-    raw["models"] = {"gpt2-1.5b": raw["models"]["neox-2x48"]}
+    raw["models"] = {"gpt2-1.5b": raw["models"]["neox-2x80"]}
     raw["checkpoints"]["models"] = ["gpt2-1.5b"]
     cfg = validate_config(raw)
     stage = STAGES["pretrain"]
@@ -202,3 +203,13 @@ def test_paths_parse_back_into_their_fields() -> None:
         A.MASK.parse("r/masks/m/bigram/mask.safetensors")
     assert A.split_model_key("m+random-body") == ("m", "random-body")
     assert A.model_key("m", None) == "m"
+
+
+def test_the_slurm_profile_gives_gpus_to_exactly_the_torch_stages() -> None:
+    profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
+    rules = profile["set-resources"]
+    assert set(rules) | set(profile["set-threads"]) <= set(STAGES)  # no rule that does not exist
+    with_gpu = {name for name, resources in rules.items() if resources.get("gpu")}
+    assert with_gpu == {s.name for s in STAGES.values() if s.torch}
+    assert all(rules[name]["slurm_partition"] == "gpu" for name in with_gpu)
+    assert "fetch" not in rules  # a local rule: it runs where the network is

@@ -27,37 +27,15 @@ from bigram_subnetworks.analysis.residual import (
 from bigram_subnetworks.analysis.scoring import clip_infinite, pearson
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.models.layout import final_norm, input_embedding
+from tiny_models import tiny_lm
 
 VOCAB, D, N_LAYERS = 64, 32, 2
 
 
 def tiny_model(arch: str, init: float = 0.02) -> torch.nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
-
-    torch.manual_seed(0)
-    if arch == "gpt_neox":
-        config = GPTNeoXConfig(
-            vocab_size=VOCAB,
-            hidden_size=D,
-            num_hidden_layers=N_LAYERS,
-            num_attention_heads=4,
-            intermediate_size=4 * D,
-            max_position_embeddings=32,
-            initializer_range=init,
-        )
-        model = GPTNeoXForCausalLM(config)
-    else:
-        config = GPT2Config(
-            vocab_size=VOCAB,
-            n_embd=D,
-            n_layer=N_LAYERS,
-            n_head=4,
-            n_positions=32,
-            initializer_range=init,
-        )
-        model = GPT2LMHeadModel(config)
+    model = tiny_lm(arch, vocab=VOCAB, d=D, layers=N_LAYERS, heads=4, initializer_range=init)
     assert sum(p.numel() for p in model.parameters()) < 50_000
-    return model.eval()
+    return model
 
 
 @pytest.fixture(scope="module", params=["gpt_neox", "gpt2"])

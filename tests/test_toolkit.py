@@ -38,6 +38,7 @@ from bigram_subnetworks.masks.toolkit import (
     union,
 )
 from bigram_subnetworks.models.layout import Layout, arch_of, block_modules, layout_of
+from tiny_models import tiny_lm
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 VOCAB = 50
@@ -594,24 +595,16 @@ def test_mask_generate_command_emits_only_tokenizer_ids(
     416 rows) and whose padded rows are the most likely: every generated id is a real token."""
     import argparse
 
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     import bigram_subnetworks.masks.toolkit as toolkit
     from bigram_subnetworks.data.tokenizer import vocab_size_of
     from bigram_subnetworks.mask_cli import add_mask_commands
 
     real = vocab_size_of(small_bpe)
-    config = GPTNeoXConfig(
-        vocab_size=real + 16,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    model = GPTNeoXForCausalLM(config)
+    model = tiny_lm(
+        vocab=real + 16, layers=1, ff=32, positions=64, tie_word_embeddings=False
+    ).train()
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # every final hidden state is b; the padded rows point along it
         b = torch.randn(16, generator=gen)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import GPT2LMHeadModel, GPTNeoXForCausalLM
 
 import bigram_subnetworks.masks.train as train_module
 from bigram_subnetworks.config import MaskSettings, StabilitySettings
@@ -35,6 +35,7 @@ from bigram_subnetworks.masks.train import (
     train_mask,
     unrecovered_spike,
 )
+from tiny_models import tiny_lm
 
 VOCAB = 40
 CPU = torch.device("cpu")
@@ -50,28 +51,13 @@ DEVICES = [
 
 
 def small_neox(seed: int = 0) -> GPTNeoXForCausalLM:
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        rotary_pct=0.25,
-        initializer_range=0.5,
-    )
-    model = GPTNeoXForCausalLM(config).eval()
+    model = tiny_lm(vocab=VOCAB, ff=32, seed=seed, rotary_pct=0.25, initializer_range=0.5)
     assert sum(p.numel() for p in model.parameters()) < 10_000
     return model
 
 
 def small_gpt2(seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=2, n_positions=32, initializer_range=0.5
-    )
-    model = GPT2LMHeadModel(config).eval()
+    model = tiny_lm("gpt2", vocab=VOCAB, seed=seed, initializer_range=0.5)
     assert sum(p.numel() for p in model.parameters()) < 10_000
     return model
 

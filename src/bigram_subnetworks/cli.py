@@ -161,10 +161,15 @@ def run_stage(stage: Stage, args: argparse.Namespace, cfg: Config) -> None:
     view = restrict(cfg, [key_parts(key, fields) for key in stage.reads], stage.name)
     # Only stages that need the network may reach the Hub; every other job reads the cache.
     use_hub_cache(cfg.hub_cache, offline=not stage.network(cfg))
+    threads = getattr(args, "threads", None) or cfg.threads
+    if threads:
+        from bigram_subnetworks.devices import limit_numeric_threads
+
+        limit_numeric_threads(threads)
     if stage.torch:
         from bigram_subnetworks.models.loading import tune_cpu
 
-        tune_cpu(args.threads or cfg.threads)
+        tune_cpu(threads)
     module, function = stage.run.split(":")
     paths = {name: getattr(args, name) for name in {**stage.inputs, **stage.outputs}}
     getattr(importlib.import_module(module), function)(view, **wildcards, **paths)

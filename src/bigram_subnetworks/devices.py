@@ -78,6 +78,18 @@ def claim_gpu(count: int, wait_seconds: float = 0.5, folder: Path | None = None)
         time.sleep(wait_seconds)
 
 
+def limit_numeric_threads(threads: int) -> None:
+    """Hold numpy's BLAS (and any OpenMP pool) to `threads` for the rest of the process: a
+    thread count changes results in their last bits, and a job must not depend on whether
+    Snakemake (which sets OMP_NUM_THREADS) or DVC (which does not) started it."""
+    from threadpoolctl import threadpool_limits
+
+    _limits.append(threadpool_limits(limits=threads))
+
+
+_limits: list[object] = []
+
+
 def torch_threads(cores: int, gpus: int) -> int:
     """CPU threads of a torch job: all cores on a CPU machine, an equal share per GPU otherwise
     (so the scheduler can run one job per GPU)."""
