@@ -31,7 +31,9 @@ def _source():
 
 
 try:
-    RAW = merge_overrides(dict(config), typed_overrides(workflow.config_settings.config or {}))
+    RAW = merge_overrides(
+        dict(config), typed_overrides(workflow.config_settings.config or {})
+    )
     CFG = validate_config(RAW, source=_source())
     validation.check(CFG, _source())
 except ConfigError as error:
