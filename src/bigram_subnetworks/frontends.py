@@ -49,6 +49,7 @@ class RuleSpec:
     torch: bool
     threads: bool
     network: bool  # a local rule: runs where Snakemake runs (the network), never on a cluster node
+    priority: int
     targets: list[str]  # every job's output files, for target rules
 
 
@@ -94,6 +95,7 @@ def rule_spec(stage: Stage, cfg: Config) -> RuleSpec:
         torch=stage.torch,
         threads=stage.threads or stage.torch,
         network=stage.network(cfg),
+        priority=stage.priority,
         targets=[
             path
             for job in stage.jobs(cfg)

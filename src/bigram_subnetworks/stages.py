@@ -172,6 +172,9 @@ class Stage:
     front_ends: tuple[str, ...] = ("snakemake", "dvc")
     logged: bool = True  # writes a log file (the config stage only prints)
     network: Callable[[Config], bool] = never  # needs the network: runs where it is (local rule)
+    # Scheduling order where jobs wait for cores (Snakemake): long jobs that gate whole chains
+    # of later jobs go first, so a small machine is never left with one of them at the end.
+    priority: int = 0
 
     @property
     def command(self) -> str:
@@ -345,6 +348,7 @@ _STAGES = [
         grid=embedded_models,
         enabled=_has_embedded,
         torch=True,
+        priority=1,
     ),
     Stage(
         "train_mask",

@@ -20,6 +20,7 @@ for spec in SPECS:
             spec.benchmark
         wildcard_constraints:
             **spec.wildcard_constraints,
+        priority: spec.priority
         localrule: spec.network
         conda:
             ENVIRONMENT
