@@ -177,6 +177,12 @@ def mask_jobs_of(session: int) -> set[int]:
     return found
 
 
+def ctrl_c_reaches_it() -> None:
+    """SIGINT as in a terminal: a test run in the background (`make test &`) inherits it ignored,
+    and Python (so Snakemake) would then never see it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_during_a_mask_job(project: Path) -> subprocess.CompletedProcess[str]:
     """Run `snakemake` and press Ctrl-C (SIGINT to its process group, as a terminal does) while a
     mask job runs (seen for a second: loading its model or training; smoke masks train for
@@ -184,7 +190,7 @@ def interrupt_during_a_mask_job(project: Path) -> subprocess.CompletedProcess[st
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     process = subprocess.Popen(
         ["snakemake"], cwd=project, env=env, text=True, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=ctrl_c_reaches_it,
     )  # fmt: skip
     deadline = time.monotonic() + 600
     first_seen: dict[int, float] = {}
