@@ -55,6 +55,7 @@ from bigram_subnetworks.analysis.scoring import (
 from bigram_subnetworks.data.bigrams import count_bigrams
 from bigram_subnetworks.masks.toolkit import save_mask
 from bigram_subnetworks.models.layout import layout_of
+from mask_step import build_model  # benchmarks/ is on sys.path when a script runs
 
 TARGET = 1.10  # with / without bootstrap
 
@@ -82,22 +83,6 @@ SHAPES = {
     "neox-4x96": Shape("neox-4x96", 4, 96, 6, 4096, 4096, 2000, 64, 32),
     "pythia-70m": Shape("pythia-70m", 6, 512, 8, 50277, 50304, 200, 128, 8),
 }
-
-
-def build_model(shape: Shape) -> torch.nn.Module:
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    config = GPTNeoXConfig(
-        vocab_size=shape.embedding_rows,
-        hidden_size=shape.d_model,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        intermediate_size=4 * shape.d_model,
-        max_position_embeddings=max(shape.seq_len, 128),
-        rotary_pct=0.25,
-    )
-    torch.manual_seed(0)
-    return GPTNeoXForCausalLM(config).eval()
 
 
 def synthetic_tokens(vocab: int, n_sequences: int, seq_len: int, seed: int) -> np.ndarray:

@@ -1,8 +1,9 @@
 """CPU throughput of the embedded default's training: threads per job, jobs per machine, compile.
 
-For each model of the default family (GPT-NeoX 2x48, 2x80, 4x96; vocabulary 4,096; batch 16 × 64),
-tokens per second of a pretraining step (forward, backward, AdamW) and of a mask-training step (the
-trainer's own step_gradients with the bigram target, then AdamW on the mask logits), under:
+For each embedded model of the default (params.yaml: GPT-NeoX 2x48, 2x80, 4x96, built as the
+pretrain stage builds them; vocabulary 4,096; batch 16 × 64), tokens per second of a pretraining
+step (forward, backward, AdamW) and of a mask-training step (the trainer's own step_gradients with
+the bigram target, then AdamW on the mask logits), under:
 
   all-threads   one job using every core (torch's default: the baseline)
   1-thread      one job on one thread
@@ -25,32 +26,33 @@ import multiprocessing as mp
 import os
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
-MODELS = {"neox-2x48": (2, 48, 4), "neox-2x80": (2, 80, 4), "neox-4x96": (4, 96, 6)}
-VOCAB, BATCH, SEQ = 4096, 16, 64
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _default_family() -> tuple[Any, dict[str, Any]]:
+    """The embedded default (params.yaml) and its embedded models, by name."""
+    from bigram_subnetworks.config import load_config
+
+    cfg = load_config(ROOT / "params.yaml")
+    return cfg, {n: spec for n, spec in cfg.models.items() if spec.source == "embedded"}
+
+
+CONFIG, MODELS = _default_family()
+VOCAB, BATCH, SEQ = CONFIG.tokenizer.vocab_size, CONFIG.masks.batch_size, CONFIG.data.seq_len
 
 
 def _build(name: str) -> Any:
+    """The model the pretrain stage builds for `name` (same config), seeded."""
     import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers import GPTNeoXForCausalLM
 
-    layers, d, heads = MODELS[name]
-    config = GPTNeoXConfig(
-        vocab_size=VOCAB,
-        hidden_size=d,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=4 * d,
-        max_position_embeddings=SEQ,
-        rotary_pct=0.25,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-    )
+    from bigram_subnetworks.models.loading import neox_config
+
     torch.manual_seed(0)
-    return GPTNeoXForCausalLM(config)
+    return GPTNeoXForCausalLM(neox_config(MODELS[name], VOCAB, SEQ, eos_id=0))
 
 
 def _pretrain_step(name: str, compiled: bool) -> Any:
