@@ -1,7 +1,7 @@
 """The pretrain stage: embedded GPT-NeoX models are trained here (Hub and local models: models.hub).
 
-Embedded models are trained from scratch on tokens_train (AdamW, linear warmup then cosine decay,
-seeded data order) and saved as `final/` plus log-spaced checkpoints `step-<N>/` (step 0 included),
+Embedded models are initialised as Pythia was (`pythia_init`), trained from scratch on tokens_train
+(AdamW, linear warmup then cosine decay, seeded data order) and saved as `final/` plus log-spaced checkpoints `step-<N>/` (step 0 included),
 each a `save_pretrained` directory with safetensors weights and the tokenizer. Train and eval loss
 go to `train_log.parquet`; `model.json` records the run, the final eval loss and the smoothed
 bigram model's eval loss, which a real language model of the corpus must beat.
@@ -30,6 +30,55 @@ from bigram_subnetworks.io import read_json, write_json, write_parquet
 from bigram_subnetworks.models.loading import MODEL_FILE, neox_config, pick_device
 
 log = logging.getLogger(__name__)
+
+
+# Pythia's GPT-NeoX configs (e.g. EleutherAI/pythia models/160M/pythia-160m.yml) set
+# `init_method: small_init` and `output_layer_init_method: wang_init`. GPT-NeoX
+# (megatron/model/init_functions.py, gpt2_model.py, transformer.py) applies the output-layer method
+# to the two projections that write into the residual stream (attention `dense`, MLP `dense_4h_to_h`)
+# and the other to every other weight matrix: the fused QKV, the MLP's `dense_h_to_4h`, the token
+# embedding and (Pythia unties it, `no-weight-tying`) the unembedding. Biases start at 0, layer
+# norms at weight 1 and bias 0.
+OUTPUT_PROJECTIONS = ("attention.dense.weight", "mlp.dense_4h_to_h.weight")
+
+
+def small_init_std(d_model: int) -> float:
+    """GPT-NeoX's `small_init`: std √(2 / (5·d)), from Nguyen & Salazar 2019, "Transformers without
+    Tears: Improving the Normalization of Self-Attention" (the std of a Xavier-normal d × 4d)."""
+    return math.sqrt(2.0 / (5.0 * d_model))
+
+
+def wang_init_std(d_model: int, layers: int) -> float:
+    """GPT-NeoX's `wang_init`: std 2 / (L·√d), from Ben Wang's mesh-transformer-jax (GPT-J), for
+    the projections that write into the residual stream."""
+    return 2.0 / (layers * math.sqrt(d_model))
+
+
+@torch.no_grad()
+def pythia_init(model: Any, d_model: int, layers: int) -> None:
+    """Re-initialise a GPT-NeoX model in place as Pythia was (see OUTPUT_PROJECTIONS): N(0, wang)
+    for the output projections, N(0, small) for every other weight matrix and both embeddings,
+    zero biases, unit layer-norm weights. Draws from torch's global generator (seed it first)."""
+    small, wang = small_init_std(d_model), wang_init_std(d_model, layers)
+    norms = tuple(m for m in model.modules() if isinstance(m, torch.nn.LayerNorm))
+    norm_params = {id(p) for m in norms for p in m.parameters()}
+    for name, param in model.named_parameters():
+        if id(param) in norm_params:
+            param.fill_(1.0 if name.endswith("weight") else 0.0)
+        elif param.ndim < 2:
+            param.zero_()
+        else:
+            param.normal_(0.0, wang if name.endswith(OUTPUT_PROJECTIONS) else small)
+
+
+def build_model(spec: EmbeddedModel, vocab_size: int, seq_len: int, eos_id: int, seed: int) -> Any:
+    """The seeded, Pythia-initialised GPT-NeoX model an embedded spec describes (its step 0)."""
+    from transformers import GPTNeoXForCausalLM
+
+    torch.manual_seed(seed)
+    model = GPTNeoXForCausalLM(neox_config(spec, vocab_size, seq_len, eos_id))
+    pythia_init(model, spec.d_model, spec.layers)
+    return model
 
 
 def learning_rate(step: int, spec: EmbeddedModel) -> float:
@@ -77,17 +126,14 @@ def pretrain_embedded(
     device: torch.device,
 ) -> dict[str, Any]:
     """Train an embedded model from scratch; writes output_dir atomically (temp dir + rename)."""
-    from transformers import GPTNeoXForCausalLM
-
     settings = spec.pretrain
     loaded = load_tokenizer(tokenizer_dir)
     train = read_sequences(data_dir / "tokens_train.parquet")
     evaluation = read_sequences(data_dir / "tokens_eval.parquet")[: settings.eval_sequences]
     baseline = bigram_baseline_cross_entropy(read_bigram_counts(data_dir), evaluation)
 
-    torch.manual_seed(cfg.seed)
-    config = neox_config(spec, loaded.vocab_size, train.shape[1], loaded.eos_id)
-    model = GPTNeoXForCausalLM(config).to(device)
+    model = build_model(spec, loaded.vocab_size, train.shape[1], loaded.eos_id, cfg.seed)
+    model = model.to(device)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]

@@ -2,8 +2,9 @@
 
 - no variant: the model's own weights (an embedded model's `final/`, a Hub revision, a folder);
 - `step-<N>`: the pretraining checkpoint of step N;
-- `random-body`: the step-0 (random) body with the trained model's embeddings and unembedding
-  (and GPT-2's position embeddings): the paper's Table 2 "trained embeddings" control.
+- `random-body`: the step-0 (random) body with the trained model's token embeddings and
+  unembedding: the paper's Table 2 "trained embeddings" control. As in the paper, only those are
+  patched in; GPT-2's position embeddings stay at their step-0 values, part of the random body.
 
 Every variant comes with the identity stored in its masks' metadata.
 """
@@ -20,13 +21,23 @@ from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.models.loading import load_checkpoint, load_model, model_identity
 
 
+def token_embedding_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The token embedding and unembedding parameters (each once, by name): every embedding
+    parameter but GPT-2's position embedding."""
+    from bigram_subnetworks.models.layout import arch_of, body, embedding_parameters
+
+    found = embedding_parameters(model)
+    if arch_of(model) != "gpt2":
+        return found
+    positions = {id(param) for param in body(model).wpe.parameters()}
+    return {name: param for name, param in found.items() if id(param) not in positions}
+
+
 @torch.no_grad()
 def transplant_embeddings(target: torch.nn.Module, source: torch.nn.Module) -> None:
-    """Copy every embedding parameter of `source` into `target` (same family and shapes): the
-    token embedding, the unembedding unless tied to it, and GPT-2's position embedding."""
-    from bigram_subnetworks.models.layout import embedding_parameters
-
-    into, origin = embedding_parameters(target), embedding_parameters(source)
+    """Copy the token embedding and the unembedding (unless tied to it) of `source` into `target`
+    (same family and shapes); position embeddings are left as they are."""
+    into, origin = token_embedding_parameters(target), token_embedding_parameters(source)
     if set(into) != set(origin):
         raise UserError(
             f"embeddings {sorted(into)} and {sorted(origin)} differ (one model ties its "
