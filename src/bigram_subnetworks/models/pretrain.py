@@ -1,8 +1,9 @@
 """The pretrain stage: embedded GPT-NeoX models are trained here (Hub and local models: models.hub).
 
 Embedded models are initialised as Pythia was (`pythia_init`), trained from scratch on tokens_train
-(AdamW, linear warmup then cosine decay, seeded data order) and saved as `final/` plus log-spaced checkpoints `step-<N>/` (step 0 included),
-each a `save_pretrained` directory with safetensors weights and the tokenizer. Train and eval loss
+(AdamW, linear warmup then cosine decay, seeded data order) and saved as `final/` plus log-spaced
+checkpoints `step-<N>/` (step 0 included), each a `save_pretrained` directory with safetensors
+weights and the tokenizer. Train and eval loss
 go to `train_log.parquet`; `model.json` records the run, the final eval loss and the smoothed
 bigram model's eval loss, which a real language model of the corpus must beat.
 """
@@ -34,11 +35,11 @@ log = logging.getLogger(__name__)
 
 # Pythia's GPT-NeoX configs (e.g. EleutherAI/pythia models/160M/pythia-160m.yml) set
 # `init_method: small_init` and `output_layer_init_method: wang_init`. GPT-NeoX
-# (megatron/model/init_functions.py, gpt2_model.py, transformer.py) applies the output-layer method
-# to the two projections that write into the residual stream (attention `dense`, MLP `dense_4h_to_h`)
-# and the other to every other weight matrix: the fused QKV, the MLP's `dense_h_to_4h`, the token
-# embedding and (Pythia unties it, `no-weight-tying`) the unembedding. Biases start at 0, layer
-# norms at weight 1 and bias 0.
+# (megatron/model/init_functions.py, gpt2_model.py, transformer.py) applies the output-layer
+# method to the two projections that write into the residual stream (attention `dense`, MLP
+# `dense_4h_to_h`) and the other to every other weight matrix: the fused QKV, the MLP's
+# `dense_h_to_4h`, the token embedding and (Pythia unties it, `no-weight-tying`) the unembedding.
+# Biases start at 0, layer norms at weight 1 and bias 0.
 OUTPUT_PROJECTIONS = ("attention.dense.weight", "mlp.dense_4h_to_h.weight")
 
 
