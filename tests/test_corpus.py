@@ -20,7 +20,9 @@ from bigram_subnetworks.data import corpus
 from bigram_subnetworks.data.corpus import (
     SourceReading,
     build_corpus,
+    iter_documents,
     read_sotu,
+    read_source,
     sotu_data_dir,
     split_documents,
     strip_editorial_notes,
@@ -234,6 +236,30 @@ def test_local_reads_all_formats_in_order(tmp_path: Path) -> None:
     )
 
 
+def _non_empty(cfg: Any) -> list[tuple[str, str]]:
+    return [(d.doc_id, d.text) for d in read_source(cfg).documents if d.text.strip()]
+
+
+def test_iter_documents_gives_what_the_corpus_stage_reads(tmp_path: Path) -> None:
+    write_local_corpus(tmp_path / "in")
+    (tmp_path / "in" / "blank.txt").write_text("  \n")  # empty documents are left out by both
+    cfg = local(tmp_path / "in", text_field="body", text_column="content", max_documents=2)
+    streamed = [(d.doc_id, d.text) for d in iter_documents(cfg)]
+    assert streamed == _non_empty(cfg) and len(streamed) == 6  # max_documents is not applied
+    sotu = SotuCorpus(source="sotu", name="t")
+    assert [(d.doc_id, d.text) for d in iter_documents(sotu)] == _non_empty(sotu)
+
+
+def test_iter_documents_reads_one_file_at_a_time(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("first file")
+    (tmp_path / "in" / "b.jsonl").write_text("not json\n")
+    documents = iter_documents(local(tmp_path / "in"))
+    assert next(documents).text == "first file"  # read before the broken file is opened
+    with pytest.raises(UserError, match=r"b\.jsonl:1: not a JSON record"):
+        next(documents)
+
+
 def test_local_default_field_names(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "d.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')
@@ -405,6 +431,19 @@ def test_huggingface_max_documents_takes_the_first(tmp_path: Path, offline_hf: P
 def test_huggingface_streaming(tmp_path: Path, offline_hf: Path) -> None:
     build_corpus(hf(offline_hf, streaming=True), seed=0, output_dir=tmp_path / "out")
     assert read_output(tmp_path / "out")[0].num_rows == 4
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_huggingface_iter_documents_reads_past_max_documents(
+    offline_hf: Path, streaming: bool
+) -> None:
+    cfg = hf(offline_hf, max_documents=2, streaming=streaming)
+    assert [(d.doc_id, d.text) for d in iter_documents(cfg)] == [
+        ("train:0", "first doc"),
+        ("train:1", "second doc"),
+        ("train:3", "fourth — ✓"),
+        ("train:4", "fifth"),
+    ]
 
 
 def test_huggingface_text_field_errors(tmp_path: Path, offline_hf: Path) -> None:

@@ -147,6 +147,22 @@ class DataSettings(_Section):
     max_eval_sequences: Annotated[int, Field(gt=0)] | None = Field(
         None, description="Keep at most this many eval sequences (a seeded sample)."
     )
+    bigram_tokens: Annotated[int, Field(gt=0)] | None = Field(
+        None,
+        description="Count the bigram statistics over this many tokens (whole seq_len sequences) "
+        "of the train documents, streamed from the corpus source past corpus.max_documents, "
+        "apart from the train and eval sequences (the paper: 1,280,000,000 = 10M x 128); null: "
+        "over the train sequences.",
+    )
+
+    @model_validator(mode="after")
+    def _bigram_tokens_hold_a_sequence(self) -> DataSettings:
+        if self.bigram_tokens is not None and self.bigram_tokens < self.seq_len:
+            raise ValueError(
+                f"data.bigram_tokens ({self.bigram_tokens}) is less than one sequence of "
+                f"data.seq_len ({self.seq_len}); raise it or set it to null"
+            )
+        return self
 
 
 # ------------------------------------------------------------------------------- models
@@ -368,6 +384,23 @@ class CheckpointSettings(_Section):
         description="Active-parameter budgets at which each checkpoint's fitted r is reported "
         "(the paper: 500K, 1M, 10M).",
     )
+    duplicate_steps: Literal["stop", "drop"] = Field(
+        "stop",
+        description="When two steps of a Hub model serve identical weight files (a branch "
+        "holding another step's weights, found by fetch): stop the run, or drop them (each "
+        "group keeps its final or latest step; the checkpoint analysis leaves the others out "
+        "and the report names them).",
+    )
+
+
+def _reference_source(text: str) -> str:
+    from bigram_subnetworks.masks.reference import check_source_text  # the hf:// syntax
+
+    return check_source_text(text)
+
+
+ReferenceSource = Annotated[str, AfterValidator(_reference_source)]
+ReferenceMasks = dict[Name, Annotated[dict[LambdaLabel, ReferenceSource], Field(min_length=1)]]
 
 
 class StabilitySettings(_Section):
@@ -485,6 +518,28 @@ class Config(_Section):
         None, description="Checkpoint trajectories and Table 2 controls (null: not run)."
     )
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+    reference_masks: ReferenceMasks | None = Field(
+        None,
+        description="The paper authors' released masks to compare this run's masks with: model "
+        "name -> {λ label: a local subnetwork_dict_lambda<λ>.pickle or "
+        "hf://<owner>/<repo>[@<revision>][/<file>] (the file defaults to the authors' name for "
+        "the λ)}, e.g. {pythia-160m: {'1e1': hf://tylerachang/bigram-subnetworks-pythia-160m}}. "
+        "The reference_mask stage imports each (Hub files into hub_cache); the overlap stage "
+        "compares them with the model's masks. null: none.",
+    )
+
+    @model_validator(mode="after")
+    def _references_name_fetched_models(self) -> Config:
+        for name in self.reference_masks or {}:
+            spec = self.models.get(name)
+            if spec is None:
+                raise ValueError(f"reference_masks: {name!r} is not one of the configured models")
+            if isinstance(spec, EmbeddedModel):
+                raise ValueError(
+                    f"reference_masks: {name!r} is an embedded model (trained here); the authors' "
+                    "masks are of Hub models (Pythia, GPT-2): configure one as huggingface or local"
+                )
+        return self
 
     @model_validator(mode="after")
     def _names_do_not_collide(self) -> Config:

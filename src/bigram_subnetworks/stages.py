@@ -62,13 +62,30 @@ def checkpoint_masks(cfg: Config) -> list[Wildcards]:
     ]
 
 
-def control_masks(cfg: Config) -> list[Wildcards]:
-    """The masks of the Table 2 controls that no other grid trains."""
+def control_models(cfg: Config) -> list[Wildcards]:
+    """The models of the Table 2 controls (run with `checkpoints`): every embedded model (each
+    saves step 0) and every checkpoint model (its step 0 is analysed), in config order."""
     if cfg.checkpoints is None:
         return []
+    followed = set(cfg.checkpoints.models)
     return [
-        {"model": model_key(model, RANDOM_BODY), "target": "bigram", "lam": "0"}
-        for model in cfg.checkpoints.models
+        {"model": m}
+        for m, spec in cfg.models.items()
+        if spec.source == "embedded" or m in followed
+    ]
+
+
+def control_masks(cfg: Config) -> list[Wildcards]:
+    """The λ = 0 bigram masks of the Table 2 controls, per control model: the random
+    initialisation's (step 0; a checkpoint model's trajectory trains it too) and the random
+    body's with the trained embeddings."""
+    return [
+        {"model": key, "target": "bigram", "lam": "0"}
+        for job in control_models(cfg)
+        for key in (
+            checkpoint_key(cfg, job["model"], 0),
+            model_key(job["model"], RANDOM_BODY),
+        )
     ]
 
 
@@ -92,6 +109,15 @@ def embedded_models(cfg: Config) -> list[Wildcards]:
 def fetched_models(cfg: Config) -> list[Wildcards]:
     """Models from the Hub or a local folder (the fetch stage)."""
     return [{"model": m} for m, spec in cfg.models.items() if spec.source != "embedded"]
+
+
+def reference_grid(cfg: Config) -> list[Wildcards]:
+    """Every configured authors' mask: model × λ label (`reference_masks`)."""
+    return [
+        {"model": model, "lam": label}
+        for model, sources in (cfg.reference_masks or {}).items()
+        for label in sources
+    ]
 
 
 def checkpoint_models(cfg: Config) -> list[Wildcards]:
@@ -228,6 +254,23 @@ def _hub_tokenizer(cfg: Config) -> bool:
     return tokenizer.source == "pretrained" and not Path(tokenizer.model).exists()
 
 
+def _streamed_bigrams(cfg: Config) -> bool:
+    """The bigram statistics stream data.bigram_tokens tokens from the corpus source."""
+    return cfg.data.bigram_tokens is not None
+
+
+def _counted_in_memory(cfg: Config) -> bool:
+    return not _streamed_bigrams(cfg)
+
+
+def _streamed_local(cfg: Config) -> bool:
+    return _streamed_bigrams(cfg) and _local_corpus(cfg)
+
+
+def _streamed_hub(cfg: Config) -> bool:
+    return _streamed_bigrams(cfg) and _hub_corpus(cfg)
+
+
 def _has_embedded(cfg: Config) -> bool:
     return bool(embedded_models(cfg))
 
@@ -236,14 +279,23 @@ def _has_fetched(cfg: Config) -> bool:
     return bool(fetched_models(cfg))
 
 
+def _has_references(cfg: Config) -> bool:
+    return bool(cfg.reference_masks)
+
+
+def _hub_references(cfg: Config) -> bool:
+    from bigram_subnetworks.masks.reference import HUB_PREFIX
+
+    sources = (cfg.reference_masks or {}).values()
+    return any(text.startswith(HUB_PREFIX) for labels in sources for text in labels.values())
+
+
 def _hub_models(cfg: Config) -> bool:
     return any(spec.source == "huggingface" for spec in cfg.models.values())
 
 
 def _figures(cfg: Config) -> list[Wildcards]:
-    from bigram_subnetworks.report.figures import figure_names
-
-    return [{"figure": name} for name in figure_names(cfg)]
+    return [{"figure": name} for name in A.figure_names(cfg.checkpoints is not None)]
 
 
 def _plots(cfg: Config) -> list[Wildcards]:
@@ -254,6 +306,7 @@ def _plots(cfg: Config) -> list[Wildcards]:
 # The effective config every stage reads (DVC makes it in the `config` stage; Snakemake writes it
 # when it reads the workflow, from its own `config`, which --configfile/--config/modules set).
 CORPUS_SOURCE = Artifact("{corpus_path}", "the local corpus folder (its files are tracked)")
+SEQUENCES = ("data.seq_len", "data.max_train_sequences", "data.max_eval_sequences")
 TORCH = ("device", "threads")  # where and on how many threads a model runs (results' last bits)
 SCORING = ("seed", *TORCH, "analysis.eval_sequences", "analysis.batch_size")
 BOOTSTRAP = "analysis.bootstrap_resamples"  # the intervals of every r a stage writes
@@ -307,18 +360,27 @@ _STAGES = [
             "tokens_eval": _one(A.TOKENS_EVAL),
             "tokens_meta": _one(A.TOKENS_META),
         },
-        reads=("seed", "data"),
+        reads=("seed", *SEQUENCES),
         threads=True,
         shared=True,
     ),
     Stage(
         "bigram_stats",
-        "Count the bigrams of the train sequences.",
+        "Count the bigrams of the train sequences, or (data.bigram_tokens) stream that many "
+        "tokens of the train documents from the corpus source.",
         "bigram_subnetworks.data.bigrams:run_stage",
-        inputs={"tokens_train": _one(A.TOKENS_TRAIN), "tokens_meta": _one(A.TOKENS_META)},
+        inputs={
+            "tokens_train": _one(A.TOKENS_TRAIN, when=_counted_in_memory),
+            "tokens_meta": _one(A.TOKENS_META, when=_counted_in_memory),
+            "documents": _one(A.DOCUMENTS, when=_streamed_bigrams),
+            "tokenizer": _one(A.TOKENIZER, when=_streamed_bigrams),
+            "source": _one(CORPUS_SOURCE, when=_streamed_local),
+        },
         outputs={"bigram_stats": _one(A.BIGRAM_STATS)},
-        reads=(),
+        reads=("data.bigram_tokens", "data.seq_len", "corpus"),
+        threads=True,
         shared=True,
+        network=_streamed_hub,
     ),
     Stage(
         "fetch",
@@ -327,7 +389,13 @@ _STAGES = [
         "bigram_subnetworks.models.hub:run_stage",
         inputs={},
         outputs={"model_dir": _one(A.MODEL)},
-        reads=("hub_cache", "models.{model}", "checkpoints.models", "checkpoints.steps"),
+        reads=(
+            "hub_cache",
+            "models.{model}",
+            "checkpoints.models",
+            "checkpoints.steps",
+            "checkpoints.duplicate_steps",
+        ),
         wildcards=("model",),
         grid=fetched_models,
         enabled=_has_fetched,
@@ -374,7 +442,11 @@ _STAGES = [
         "Score every mask of the main grid (and each full model) on held-out sequences.",
         "bigram_subnetworks.analysis.evaluate:run_stage",
         inputs={"models": RUN_MODELS, "masks": MAIN_MASKS, **DATA},
-        outputs={"mask_metrics": _one(A.MASK_METRICS), "blocks": _one(A.BLOCKS)},
+        outputs={
+            "mask_metrics": _one(A.MASK_METRICS),
+            "blocks": _one(A.BLOCKS),
+            "mask_replicates": _one(A.MASK_REPLICATES),
+        },
         reads=(*SCORING, BOOTSTRAP),
         torch=True,
     ),
@@ -387,11 +459,32 @@ _STAGES = [
         reads=("analysis.selection_tolerance",),
     ),
     Stage(
+        "reference_mask",
+        "Import one of the paper authors' released masks (reference_masks) as a mask file.",
+        "bigram_subnetworks.masks.reference:run_stage",
+        inputs={"model_dir": _one(A.MODEL)},
+        outputs={"mask": _one(A.REFERENCE_MASK)},
+        reads=("reference_masks.{model}",),
+        wildcards=("model", "lam"),
+        grid=reference_grid,
+        enabled=_has_references,
+        network=_hub_references,
+    ),
+    Stage(
         "overlap",
         "Overlap of every bigram and optimal mask pair, with its null distribution.",
         "bigram_subnetworks.analysis.overlap:run_stage",
-        inputs={"models": RUN_MODELS, "masks": MAIN_MASKS, "selection": _one(A.SELECTION)},
-        outputs={"overlap": _one(A.OVERLAP), "overlap_null": _one(A.OVERLAP_NULL)},
+        inputs={
+            "models": RUN_MODELS,
+            "masks": MAIN_MASKS,
+            "selection": _one(A.SELECTION),
+            "references": _each(A.REFERENCE_MASK, reference_grid, when=_has_references),
+        },
+        outputs={
+            "overlap": _one(A.OVERLAP),
+            "overlap_null": _one(A.OVERLAP_NULL),
+            "reference_overlap": _one(A.REFERENCE_OVERLAP, when=_has_references),
+        },
         reads=("seed", "analysis.overlap_draws"),
     ),
     Stage(
@@ -443,7 +536,10 @@ _STAGES = [
             "masks": _each(A.MASK, checkpoint_masks),
             **DATA,
         },
-        outputs={"checkpoints": _one(A.CHECKPOINTS)},
+        outputs={
+            "checkpoints": _one(A.CHECKPOINTS),
+            "checkpoint_replicates": _one(A.CHECKPOINT_REPLICATES),
+        },
         reads=(*SCORING, BOOTSTRAP, "checkpoints.steps", "checkpoints.budgets"),
         enabled=_has_checkpoints,
         torch=True,
@@ -453,10 +549,9 @@ _STAGES = [
         "The paper's Table 2 controls: random initialisation, trained embeddings, linear map.",
         "bigram_subnetworks.analysis.controls:run_stage",
         inputs={
-            "models": _each(A.MODEL, checkpoint_models),
+            "models": _each(A.MODEL, control_models),
             "masks": _each(A.MASK, control_masks),
             "mask_metrics": _one(A.MASK_METRICS),
-            "checkpoints": _one(A.CHECKPOINTS),
             "residual": _one(A.RESIDUAL),
             "selection": _one(A.SELECTION),
             **DATA,
@@ -480,11 +575,14 @@ _STAGES = [
             "selection": _one(A.SELECTION),
             "overlap": _one(A.OVERLAP),
             "overlap_null": _one(A.OVERLAP_NULL),
+            "reference_overlap": _one(A.REFERENCE_OVERLAP, when=_has_references),
             "ablations": _one(A.ABLATIONS),
             "generations": _one(A.GENERATIONS),
             "residual": _one(A.RESIDUAL),
             "checkpoints": _one(A.CHECKPOINTS, when=_has_checkpoints),
             "controls": _one(A.CONTROLS, when=_has_checkpoints),
+            "mask_replicates": _one(A.MASK_REPLICATES),
+            "checkpoint_replicates": _one(A.CHECKPOINT_REPLICATES, when=_has_checkpoints),
         },
         outputs={
             "figures": _each(A.REPORT_FIGURE, _figures),
@@ -542,7 +640,8 @@ def data_keys(cfg: Config) -> dict[str, str]:
     trained_on = corpus if cfg.tokenizer.source == "train" else None
     tokenizer_settings = [settings(STAGES["tokenizer"], cfg, {}), trained_on]
     tokenizer = f"{cfg.tokenizer.name}-{_digest(tokenizer_settings)}"
-    data_settings = [settings(STAGES["tokenize"], cfg, {}), corpus, tokenizer]
+    made_here = [settings(STAGES[name], cfg, {}) for name in ("tokenize", "bigram_stats")]
+    data_settings = [*made_here, corpus, tokenizer]
     data = f"{cfg.corpus.name}__{cfg.tokenizer.name}-{_digest(data_settings)}"
     return {"corpus": corpus, "tokenizer": tokenizer, "data": data}
 

