@@ -130,7 +130,7 @@ def cmd_init(args: argparse.Namespace) -> None:
 
 
 def cmd_dvc(args: argparse.Namespace, cfg: Config) -> None:
-    from bigram_subnetworks.frontends import dvc_yaml
+    from bigram_subnetworks.frontends import dvc_yaml, experiment_command
 
     text = dvc_yaml(cfg, Path(args.config).as_posix())
     if args.check:
@@ -142,7 +142,10 @@ def cmd_dvc(args: argparse.Namespace, cfg: Config) -> None:
             )
         return
     _check_or_write(args.output, text, f"bsn dvc --config {args.config}")
-    print(f"{args.output}: {len(text.splitlines())} lines for {args.config}; now run `dvc repro`")
+    print(
+        f"{args.output}: {len(text.splitlines())} lines for {args.config}; now run `dvc repro`; "
+        f"an experiment on one key: `{experiment_command(Path(args.config).as_posix())}`"
+    )
 
 
 def run_stage(stage: Stage, args: argparse.Namespace, cfg: Config) -> None:
@@ -155,6 +158,10 @@ def run_stage(stage: Stage, args: argparse.Namespace, cfg: Config) -> None:
     if stage.name == "config":  # DVC's first stage: the deep checks before any work
         from bigram_subnetworks import validation
 
+        if args.default_params:
+            from bigram_subnetworks.frontends import check_default_params_unchanged
+
+            check_default_params_unchanged(args.default_params, Path(args.config).as_posix())
         validation.check(cfg, str(args.config))
     wildcards = {name: getattr(args, name) for name in stage.wildcards}
     fields = job_fields(cfg, wildcards) if stage.name != "config" else {}
@@ -234,6 +241,14 @@ def _add_stage(sub: argparse._SubParsersAction, stage: Stage) -> None:
             help=f"{port.artifact.help}: {port.artifact.path}",
         )
     parser.add_argument("--log", type=Path, help=LOG_HELP)
+    if stage.name == "config":
+        parser.add_argument(
+            "--default-params",
+            metavar="PATH:HASH",
+            help="Fail unless PATH still has this content hash: dvc.yaml for a config other "
+            "than params.yaml passes it, so that a bare `dvc exp run -S KEY=VALUE` (which edits "
+            "params.yaml) stops with the right form instead of rerunning nothing.",
+        )
     if stage.torch:
         parser.add_argument(
             "--threads",
