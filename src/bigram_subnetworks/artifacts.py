@@ -200,6 +200,41 @@ OVERLAP_NULL = Artifact(
         ("row_overlap", pa.float64()),
     ),
 )
+REFERENCE_MASK = Artifact(
+    "results/{run}/reference_masks/{model}/lambda-{lam}.safetensors",
+    "one of the paper authors' released masks of a model (reference_masks), as a bsn mask file "
+    "whose card names its source",
+)
+REFERENCE_OVERLAP = Artifact(
+    "results/{run}/metrics/reference_overlap.parquet",
+    "overlap of every configured authors' mask with each of the model's masks: observed, × "
+    "chance under both nulls (uniform within block; row shuffle, exact mean) and the share of "
+    "each mask inside the other",
+    schema=_schema(
+        ("model", pa.string()),
+        ("reference_lambda", pa.string()),
+        ("reference_source", pa.string()),
+        ("orig_model_name", pa.string()),
+        ("target", pa.string()),
+        ("lambda", pa.string()),
+        ("observed", pa.float64()),
+        ("expected", pa.float64()),
+        ("expected_sd", pa.float64()),
+        ("ratio", pa.float64()),
+        ("p_value", pa.float64()),
+        ("row_expected", pa.float64()),
+        ("row_expected_sd", pa.float64()),
+        ("row_ratio", pa.float64()),
+        ("share_run_in_reference", pa.float64()),
+        ("share_reference_in_run", pa.float64()),
+        ("kept_run", pa.float64()),
+        ("kept_reference", pa.float64()),
+        ("observed_count", pa.int64()),
+        ("n_masked", pa.int64()),
+        ("draws", pa.int64()),
+        ("seed", pa.int64()),
+    ),
+)
 ABLATIONS = Artifact(
     "results/{run}/metrics/ablations.parquet",
     "surprisal under each ablation condition",
@@ -252,6 +287,29 @@ CHECKPOINTS = Artifact(
         ("value", pa.float64()),
     ),
 )
+# Bootstrap replicates of every r a scoring stage writes (analysis.scoring: the same seeded
+# resamples of the same eval sequences in every stage, so differences between any two rows of one
+# (resample) are paired); step and budget are null where they do not apply.
+REPLICATES_SCHEMA = _schema(
+    ("model", pa.string()),
+    ("step", pa.int64()),
+    ("target", pa.string()),
+    ("lambda", pa.string()),
+    ("budget", pa.int64()),
+    ("metric", pa.string()),
+    ("resample", pa.int32()),
+    ("value", pa.float64()),
+)
+MASK_REPLICATES = Artifact(
+    "results/{run}/metrics/masks_replicates.parquet",
+    "bootstrap replicates of every r of masks.parquet (one row per mask × metric × resample)",
+    schema=REPLICATES_SCHEMA,
+)
+CHECKPOINT_REPLICATES = Artifact(
+    "results/{run}/metrics/checkpoints_replicates.parquet",
+    "bootstrap replicates of every r and budget estimate of checkpoints.parquet",
+    schema=REPLICATES_SCHEMA,
+)
 CONTROLS = Artifact(
     "results/{run}/metrics/controls.parquet",
     "the paper's Table 2 controls",
@@ -267,6 +325,40 @@ CONTROLS = Artifact(
 # ---------------------------------------------------------------------------------- report
 
 REPORT_FIGURE = Artifact("results/{run}/report/figures/{figure}.png", "a report figure")
+# The report's figures: file name ({figure}) -> caption. report.figures draws exactly the names
+# the report stage is given (REPORT_FIGURE's paths, from `figure_names`).
+REPORT_FIGURES: dict[str, str] = {
+    "sparsity_r": "Bigram surprisal correlation r against active (kept) parameters for every λ; "
+    "dashed lines: each full model's own r. Right: optimal (full-model-target) masks, r with "
+    "bigram surprisal (solid) and with the full model (dotted). Masks keeping nothing are left "
+    "out of the log axis.",
+    "block_heatmaps": "Kept fraction of the selected bigram mask per layer × block "
+    "(Q, K, V, O, MLP-in, MLP-out), one panel per model.",
+    "ablations": "Mean surprisal (bits, ± 1 sd over tokens) under each ablation condition.",
+    "overlap": "Null distributions of the overlap of the selected bigram and optimal masks: "
+    "uniform redraws within each block (grey, expectation dashed) and the authors' row shuffle "
+    "(blue, expectation dotted; the null behind the paper's Table 3 and the p-value shown, with "
+    "its resolution), and the observed overlap (red: a line, or an arrow when it lies far beyond "
+    "the nulls); last panel: observed/expected ratio per model under both nulls.",
+    "rotations": "Median rotation angle of the ridge map from each layer to the input "
+    "embeddings and to the output layer: full model, selected bigram mask, random mask.",
+    "covariance": "Cross-layer covariance similarity (top direction removed, Frobenius cosine) "
+    "for the full model, the selected bigram mask and a random mask.",
+    "checkpoints": "Across pretraining checkpoints (log step axis; step 0 drawn apart): the full "
+    "model's bigram r and the r of a subnetwork at fixed budgets of active weights (power-law "
+    "fits; hollow = extrapolated), with 95% bootstrap intervals and their peaks starred (the r "
+    "that matches the paper's regime); then each λ's kept fraction and the share of its mask in "
+    "the first MLP layer.",
+    "training_curves": "Mask training: target cross-entropy, kept fraction and undecided "
+    "fraction per step (the attempt that was kept) for every trained mask; solid: bigram target, "
+    "dashed: full-model target.",
+}
+
+
+def figure_names(has_checkpoints: bool) -> list[str]:
+    """The figures a run produces (`checkpoints` only for a config with a checkpoints section)."""
+    return [name for name in REPORT_FIGURES if name != "checkpoints" or has_checkpoints]
+
 REPORT_HTML = Artifact("results/{run}/report/index.html", "the self-contained HTML report")
 REPORT_SUMMARY = Artifact("results/{run}/report/summary.md", "the report's numbers in Markdown")
 REPORT_PLOT = Artifact("results/{run}/report/plots/{plot}.csv", "data of a DVC plot")

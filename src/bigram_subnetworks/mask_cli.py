@@ -11,12 +11,16 @@
     bsn mask card MASK [--metrics results/<run>/metrics/masks.parquet] [--output README.md]
     bsn mask export MASK --model-dir DIR --output OUT [--dtype float32|bfloat16|float16]
     bsn mask pull REPO_ID [--revision R] [--filename F] [--repo-type model|dataset] --output OUT
+    bsn mask import FILE --model-dir DIR [--lambda L] --output OUT
 
 A model folder is a `results/<run>/models/<name>/` folder of the workflow or any `save_pretrained`
 folder of a supported family. Derived masks record the operation and their sources. `info` prints
 a mask's card (model, weights, target, λ, kept, training hashes, file format; see masks.sharing),
 `card` writes it as Markdown, `export` writes a pruned save_pretrained folder and `pull` fetches a
 mask published in a Hugging Face Hub repo (through the HF cache; HF_HUB_OFFLINE is honoured).
+`import` converts one of the paper authors' released masks (a pickle, local or
+hf://<owner>/<repo>[@<revision>][/<file>]) into a mask file of the model, read with a restricted
+unpickler (numpy arrays and builtin containers only; see masks.reference).
 """
 
 from __future__ import annotations
@@ -106,6 +110,21 @@ def cmd_pull(args: argparse.Namespace) -> None:
     )
     where = f"{args.repo_id}@{commit or args.revision or 'main'}"
     print(f"{args.output}: {args.filename} of {where}, {share_text(metadata)}")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from bigram_subnetworks.masks.reference import ORIG_MODEL_KEY, import_reference
+    from bigram_subnetworks.masks.sharing import _model_source, share_text
+
+    model, identity, _ = _model_source(args.model_dir)
+    metadata = import_reference(args.file, args.lam, model, identity, args.output)
+    reference = metadata["reference"]
+    whole = reference["kept_whole"]
+    also = f"; {len(whole)} unmasked parameter(s) listed, all kept" if whole else ""
+    print(
+        f"{args.output}: λ {metadata['lambda']} mask of {reference[ORIG_MODEL_KEY] or 'a model'} "
+        f"from {metadata['sources'][0]}, {share_text(metadata)}{also}"
+    )
 
 
 def cmd_complement(args: argparse.Namespace) -> None:
@@ -251,6 +270,25 @@ def add_mask_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--output", type=Path, required=True, help="Where the mask file goes.")
     p.set_defaults(func=cmd_pull)
+
+    p = commands.add_parser(
+        "import", help="Convert one of the paper authors' released masks (a pickle) to a mask."
+    )
+    p.add_argument(
+        "file",
+        metavar="FILE",
+        help="subnetwork_dict_lambda<λ>.pickle: a local file or "
+        "hf://<owner>/<repo>[@<revision>][/<file>] (e.g. "
+        "hf://tylerachang/bigram-subnetworks-pythia-160m; the file then defaults to --lambda's).",
+    )
+    p.add_argument("--model-dir", "--model", type=Path, required=True, help=MODEL_DIR_HELP)
+    p.add_argument(
+        "--lambda",
+        dest="lam",
+        help="The file's λ label (default: from its name, subnetwork_dict_lambda<λ>.pickle).",
+    )
+    p.add_argument("--output", "--out", type=Path, required=True, help=OUTPUT_HELP)
+    p.set_defaults(func=cmd_import)
 
     p = commands.add_parser("complement", help="Keep exactly what the mask drops.")
     p.add_argument("mask", type=Path, help=MASK_HELP)

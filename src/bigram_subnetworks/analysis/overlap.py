@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bigram_subnetworks.artifacts import OVERLAP, OVERLAP_NULL
+from bigram_subnetworks.artifacts import OVERLAP, OVERLAP_NULL, REFERENCE_MASK, REFERENCE_OVERLAP
+from bigram_subnetworks.errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -375,6 +376,61 @@ def pair_rows(
     return rows, selected_null
 
 
+# OverlapResult fields a reference_overlap row carries as they are.
+REFERENCE_RESULT_FIELDS = ("observed", "expected", "expected_sd", "ratio", "p_value")
+REFERENCE_RESULT_FIELDS += ("row_expected", "row_expected_sd", "row_ratio", "observed_count")
+REFERENCE_RESULT_FIELDS += ("n_masked", "draws", "seed")
+
+
+def reference_rows(
+    model: str,
+    masks: Mapping[tuple[str, str], Mapping[str, torch.Tensor]],
+    references: Mapping[str, tuple[Mapping[str, torch.Tensor], dict]],
+    layout: Layout,
+    draws: int,
+    seed: int,
+) -> list[dict]:
+    """Overlap rows of every authors' mask (λ label -> (mask, its metadata)) with every mask of
+    this run ((target, λ label) -> mask) of one model: the run's mask is A, the authors' B; both
+    nulls' exact means (uniform-null p from `draws` draws) and the share of each inside the
+    other."""
+    rows = []
+    for reference_label, (reference, metadata) in references.items():
+        record = metadata.get("reference", {})
+        for (target, label), mask in masks.items():
+            counts = block_overlap(mask, reference, layout)
+            result = overlap_test(counts, draws, seed, row_blocks(mask, reference, layout))
+            kept_reference = int(counts.kept_b.sum())
+            rows.append(
+                {
+                    "model": model,
+                    "reference_lambda": reference_label,
+                    "reference_source": ", ".join(map(str, metadata.get("sources", []))),
+                    "orig_model_name": record.get("orig_model_name"),
+                    "target": target,
+                    "lambda": label,
+                    "share_run_in_reference": result.share_a_in_b,
+                    "share_reference_in_run": (
+                        result.observed_count / kept_reference if kept_reference else float("nan")
+                    ),
+                    "kept_run": result.kept_a,
+                    "kept_reference": result.kept_b,
+                    **{key: getattr(result, key) for key in REFERENCE_RESULT_FIELDS},
+                }
+            )
+    return rows
+
+
+def _load_references(
+    paths: list[Path], layout: Layout, identity: dict
+) -> dict[str, tuple[dict, dict]]:
+    """One model's imported authors' masks (reference_mask stage files) by λ label, checked
+    against the model."""
+    from bigram_subnetworks.masks.toolkit import load_mask
+
+    return {REFERENCE_MASK.parse(p)["lam"]: load_mask(p, layout, identity) for p in paths}
+
+
 def run_stage(
     cfg: Config,
     *,
@@ -383,9 +439,12 @@ def run_stage(
     selection: Path,
     overlap: Path,
     overlap_null: Path,
+    references: list[Path] | None = None,
+    reference_overlap: Path | None = None,
 ) -> None:
-    """The overlap stage: `overlap.parquet` (every bigram × optimal pair of every model) and
-    `overlap_null.parquet` (the null draws of each model's selected pair)."""
+    """The overlap stage: `overlap.parquet` (every bigram × optimal pair of every model),
+    `overlap_null.parquet` (the null draws of each model's selected pair) and, with
+    `reference_masks`, `reference_overlap.parquet` (the authors' masks against this run's)."""
     import pyarrow as pa
 
     from bigram_subnetworks.analysis.scoring import index_masks
@@ -398,6 +457,13 @@ def run_stage(
     index = index_masks(masks)
     rows: list[dict] = []
     nulls: list[dict] = []
+    compared: list[dict] = []
+    names = {model_dir.name for model_dir in models}
+    unknown = sorted({REFERENCE_MASK.parse(p)["model"] for p in references or []} - names)
+    if unknown:
+        raise UserError(
+            f"overlap: reference masks of {unknown[0]}, which is not a model of the run"
+        )
     for model_dir in models:
         model = model_dir.name
         network, info = load_model(model_dir)
@@ -405,6 +471,13 @@ def run_stage(
         chosen = read_selection(selection, model)
         trained = [m for m in index.get(model, []) if np.isfinite(m.lam)]
         loaded = {(m.target, m.label): load_mask(m.path, layout, identity)[0] for m in trained}
+        mine = [p for p in references or [] if REFERENCE_MASK.parse(p)["model"] == model]
+        if mine:
+            found = _load_references(mine, layout, identity)
+            compared += reference_rows(
+                model, loaded, found, layout, cfg.analysis.overlap_draws, cfg.seed
+            )
+            log.info("%s: %d authors' mask(s) compared", model, len(found))
         bigram = {label: mask for (target, label), mask in loaded.items() if target == "bigram"}
         optimal = {label: mask for (target, label), mask in loaded.items() if target == "full"}
         pair = (
@@ -420,8 +493,12 @@ def run_stage(
                 for i, (u, r) in enumerate(zip(null["uniform"], null["row"], strict=True))
             ]
         log.info("%s: %d bigram × optimal pairs tested", model, len(model_rows))
-    with atomic_outputs(overlap, overlap_null) as (table_file, null_file):
+    extra = [reference_overlap] if reference_overlap is not None else []
+    with atomic_outputs(overlap, overlap_null, *extra) as (table_file, null_file, *reference_file):
         write_parquet(pa.Table.from_pylist(rows, schema=OVERLAP.schema), table_file, seed=cfg.seed)
         write_parquet(
             pa.Table.from_pylist(nulls, schema=OVERLAP_NULL.schema), null_file, seed=cfg.seed
         )
+        if reference_file:
+            table = pa.Table.from_pylist(compared, schema=REFERENCE_OVERLAP.schema)
+            write_parquet(table, reference_file[0], seed=cfg.seed)

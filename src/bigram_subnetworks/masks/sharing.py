@@ -140,6 +140,13 @@ def card_fields(
     if "operation" in metadata:
         sources = ", ".join(str(s) for s in metadata.get("sources", []))
         rows.append(("derived", f"{metadata['operation']} of {sources}"))
+    reference = metadata.get("reference")
+    if isinstance(reference, dict):  # an import of the authors' release (masks.reference)
+        rows.append(("authors' model", str(reference.get("orig_model_name") or "not recorded")))
+        where = f"{reference['repo']}@{reference.get('commit')}: " if "repo" in reference else ""
+        rows.append(
+            ("source file", f"{where}{reference.get('file')} (sha256 {reference.get('sha256')})")
+        )
     rows += [
         ("seed", str(metadata.get("seed", "not recorded"))),
         ("training", _training(metadata)),
@@ -186,7 +193,14 @@ def render_card(
     title = f"# {target or 'derived'} mask" + ("" if model == "not recorded" else f" of {model}")
     title += "" if lam is None else f", λ = {lam}"
     lines = [*front, "", title, ""]
-    if export is None:
+    if export is None and "reference" in metadata:
+        lines.append(
+            "One of the binary weight masks the paper's authors released (Chang & Bergen 2025, "
+            "*Bigram Subnetworks*; a pickle of numpy arrays), imported by `bsn mask import` onto "
+            "the model's Transformer-block matrices (embeddings, norms and biases are always "
+            "kept). True keeps an entry."
+        )
+    elif export is None:
         lines.append(
             "A binary weight mask over the frozen model's Transformer-block matrices (attention "
             "Q, K, V, O and the MLP matrices; embeddings, norms and biases are always kept), "
@@ -370,15 +384,12 @@ def hub_offline() -> bool:
     return _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
 
 
-def pull_mask(
-    repo_id: str,
-    output: Path,
-    revision: str | None = None,
-    filename: str = DEFAULT_MASK_FILE,
-    repo_type: str = "model",
-) -> tuple[dict[str, Any], str | None]:
-    """Download (or, offline, find in the cache) `filename` of a Hub repo, check it is a mask
-    file and copy it to `output`; its metadata and the commit it came from."""
+def hub_file(
+    repo_id: str, filename: str, revision: str | None = None, repo_type: str = "model"
+) -> tuple[Path, str | None]:
+    """Download (or, offline, find in the cache) `filename` of a Hub repo through the Hugging
+    Face cache; its local path and the commit it came from. Failures are one-line UserErrors
+    naming the repo, the revision and the file."""
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -388,8 +399,6 @@ def pull_mask(
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
-
-    from bigram_subnetworks.masks.toolkit import load_mask
 
     offline = hub_offline() or bool(constants.HF_HUB_OFFLINE)
     where = f"{repo_type} repo {repo_id}@{revision or 'main'}"
@@ -421,12 +430,28 @@ def pull_mask(
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"{where}: {filename} could not be fetched ({reason})") from None
     local_path = Path(local)
+    parts = local_path.parts
+    commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
+    return local_path, commit
+
+
+def pull_mask(
+    repo_id: str,
+    output: Path,
+    revision: str | None = None,
+    filename: str = DEFAULT_MASK_FILE,
+    repo_type: str = "model",
+) -> tuple[dict[str, Any], str | None]:
+    """Download (or, offline, find in the cache) `filename` of a Hub repo, check it is a mask
+    file and copy it to `output`; its metadata and the commit it came from."""
+    from bigram_subnetworks.masks.toolkit import load_mask
+
+    local_path, commit = hub_file(repo_id, filename, revision, repo_type)
     try:
         _, metadata = load_mask(local_path)
     except UserError as error:
+        where = f"{repo_type} repo {repo_id}@{revision or 'main'}"
         raise UserError(f"{where}: {filename} is not a usable mask file ({error})") from None
-    parts = local_path.parts
-    commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
     with atomic_outputs(output) as (temp,):
         shutil.copyfile(local_path, temp)
     return metadata, commit

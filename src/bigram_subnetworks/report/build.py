@@ -13,19 +13,26 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from bigram_subnetworks.artifacts import REPORT_FIGURES
 from bigram_subnetworks.config import Config
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import atomic_outputs, write_json
 from bigram_subnetworks.report.claims import (
     DESCRIPTIVE,
     FAILS,
+    FIT_POINTS,
+    FIT_QUALITY,
     HOLDS,
     NOT_MEASURED,
+    NOT_RESOLVED,
+    STATUSES,
+    SUBNETWORK_GAIN,
     Evidence,
     Verdict,
+    plurality_applies,
     verdicts,
 )
-from bigram_subnetworks.report.figures import FIGURES, FigureData, render_figures
+from bigram_subnetworks.report.figures import FigureData, render_figures
 from bigram_subnetworks.report.html import (
     Document,
     FigureEntry,
@@ -34,6 +41,7 @@ from bigram_subnetworks.report.html import (
     render_markdown,
 )
 from bigram_subnetworks.report.paper import scale_note, side_by_side
+from bigram_subnetworks.report.reference import reference_table
 from bigram_subnetworks.report.summary import (
     ABLATION_CONDITIONS,
     CheckpointSummary,
@@ -157,6 +165,7 @@ def verdict_table(found: list[Verdict]) -> Table:
                 "rule on the paper's numbers": v.paper_status,
                 "this run": v.ours,
                 "rule": v.rule,
+                "not resolved when": v.not_resolved or "–",
                 "thresholds and where they come from": v.thresholds or "–",
                 "verdict": v.status,
             }
@@ -166,11 +175,14 @@ def verdict_table(found: list[Verdict]) -> Table:
     return Table(
         "Comparison with the paper",
         frame,
-        "Each verdict is computed from this run's tables with the stated rule: 'holds' if it "
-        "passes for every model where it was measured. The same rule is run on the paper's own "
-        "numbers (paper_numbers.yaml), which it must pass wherever the paper gives numbers. "
-        "Intervals: 95% bootstrap over eval sequences; margins are the gap between the intervals "
-        "(positive: they do not overlap).",
+        "Each verdict is computed from this run's tables with the rule stated before the data: "
+        "'holds' if it passes for every model where it was measured, 'does not hold' if it fails "
+        "for one, 'not resolved' if the data cannot decide (each rule says when), 'not measured' "
+        "without data, 'descriptive' for a number shown but not tested. The same rule is run on "
+        "the paper's own numbers (paper_numbers.yaml), which it must pass wherever the paper "
+        "gives numbers. Intervals: 95% bootstrap over eval sequences; a comparison A vs B is "
+        "decided on the interval of the difference A − B, paired (the same resamples for every "
+        "r of the run) unless marked marginal.",
     )
 
 
@@ -211,10 +223,19 @@ def checkpoint_table(checkpoints: list[CheckpointSummary]) -> Table | None:
             for budget, by_step in c.r_at_budget.items():
                 flag = "*" if c.extrapolated.get(budget, {}).get(step) else ""
                 row[f"r at {budget:,}"] = by_step.get(step, Estimate()).text() + flag
+            if step in c.fit_r2:
+                points = c.fit_points.get(step)
+                row["fit r² (masks)"] = f"{c.fit_r2[step]:.2f}" + (f" ({points})" if points else "")
             for label, flags in c.plurality.items():
                 flag = flags.get(step)
+                mask = c.mask_r.get(label, {}).get(step, Estimate())
+                applies = plurality_applies(mask, c.empty_r.get(step, Estimate()))
                 row[f"layer-0 MLP plurality (λ = {label})"] = (
-                    "–" if flag is None else ("yes" if flag else "no")
+                    "–"
+                    if flag is None
+                    else "not applicable"
+                    if applies is False
+                    else ("yes" if flag else "no")
                 )
             rows.append(row)
     if not rows:
@@ -224,11 +245,39 @@ def checkpoint_table(checkpoints: list[CheckpointSummary]) -> Table | None:
     unseen = [c.unseen_fraction for c in checkpoints if math.isfinite(c.unseen_fraction)]
     note = (
         "r at N: the power-law fit's estimate with N active parameters, its interval from "
-        "refitting on every bootstrap resample (* extrapolated: shown, never used by a verdict)."
+        "refitting on every bootstrap resample (* extrapolated: shown, never used by a verdict); "
+        f"fit r²: the fit's quality (a fit decides only with ≥ {FIT_POINTS} masks and r² ≥ "
+        f"{FIT_QUALITY.value:g}). The full model is scored at every saved checkpoint. Plurality "
+        "'not applicable': the mask's r is not above the empty mask's by the subnetwork gain "
+        f"({SUBNETWORK_GAIN.value:g}, paired interval), so there is no subnetwork to locate."
     )
     if unseen:
         note += f" Unseen eval bigrams: {_span(unseen, '.2%')}."
     return Table("Across checkpoints", frame, note, numeric)
+
+
+def dropped_steps_table(tables: RunTables) -> Table | None:
+    """The checkpoint steps fetch dropped because their revisions serve another step's weights
+    (model.json's `dropped_steps`, with checkpoints.duplicate_steps: drop)."""
+    rows = [
+        {
+            "model": model,
+            "step": str(step),
+            "kept instead": str(why["kept"]),
+            "same file as step(s)": ", ".join(map(str, why["shares_with"])),
+            "shared weight file (sha256)": f"{why['file']} ({why['sha256']})",
+        }
+        for model, info in tables.model_info.items()
+        for step, why in sorted((info.get("dropped_steps") or {}).items(), key=lambda i: int(i[0]))
+    ]
+    if not rows:
+        return None
+    note = (
+        "Their Hub revisions hold a weight file (the whole model or one shard) identical to "
+        "another step's, so they are not the checkpoints they claim to be; the checkpoint "
+        "analysis leaves them out (checkpoints.duplicate_steps: drop)."
+    )
+    return Table("Checkpoint steps dropped", pd.DataFrame(rows), note)
 
 
 def block_names_table(tables: RunTables) -> Table:
@@ -368,15 +417,13 @@ def glance(models: list[ModelSummary], found: list[Verdict]) -> list[tuple[str, 
         f"{status.get('bigram_vs_optimal', NOT_MEASURED)}; overlap with the optimal mask above "
         f"chance: {status.get('overlap', NOT_MEASURED)}."
     )
-    counts = {
-        label: sum(v.status == label for v in found)
-        for label in (HOLDS, FAILS, NOT_MEASURED, DESCRIPTIVE)
-    }
+    counts = {label: sum(v.status == label for v in found) for label in STATUSES}
     tested = len(found) - counts[DESCRIPTIVE]
     failing = [v.claim for v in found if v.status == FAILS]
     compare = (
         f"{counts[HOLDS]} of {tested} tested claims hold here; {counts[FAILS]} "
-        f"{'does' if counts[FAILS] == 1 else 'do'} not hold; {counts[NOT_MEASURED]} "
+        f"{'does' if counts[FAILS] == 1 else 'do'} not hold; {counts[NOT_RESOLVED]} "
+        f"{'is' if counts[NOT_RESOLVED] == 1 else 'are'} not resolved; {counts[NOT_MEASURED]} "
         f"{'was' if counts[NOT_MEASURED] == 1 else 'were'} not measured "
         f"({counts[DESCRIPTIVE]} descriptive). {scale_note(models)}"
     )
@@ -469,6 +516,7 @@ def headline_metrics(
     claims = {
         "holds": sum(v.status == HOLDS for v in found),
         "does_not_hold": sum(v.status == FAILS for v in found),
+        "not_resolved": sum(v.status == NOT_RESOLVED for v in found),
         "not_measured": sum(v.status == NOT_MEASURED for v in found),
         "descriptive": sum(v.status == DESCRIPTIVE for v in found),
     }
@@ -485,8 +533,10 @@ def build_document(
     checkpoints: list[CheckpointSummary],
     found: list[Verdict],
     figures: dict[str, bytes],
+    reference: Table | None = None,
 ) -> Document:
-    """The report's content, rendered by `render_html` and `render_markdown`."""
+    """The report's content, rendered by `render_html` and `render_markdown`; `reference`: the
+    section comparing this run's masks with the authors' (report.reference)."""
     bigrams, tokens = tables.data_info["bigrams"], tables.data_info["tokens"]
     eval_split = tokens.get("splits", {}).get("eval", {})
     subtitle = (
@@ -509,13 +559,15 @@ def build_document(
         numbers,
         ablation_table(models),
         *(t for t in (controls_table(control_values(tables)), checkpoint_table(checkpoints)) if t),
+        *(t for t in (dropped_steps_table(tables),) if t),
+        *([reference] if reference is not None else []),
     ]
     return Document(
         title=f"Bigram subnetworks: report of run '{cfg.run}'",
         subtitle=subtitle,
         glance=glance(models, found),
         tables=main,
-        figures=[FigureEntry(name, FIGURES[name], png) for name, png in figures.items()],
+        figures=[FigureEntry(name, REPORT_FIGURES[name], png) for name, png in figures.items()],
         appendix=[
             block_names_table(tables),
             generations_table(tables),
@@ -571,13 +623,14 @@ def run_stage(
     models = summarise(tables)
     checkpoints = summarise_checkpoints(tables)
     found = verdicts(Evidence(models, checkpoints, control_values(tables)))
-    pngs = render_figures(cfg, FigureData(tables, models, checkpoints))
-    document = build_document(cfg, tables, models, checkpoints, found, pngs)
+    pngs = render_figures([p.stem for p in figures], FigureData(tables, models, checkpoints))
+    reference = reference_table(inputs.get("reference_overlap"))
+    document = build_document(cfg, tables, models, checkpoints, found, pngs, reference)
     csvs = plot_tables(tables)
-    if [p.stem for p in figures] != list(pngs) or [p.stem for p in plots] != list(csvs):
+    if [p.stem for p in plots] != list(csvs):
         raise UserError(
-            f"report: the declared figures {[p.stem for p in figures]} and plots "
-            f"{[p.stem for p in plots]} differ from the ones drawn ({list(pngs)}, {list(csvs)})"
+            f"report: the declared plots {[p.stem for p in plots]} differ from the ones drawn "
+            f"({list(csvs)})"
         )
     with atomic_outputs(*figures, *plots, html, summary, metrics_json) as temps:
         for temp, png in zip(temps, pngs.values(), strict=False):
