@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -228,10 +229,16 @@ def test_fetch_records_every_revision_and_jobs_load_them_by_commit(
     fetch_stage(cfg, model="tiny", model_dir=output)
     info = json.loads((output / "model.json").read_text())
     assert info["commit"] == commits["step30"] and info["final_step"] == 30
-    assert info["checkpoints"] == {
-        "0": {"revision": "step0", "commit": commits["step0"]},
-        "30": {"revision": "step30", "commit": commits["step30"]},
-    }
+    for step, revision in (("0", "step0"), ("30", "step30")):
+        record = info["checkpoints"][step]
+        assert (record["revision"], record["commit"]) == (revision, commits[revision])
+        snapshot = cache / "models--test--tiny" / "snapshots" / commits[revision]
+        digest = hashlib.sha256((snapshot / "model.safetensors").read_bytes()).hexdigest()
+        assert record["weights"] == {
+            "format": "safetensors",
+            "files": {"model.safetensors": digest},
+        }
+    assert info["weights"] == info["checkpoints"]["30"]["weights"] and info["dropped_steps"] == {}
     model, stored = load_model(output)
     assert model.config.model_type == "gpt_neox"
     assert model_identity(output, stored)["commit"] == commits["step30"]

@@ -5,8 +5,9 @@ The bigram masks of every configured checkpoint (trained by the train_mask stage
 masks (r with its bootstrap interval, kept fraction, LM loss, ...), plus where each mask sits: the
 share of its kept weights in the first layer's MLP, in all MLPs and in attention, and whether the
 first MLP holds the plurality (the largest layer × {attention, MLP} group), which the paper reports
-at every checkpoint. Each checkpoint's own full model is scored too, so its bigram r is tracked per
-step.
+at every checkpoint. The full model (and the empty mask) is scored at every checkpoint the model
+saved, with or without masks there (cheap: one pass each), so its bigram r, and where it peaks, is
+tracked at every saved step.
 
 Per checkpoint, bigram r is fitted against the number of active (kept) parameters N over the λ
 sweep as a power law in the deficit, 1 − r = c · N^(−k), by least squares on log(1 − r) against
@@ -14,7 +15,9 @@ log N, and r is estimated at fixed budgets of active parameters, as the paper do
 parameters. Estimates outside the fitted range of N are flagged as extrapolated (reported, never
 used to decide a verdict). Each estimate's interval refits the power law on every bootstrap
 resample of the masks' r (the same resamples for every mask), so it carries the eval-sequence
-uncertainty of all the points it rests on.
+uncertainty of all the points it rests on. Every replicate (each mask's r, each budget estimate) is
+written to `checkpoints_replicates.parquet`, so the report decides "A above B" on the interval of
+the resampled difference A − B (paired).
 """
 
 from __future__ import annotations
@@ -164,17 +167,18 @@ def fit_rows(
     budgets: list[int],
     replicates: np.ndarray | None = None,
     suffix: str = "",
-) -> list[dict[str, Any]]:
-    """The fit's parameters and the r estimated at every budget, for one checkpoint's masks given
-    as (active parameters, bigram r); with `replicates` ((resamples, masks) bootstrap r of the
-    same masks) also each estimate's percentile interval (`r_at_budget_low`/`_high`). Metric
+) -> tuple[list[dict[str, Any]], dict[int, np.ndarray]]:
+    """The fit's parameters (its quality `fit_r2` included) and the r estimated at every budget,
+    for one checkpoint's masks given as (active parameters, bigram r); with `replicates`
+    ((resamples, masks) bootstrap r of the same masks) also each estimate's percentile interval
+    (`r_at_budget_low`/`_high`) and, returned beside the rows, its replicates by budget. Metric
     names end with `suffix` (`_dropinf` for the fit of the drop-unseen r)."""
     active = np.array([m[0] for m in masks], dtype=np.float64)
     r = np.array([m[1] for m in masks], dtype=np.float64)
     fit = fit_power_law(active, r)
     if fit is None:
         log.warning("%s step %d: fewer than two usable masks; no power-law fit", model, step)
-        return [_row(model, step, None, None, "fit_points" + suffix, 0)]
+        return [_row(model, step, None, None, "fit_points" + suffix, 0)], {}
     rows = [
         _row(model, step, None, None, "fit_scale" + suffix, fit.scale),
         _row(model, step, None, None, "fit_exponent" + suffix, fit.exponent),
@@ -182,12 +186,14 @@ def fit_rows(
         _row(model, step, None, None, "fit_points" + suffix, fit.points),
     ]
     intervals: dict[int, tuple[float, float]] = {}
+    draws: dict[int, np.ndarray] = {}
     if replicates is not None and np.asarray(replicates).size:
         from bigram_subnetworks.analysis.scoring import percentile_interval
 
         usable = (active > 0) & np.isfinite(r) & (r < 1)
         estimates = budget_replicates(active, np.asarray(replicates), budgets, usable)
-        intervals = {b: percentile_interval(estimates[:, i]) for i, b in enumerate(budgets)}
+        draws = {b: estimates[:, i] for i, b in enumerate(budgets)}
+        intervals = {b: percentile_interval(column) for b, column in draws.items()}
     for budget in budgets:
         outside = not fit.n_min <= budget <= fit.n_max
         name = f"r_at_budget{suffix}"
@@ -197,7 +203,7 @@ def fit_rows(
             low, high = intervals[budget]
             rows.append(_row(model, step, None, None, f"r_at_budget{suffix}_low", low, budget))
             rows.append(_row(model, step, None, None, f"r_at_budget{suffix}_high", high, budget))
-    return rows
+    return rows, draws
 
 
 def checkpoint_rows(
@@ -231,6 +237,12 @@ def checkpoint_rows(
     return rows, found.replicates
 
 
+def saved_steps(info: dict[str, Any]) -> list[int]:
+    """The checkpoint steps a model folder holds, from its model.json: an embedded model's saved
+    `step-<N>/` folders, a Hub model's fetched revisions."""
+    return sorted(int(step) for step in info.get("checkpoints") or [])
+
+
 def run_stage(
     cfg: Config,
     *,
@@ -239,14 +251,22 @@ def run_stage(
     tokens_eval: Path,
     bigram_stats: Path,
     checkpoints: Path,
+    checkpoint_replicates: Path,
 ) -> None:
-    """The checkpoints stage: score every checkpoint's masks and full model, add the power-law
-    fits and write `checkpoints.parquet` (one row per model × step × mask × metric; fits have a
-    null λ)."""
-    from bigram_subnetworks.analysis.scoring import R_METRICS, eval_sample, index_masks
+    """The checkpoints stage: score every checkpoint's masks and the full model at every saved
+    checkpoint, add the power-law fits and write `checkpoints.parquet` (one row per model × step
+    × mask × metric; fits have a null λ) and the bootstrap replicates of every r and estimate."""
+    from bigram_subnetworks.analysis.scoring import (
+        R_METRICS,
+        ReplicateSeries,
+        eval_sample,
+        index_masks,
+        replicate_series,
+        replicate_table,
+    )
     from bigram_subnetworks.data.bigrams import read_bigram_counts
     from bigram_subnetworks.data.tokenize import read_sequences
-    from bigram_subnetworks.models.loading import pick_device, read_model_info
+    from bigram_subnetworks.models.loading import dropped_steps, pick_device, read_model_info
     from bigram_subnetworks.models.variants import load_variant
 
     if cfg.checkpoints is None:
@@ -256,13 +276,18 @@ def run_stage(
     device = pick_device(cfg.device)
     index = index_masks(masks)
     rows: list[dict[str, Any]] = []
+    series: list[ReplicateSeries] = []
+    scored = 0
     for model_dir in models:
         name = model_dir.name
-        final = read_model_info(model_dir).get("final_step")
-        for step in cfg.checkpoints.steps:
+        info = read_model_info(model_dir)
+        final = info.get("final_step")
+        with_masks = set(cfg.checkpoints.steps)
+        # steps whose revisions serve another step's weights (fetch, duplicate_steps: drop)
+        for step in sorted((with_masks | set(saved_steps(info))) - dropped_steps(info)):
             variant = None if step == final else f"step-{step}"
             model, identity = load_variant(model_dir, variant)
-            step_masks = index.get(model_key(name, variant), [])
+            step_masks = index.get(model_key(name, variant), []) if step in with_masks else []
             table, replicates = checkpoint_rows(
                 name,
                 step,
@@ -277,6 +302,11 @@ def run_stage(
                 cfg.seed,
             )
             rows += table
+            series += replicate_series(name, replicates, step)
+            scored += 1
+            if step not in with_masks or not step_masks:
+                log.info("%s step %d: full model and empty mask scored", name, step)
+                continue
             values: dict[str, dict[str, float]] = defaultdict(dict)
             for row in table:
                 if row["target"] == "bigram":
@@ -284,17 +314,20 @@ def run_stage(
             for metric, suffix in (("bigram_r", ""), ("bigram_r_dropinf", DROPINF)):
                 # the fit of the clipped r, and of the drop-unseen r (the paper's regime)
                 column = R_METRICS.index(metric)
-                scored = [(v["kept"], v[metric]) for v in values.values()]
+                points = [(v["kept"], v[metric]) for v in values.values()]
                 draws = np.stack(
                     [replicates[("bigram", label)][:, column] for label in values], axis=1
                 )
-                rows += fit_rows(name, step, scored, cfg.checkpoints.budgets, draws, suffix)
+                fitted, estimates = fit_rows(
+                    name, step, points, cfg.checkpoints.budgets, draws, suffix
+                )
+                rows += fitted
+                series += [
+                    (name, step, None, None, budget, "r_at_budget" + suffix, estimate)
+                    for budget, estimate in estimates.items()
+                ]
             log.info("%s step %d: %d masks scored", name, step, len(step_masks))
-    with atomic_outputs(checkpoints) as (temp,):
+    with atomic_outputs(checkpoints, checkpoint_replicates) as (temp, temp_replicates):
         write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), temp, seed=cfg.seed)
-    log.info(
-        "%d checkpoints of %d model(s) -> %s",
-        len(cfg.checkpoints.steps) * len(models),
-        len(models),
-        checkpoints,
-    )
+        write_parquet(replicate_table(series), temp_replicates, seed=cfg.seed)
+    log.info("%d checkpoints of %d model(s) -> %s", scored, len(models), checkpoints)

@@ -3,9 +3,11 @@
 Per mask (and for the full model and the empty mask): kept count and fraction; the Pearson r
 between the masked model's per-token surprisal and the bigram model's (bits; bigram surprisals of
 zero-probability pairs clipped to the largest finite one, and a variant that drops those tokens);
-the soft-target bigram cross-entropy; the LM loss and perplexity; the r with the full model's
-surprisal; the share of eval positions whose bigram was never counted (`unseen_fraction`: the
-positions the clipped r clips and the drop-unseen r drops). Per block (layer × Q/K/V/O/MLP-in/
+the soft-target bigram cross-entropy; the LM loss and perplexity (beside the full model's, the
+smoothed bigram baseline's loss on the same positions: every model's eval loss and its bar, one
+code path for embedded, Hub and local models); the r with the full model's surprisal; the share
+of eval positions whose bigram was never counted (`unseen_fraction`: the positions the clipped r
+clips and the drop-unseen r drops). Per block (layer × Q/K/V/O/MLP-in/
 MLP-out) and per head: kept fractions.
 
 Every r comes with a seeded percentile bootstrap interval over eval *sequences* (`<metric>_low`,
@@ -29,12 +31,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from bigram_subnetworks.artifacts import BLOCKS, MASK, MASK_METRICS
+from bigram_subnetworks.artifacts import BLOCKS, MASK, MASK_METRICS, REPLICATES_SCHEMA
 from bigram_subnetworks.config import lambda_value
-from bigram_subnetworks.data.bigrams import BigramCounts, context_totals, pair_counts
+from bigram_subnetworks.data.bigrams import (
+    BigramCounts,
+    bigram_baseline_cross_entropy,
+    context_totals,
+    pair_counts,
+)
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.masks.losses import BigramTarget
 from bigram_subnetworks.masks.toolkit import (
@@ -334,6 +342,8 @@ def score_masks(
     clipped = clip_infinite(reference_bits)
     finite = np.isfinite(reference_bits)
     unseen = unseen_fraction(reference_bits)
+    # the smoothed bigram model's loss on the same positions: the bar the full model must clear
+    baseline = bigram_baseline_cross_entropy(counts, sequences)["cross_entropy"]
     resampling = Bootstrap.draw(len(sequences), resamples, seed)
 
     candidates: list[tuple[str, str, Mask]] = [
@@ -364,6 +374,8 @@ def score_masks(
             "full_model_r": pearson(bits, full_bits),
             "unseen_fraction": unseen,
         }
+        if (target, label) == (REFERENCE, "neginf"):
+            values["bigram_baseline_loss"] = baseline
         if resampling.resamples:
             moments = np.stack(
                 [
@@ -405,6 +417,40 @@ def evaluate_model(
 
 METRIC_SCHEMA = MASK_METRICS.schema
 BLOCK_SCHEMA = BLOCKS.schema
+REPLICATE_SCHEMA = REPLICATES_SCHEMA
+
+# One series of bootstrap replicates: model, step, target, λ label, budget, metric, (resamples,).
+ReplicateSeries = tuple[
+    str, "int | None", "str | None", "str | None", "int | None", str, np.ndarray
+]
+
+
+def replicate_series(
+    model: str, replicates: dict[tuple[str, str], np.ndarray], step: int | None = None
+) -> list[ReplicateSeries]:
+    """The replicate series of every mask's r values (`Evaluation.replicates`, R_METRICS order)."""
+    return [
+        (model, step, target, label, None, metric, draws[:, i])
+        for (target, label), draws in replicates.items()
+        for i, metric in enumerate(R_METRICS)
+        if draws.size
+    ]
+
+
+def replicate_table(series: list[ReplicateSeries]) -> pa.Table:
+    """The replicates artifact (artifacts.REPLICATES_SCHEMA): one row per series × resample, the
+    resample index shared by every series (the same `Bootstrap` draws), so A − B is paired."""
+    if not series:
+        return REPLICATE_SCHEMA.empty_table()
+    sizes = [len(entry[-1]) for entry in series]
+    names = ("model", "step", "target", "lambda", "budget", "metric")
+    columns: dict[str, Any] = {
+        name: [entry[i] for entry, size in zip(series, sizes, strict=True) for _ in range(size)]
+        for i, name in enumerate(names)
+    }
+    columns["resample"] = np.concatenate([np.arange(size, dtype=np.int32) for size in sizes])
+    columns["value"] = np.concatenate([np.asarray(e[-1], dtype=np.float64) for e in series])
+    return pa.table(columns, schema=REPLICATE_SCHEMA)
 
 
 def eval_sample(sequences: np.ndarray, cap: int | None, seed: int) -> np.ndarray:

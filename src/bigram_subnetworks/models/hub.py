@@ -9,6 +9,15 @@ internet work. Local model folders are checked and recorded by the same stage.
 
 With the Hub unreachable (or `HF_HUB_OFFLINE=1`) the fetch job resolves revisions from the cache
 itself, so a pre-filled cache (copied from a machine with internet) works too.
+
+Per revision, `model.json` records the sha256 of every weight file (`models.weights`). A revision
+without safetensors has its pickled `pytorch_model*.bin` files downloaded, read weights-only and
+converted to safetensors once, beside the cache; the record names the converted folder, which
+every job loads. A revision with neither format stops the fetch. Two checkpoint steps that share a
+weight file (the whole model or one shard: a branch serving another step's weights) stop it too,
+unless `checkpoints.duplicate_steps` is `drop`: then model.json lists the dropped steps (all but
+the final step, else the latest, of each group), which the checkpoint analysis leaves out and the
+report names.
 """
 
 from __future__ import annotations
@@ -16,10 +25,22 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from bigram_subnetworks.config import Config, HuggingFaceModel, LocalModel
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import atomic_outputs, write_json
+from bigram_subnetworks.models.weights import (
+    PICKLE,
+    PICKLE_FILES,
+    SAFETENSORS,
+    convert,
+    converted_folder,
+    duplicate_sets,
+    hashes,
+    shared_files,
+    weight_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +63,11 @@ def checkpoint_steps_of(cfg: Config, name: str) -> list[int]:
     return sorted(cfg.checkpoints.steps)
 
 
-def snapshot(model_id: str, revision: str, cache: Path) -> Path:
-    """Download (or find in the cache) one revision's snapshot; its folder name is the commit."""
+def snapshot(
+    model_id: str, revision: str, cache: Path, patterns: list[str] = SNAPSHOT_FILES
+) -> Path:
+    """Download (or find in the cache) the files of one revision's snapshot that match
+    `patterns`; its folder name is the commit."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         LocalEntryNotFoundError,
@@ -58,7 +82,7 @@ def snapshot(model_id: str, revision: str, cache: Path) -> Path:
             model_id,
             revision=revision,
             cache_dir=cache,
-            allow_patterns=SNAPSHOT_FILES,
+            allow_patterns=patterns,
             local_files_only=offline,
         )
     except RevisionNotFoundError:
@@ -80,23 +104,116 @@ def snapshot(model_id: str, revision: str, cache: Path) -> Path:
     return Path(path)
 
 
-def fetch_hub_model(name: str, spec: HuggingFaceModel, steps: list[int], cache: Path) -> dict:
-    """Resolve and download a Hub model's revision and checkpoint revisions; model.json's info."""
-    commit = snapshot(spec.id, spec.revision, cache).name
-    checkpoints: dict[str, dict[str, str]] = {}
+def fetch_revision(model_id: str, revision: str, cache: Path) -> dict[str, Any]:
+    """Download one revision and describe its weights: their files' sha256 and, for pickled
+    weights, the safetensors folder they were converted into (once)."""
+    folder = snapshot(model_id, revision, cache)
+    commit = folder.name
+    record: dict[str, Any] = {"revision": revision, "commit": commit}
+    names = weight_files(folder, *SAFETENSORS)
+    if names is not None:
+        return record | {"weights": {"format": "safetensors", "files": hashes(folder, names)}}
+    folder = snapshot(model_id, revision, cache, PICKLE_FILES)
+    names = weight_files(folder, *PICKLE)
+    if names is None:
+        found = sorted(p.name for p in folder.iterdir())
+        raise UserError(
+            f"model {model_id}: revision {revision!r} (commit {commit[:12]}) holds no weights, "
+            f"neither {SAFETENSORS[0]} nor {PICKLE[0]} nor a sharded index of either (found: "
+            f"{', '.join(found) or 'no files'}); check the revision"
+        )
+    sources = hashes(folder, names)
+    target = converted_folder(cache, model_id, commit)
+    outputs = convert(folder, names, sources, target, f"model {model_id}@{revision}")
+    log.info(
+        "%s@%s: %d pickled weight file(s) -> safetensors in %s",
+        model_id,
+        revision,
+        len(names),
+        target,
+    )
+    converted = {"folder": str(target), "files": outputs}
+    return record | {"weights": {"format": "pytorch", "files": sources, "converted": converted}}
+
+
+def duplicate_steps(
+    model_id: str, files_by_step: dict[int, dict[str, str]], final: int | None, mode: str
+) -> dict[str, dict[str, Any]]:
+    """The checkpoint steps to drop because they share a weight file with another step: in
+    `stop` mode any shared file stops the fetch in one line; in `drop` mode each group of steps
+    sharing files keeps its final step (else its latest) and the others are returned."""
+    shared = shared_files(files_by_step)
+    if not shared:
+        return {}
+    if mode != "drop":
+        found = "; ".join(
+            f"steps {', '.join(map(str, steps))} share {name} (sha256 {digest})"
+            for steps, name, digest in shared
+        )
+        raise UserError(
+            f"model {model_id}: checkpoint revisions serve identical weights, {found}; remove "
+            "the wrong steps from checkpoints.steps (or fix their revisions), or set "
+            "checkpoints.duplicate_steps: drop"
+        )
+    dropped: dict[str, dict[str, Any]] = {}
+    for group in duplicate_sets(shared):
+        kept = final if final in group else max(group)
+        for step in sorted(group - {kept}):
+            steps, name, digest = next(entry for entry in shared if step in entry[0])
+            others = [s for s in steps if s != step]
+            dropped[str(step)] = {
+                "kept": kept,
+                "shares_with": others,
+                "file": name,
+                "sha256": digest,
+            }
+    if "0" in dropped:
+        why = dropped["0"]
+        raise UserError(
+            f"model {model_id}: checkpoint step 0 serves the weights of step "
+            f"{why['shares_with'][0]} ({why['file']}, sha256 {why['sha256']}); the "
+            "random-initialisation controls need step 0's own weights: fix its revision "
+            "(checkpoint_revisions)"
+        )
+    return dropped
+
+
+def fetch_hub_model(
+    name: str, spec: HuggingFaceModel, steps: list[int], cache: Path, duplicates: str = "stop"
+) -> dict:
+    """Resolve and download a Hub model's revision and checkpoint revisions, check that
+    different steps serve different weights; model.json's info."""
+    main = fetch_revision(spec.id, spec.revision, cache)
+    checkpoints: dict[str, dict[str, Any]] = {}
     for step in steps:
-        revision = spec.revision_of(step)
-        commit_of_step = snapshot(spec.id, revision, cache).name
-        checkpoints[str(step)] = {"revision": revision, "commit": commit_of_step}
-        log.info("%s: checkpoint step %d = %s@%s", name, step, revision, commit_of_step[:12])
-    log.info("%s: %s@%s = %s, in %s", name, spec.id, spec.revision, commit[:12], cache)
+        checkpoints[str(step)] = fetch_revision(spec.id, spec.revision_of(step), cache)
+        commit = checkpoints[str(step)]["commit"]
+        log.info("%s: checkpoint step %d = %s@%s", name, step, spec.revision_of(step), commit[:12])
+    files = {int(step): record["weights"]["files"] for step, record in checkpoints.items()}
+    final = spec.final_step
+    if steps and final is not None:
+        files.setdefault(final, main["weights"]["files"])  # the model's revision is its final step
+    dropped = duplicate_steps(spec.id, files, final, duplicates) if steps else {}
+    for step, why in dropped.items():
+        log.warning(
+            "%s: checkpoint step %s dropped: it serves the weights of step %d (%s, sha256 %s); "
+            "remove it from checkpoints.steps to skip its mask jobs",
+            name,
+            step,
+            why["kept"],
+            why["file"],
+            why["sha256"][:12],
+        )
+    log.info("%s: %s@%s = %s, in %s", name, spec.id, spec.revision, main["commit"][:12], cache)
     return {
         "source": "huggingface",
         "id": spec.id,
         "revision": spec.revision,
-        "commit": commit,
+        "commit": main["commit"],
+        "weights": main["weights"],
         "checkpoint_revision": spec.checkpoint_revision,
         "checkpoints": checkpoints,
+        "dropped_steps": dropped,
         "cache": str(cache),
     }
 
@@ -107,7 +224,9 @@ def run_stage(cfg: Config, *, model: str, model_dir: Path) -> None:
 
     spec = cfg.models[model]
     if isinstance(spec, HuggingFaceModel):
-        info = fetch_hub_model(model, spec, checkpoint_steps_of(cfg, model), Path(cfg.hub_cache))
+        steps = checkpoint_steps_of(cfg, model)
+        duplicates = cfg.checkpoints.duplicate_steps if steps else "stop"
+        info = fetch_hub_model(model, spec, steps, Path(cfg.hub_cache), duplicates)
     elif isinstance(spec, LocalModel):
         info = describe_local_model(spec)
     else:

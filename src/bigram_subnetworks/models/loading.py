@@ -3,8 +3,9 @@
 Every model stage (pretrain for embedded models, fetch for Hub and local ones) writes
 `results/<run>/models/<name>/model.json`, which says how to load the model again (and, for Hub
 models, which commit each revision resolved to: they load from the run's Hub cache by commit).
-Weights are read from safetensors only; `trust_remote_code` stays off unless the config turns it
-on.
+Weights are read from safetensors only (a Hub revision that has only pickled weights loads from
+the safetensors folder fetch converted them into: `models.weights`); `trust_remote_code` stays off
+unless the config turns it on.
 """
 
 from __future__ import annotations
@@ -128,7 +129,15 @@ def describe_local_model(spec: LocalModel) -> dict[str, Any]:
 INFO_KEYS = {
     "embedded": (),
     "local": ("path",),
-    "huggingface": ("id", "revision", "commit", "checkpoint_revision", "checkpoints", "cache"),
+    "huggingface": (
+        "id",
+        "revision",
+        "commit",
+        "checkpoint_revision",
+        "checkpoints",
+        "cache",
+        "weights",
+    ),
 }
 
 
@@ -156,7 +165,16 @@ def load_model(model_dir: Path | str, trust_remote_code: bool = False) -> tuple[
         return load_pretrained_dir(model_dir / "final"), info
     if source == "local":
         return load_pretrained_dir(info["path"]), info
-    return _from_pretrained(info["id"], info["commit"], trust_remote_code, info["cache"]), info
+    return _load_revision(info, info, trust_remote_code), info
+
+
+def _load_revision(info: dict[str, Any], revision: dict[str, Any], trust_remote_code: bool) -> Any:
+    """A fetched Hub revision (`revision`: model.json's record of it): from the Hub cache by
+    commit, or from the safetensors folder fetch converted its pickled weights into."""
+    converted = (revision.get("weights") or {}).get("converted")
+    if converted:
+        return load_pretrained_dir(converted["folder"], trust_remote_code=trust_remote_code)
+    return _from_pretrained(info["id"], revision["commit"], trust_remote_code, info["cache"])
 
 
 def load_checkpoint(
@@ -184,8 +202,9 @@ def load_checkpoint(
                 f"{sorted(map(int, info['checkpoints']))}); add it to checkpoints.steps and rerun "
                 "the fetch stage"
             )
-        model = _from_pretrained(info["id"], fetched["commit"], trust_remote_code, info["cache"])
-        return model, identity | {"id": info["id"], **fetched}
+        model = _load_revision(info, fetched, trust_remote_code)
+        found = {key: fetched[key] for key in ("revision", "commit")}
+        return model, identity | {"id": info["id"], **found}
     raise UserError(f"{model_dir / MODEL_FILE}: a {source} model has no training checkpoints")
 
 
@@ -208,3 +227,9 @@ def model_identity(model_dir: Path | str, info: dict[str, Any]) -> dict[str, Any
         Path(model_dir) / "final" if info.get("source") == "embedded" else Path(info["path"])
     )
     return identity | _weights_identity(weights_dir)
+
+
+def dropped_steps(info: dict[str, Any]) -> set[int]:
+    """The checkpoint steps fetch dropped (model.json's `dropped_steps`: revisions serving another
+    step's weights, with `checkpoints.duplicate_steps: drop`); every analysis leaves them out."""
+    return {int(step) for step in info.get("dropped_steps") or {}}

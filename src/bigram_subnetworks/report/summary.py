@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from bigram_subnetworks.errors import UserError
@@ -37,13 +38,16 @@ LOW, HIGH = "_low", "_high"  # suffixes of an r metric's bootstrap interval (ana
 
 @dataclass(frozen=True)
 class Estimate:
-    """A correlation with its bootstrap interval (NaN bounds: none, e.g. the paper's numbers) and
-    the unseen-bigram fraction of the positions it was scored on (NaN: not known)."""
+    """A correlation with its bootstrap interval (NaN bounds: none, e.g. the paper's numbers),
+    the unseen-bigram fraction of the positions it was scored on (NaN: not known) and, where the
+    run stored them, its bootstrap replicates (`draws`: one value per resample, the resamples
+    shared by every r of a run, so two estimates' difference is paired)."""
 
     value: float = NAN
     low: float = NAN
     high: float = NAN
     unseen: float = NAN
+    draws: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def measured(self) -> bool:
@@ -65,15 +69,88 @@ class Estimate:
             return format(self.value, spec)
         return f"{self.value:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
 
+    @property
+    def paired(self) -> bool:
+        """Whether the estimate carries bootstrap replicates."""
+        return self.draws is not None and len(self.draws) > 0
+
+    def minus(self, other: Estimate) -> Estimate:
+        """self − other. Paired where both carry replicates of the same resamples: the interval
+        is the percentile interval of the resampled difference (and the result keeps those
+        replicates); otherwise the marginal bounds' separation (low − other's high, high −
+        other's low), which is exact for exact values (the paper's)."""
+        value = self.value - other.value
+        if self.paired and other.paired and len(self.draws) == len(other.draws):  # type: ignore[arg-type]
+            from bigram_subnetworks.analysis.scoring import percentile_interval
+
+            difference = np.asarray(self.draws) - np.asarray(other.draws)
+            low, high = percentile_interval(difference)
+            return Estimate(value, low, high, draws=difference)
+        (a_low, a_high), (b_low, b_high) = self.bounds(), other.bounds()
+        return Estimate(value, a_low - b_high, a_high - b_low)
+
     @classmethod
-    def of(cls, values: dict[str, Any], metric: str, unseen: str = "unseen_fraction") -> Estimate:
-        """The estimate of `metric` from a row of metrics (with `metric_low`/`_high`)."""
+    def of(
+        cls,
+        values: dict[str, Any],
+        metric: str,
+        unseen: str = "unseen_fraction",
+        draws: np.ndarray | None = None,
+    ) -> Estimate:
+        """The estimate of `metric` from a row of metrics (with `metric_low`/`_high`), with its
+        bootstrap replicates where given."""
 
         def number(name: str) -> float:
             value = values.get(name)
             return float(value) if value is not None and pd.notna(value) else NAN
 
-        return cls(number(metric), number(metric + LOW), number(metric + HIGH), number(unseen))
+        return cls(
+            number(metric), number(metric + LOW), number(metric + HIGH), number(unseen), draws
+        )
+
+
+ReplicateKey = tuple[str, int | None, str | None, str | None, int | None, str]
+
+
+@dataclass(frozen=True)
+class Replicates:
+    """A run's bootstrap replicates (artifacts.REPLICATES_SCHEMA) by (model, step, target, λ
+    label, budget, metric); step and budget None where they do not apply (the evaluate stage's
+    masks, the checkpoints' masks)."""
+
+    series: dict[ReplicateKey, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, table: pd.DataFrame | None) -> Replicates:
+        if table is None or table.empty:
+            return cls()
+        keys = ["model", "step", "target", "lambda", "budget", "metric"]
+        ordered = table.sort_values([*keys, "resample"], kind="stable", na_position="first")
+        series = {}
+        for key, group in ordered.groupby(keys, dropna=False, sort=False):
+            model, step, target, label, budget, metric = key
+            series[
+                (
+                    str(model),
+                    None if pd.isna(step) else int(step),
+                    None if pd.isna(target) else str(target),
+                    None if pd.isna(label) else str(label),
+                    None if pd.isna(budget) else int(budget),
+                    str(metric),
+                )
+            ] = group["value"].to_numpy(dtype=np.float64)
+        return cls(series)
+
+    def get(
+        self,
+        model: str,
+        metric: str,
+        target: str | None = None,
+        label: str | None = None,
+        step: int | None = None,
+        budget: int | None = None,
+    ) -> np.ndarray | None:
+        return self.series.get((model, step, target, label, budget, metric))
 
 
 @dataclass(frozen=True)
@@ -82,7 +159,8 @@ class ModelSummary:
 
     `estimates` holds every r with its interval and unseen fraction, by name: full_model_r,
     full_model_r_dropinf, best_r, best_r_dropinf, selected_r, lambda0_r, empty_r (the empty mask:
-    embeddings only). `sweep` lists the trained bigram masks that keep weights as (kept, r)."""
+    embeddings only), each also as `<name>_dropinf`. `sweep` lists the trained bigram masks that
+    keep weights as (kept, r), on the r of the paper's regime (`regime_of`)."""
 
     model: str
     parameters: float = NAN
@@ -120,6 +198,8 @@ class ModelSummary:
     sweep: list[tuple[float, Estimate]] = field(default_factory=list)  # (kept, r) per mask
     ablation_mean: dict[str, float] = field(default_factory=dict)  # condition -> bits
     ablation_sd: dict[str, float] = field(default_factory=dict)
+    # (weights the removed optimal mask keeps, surprisal increase in bits) per λ of the sweep
+    optimal_removal_sweep: list[tuple[float, float]] = field(default_factory=list)
     rotation_to_input: dict[str, dict[int, float]] = field(default_factory=dict)  # cond -> layer
     rotation_to_output: dict[str, dict[int, float]] = field(default_factory=dict)
     covariance_01: dict[str, float] = field(default_factory=dict)  # cond -> similarity(0, 1)
@@ -133,6 +213,16 @@ class ModelSummary:
     def estimate(self, name: str) -> Estimate:
         """An r by name (see the class docstring); NaN when not measured."""
         return self.estimates.get(name, Estimate())
+
+    @property
+    def optimal_removed_matched(self) -> float:
+        """Optimal removal's surprisal increase at the selected bigram mask's kept count,
+        interpolated over the optimal λ sweep (`analysis.ablate.size_matched_increase`); NaN
+        when that count lies outside the sweep's range (not resolved)."""
+        from bigram_subnetworks.analysis.ablate import size_matched_increase
+
+        found = size_matched_increase(self.optimal_removal_sweep, float(self.selected_kept))
+        return NAN if found is None else found
 
     @property
     def p_resolution(self) -> float:
@@ -196,17 +286,27 @@ def summarise_model(tables: RunTables, model: str) -> ModelSummary:
     selected = _mask_row(metrics, "bigram", selected_label)
     optimal_label = chosen["optimal"]["lambda"] if chosen.get("optimal") else None
     lambda0 = _mask_row(metrics, "bigram", "0")
+    replicates = _replicates(tables, model, final=True)
+
+    def estimate(row: dict[str, Any], metric: str) -> Estimate:
+        draws = replicates.get(model, metric, row.get("target"), row.get("lambda"))
+        return Estimate.of(row, metric, draws=draws)
+
     estimates = {
-        "full_model_r": Estimate.of(_row(full), "bigram_r"),
-        "full_model_r_dropinf": Estimate.of(_row(full), "bigram_r_dropinf"),
-        "best_r": Estimate.of(_row(best), "bigram_r"),
-        "best_r_dropinf": Estimate.of(_row(best_dropinf), "bigram_r_dropinf"),
-        "selected_r": Estimate.of(_row(selected), "bigram_r"),
-        "lambda0_r": Estimate.of(_row(lambda0), "bigram_r"),
-        "empty_r": Estimate.of(_row(empty), "bigram_r"),
+        "full_model_r": estimate(_row(full), "bigram_r"),
+        "full_model_r_dropinf": estimate(_row(full), "bigram_r_dropinf"),
+        "best_r": estimate(_row(best), "bigram_r"),
+        "best_r_dropinf": estimate(_row(best_dropinf), "bigram_r_dropinf"),
+        "selected_r": estimate(_row(selected), "bigram_r"),
+        "selected_r_dropinf": estimate(_row(selected), "bigram_r_dropinf"),
+        "lambda0_r": estimate(_row(lambda0), "bigram_r"),
+        "lambda0_r_dropinf": estimate(_row(lambda0), "bigram_r_dropinf"),
+        "empty_r": estimate(_row(empty), "bigram_r"),
+        "empty_r_dropinf": estimate(_row(empty), "bigram_r_dropinf"),
     }
+    suffix, _ = regime_of(_row(full))
     sweep = [
-        (float(row["kept"]), Estimate.of(row, "bigram_r"))
+        (float(row["kept"]), estimate(row, "bigram_r" + suffix))
         for row in trained_bigram.sort_values("kept").to_dict("records")
         if row.get("kept", 0) > 0
     ]
@@ -221,15 +321,14 @@ def summarise_model(tables: RunTables, model: str) -> ModelSummary:
         & tables.blocks["head"].isna()
     ]
     info = tables.model_info.get(model, {})
-    baseline = (info.get("bigram_baseline") or {}).get("cross_entropy")
     ablations = tables.ablations[tables.ablations["model"] == model].set_index("condition")
     residual = tables.residual[tables.residual["model"] == model]
     return ModelSummary(
         model=model,
         parameters=float(info.get("parameters", NAN)),
         masked_weights=int(_value(full, "kept")) if not full.empty else 0,
-        eval_loss=float(info.get("final_eval_loss", NAN)),
-        bigram_baseline_loss=float(baseline) if baseline is not None else NAN,
+        eval_loss=_value(full, "lm_loss"),  # every model's, on the run's eval sequences
+        bigram_baseline_loss=_value(full, "bigram_baseline_loss"),
         full_model_r=_value(full, "bigram_r"),
         lambda0_r=_value(lambda0, "bigram_r"),
         lambda0_kept_fraction=_value(lambda0, "kept_fraction"),
@@ -257,9 +356,28 @@ def summarise_model(tables: RunTables, model: str) -> ModelSummary:
         sweep=sweep,
         ablation_mean=ablations["mean_surprisal_bits"].astype(float).to_dict(),
         ablation_sd=ablations["sd_surprisal_bits"].astype(float).to_dict(),
+        optimal_removal_sweep=_optimal_removal_sweep(
+            ablations, int(_value(full, "kept")) if not full.empty else 0
+        ),
         rotation_to_input=_per_layer(residual, "rotation_to_input"),
         rotation_to_output=_per_layer(residual, "rotation_to_output"),
         covariance_01=_covariance_01(residual),
+    )
+
+
+def _optimal_removal_sweep(ablations: pd.DataFrame, masked: int) -> list[tuple[float, float]]:
+    """(kept weights of the removed optimal mask, surprisal increase over the full model) of
+    every sweep removal in one model's ablation rows (indexed by condition); `masked` is the
+    model's masked-weight count (a removal keeps the complement)."""
+    from bigram_subnetworks.analysis.ablate import SWEEP_CONDITION
+
+    if "full model" not in ablations.index:
+        return []
+    full = float(ablations.loc["full model", "mean_surprisal_bits"])
+    return sorted(
+        (float(masked - row.kept), float(row.mean_surprisal_bits) - full)
+        for condition, row in ablations.iterrows()
+        if str(condition).startswith(SWEEP_CONDITION)
     )
 
 
@@ -280,6 +398,15 @@ def _covariance_01(residual: pd.DataFrame) -> dict[str, float]:
     return {str(r.condition): float(r.value) for r in rows.itertuples()}
 
 
+def _replicates(tables: RunTables, model: str, final: bool) -> Replicates:
+    """One model's replicates: the evaluate stage's (`final`) or the checkpoints stage's."""
+    table = tables.replicates
+    if table is None or table.empty:
+        return Replicates()
+    rows = table[(table["model"] == model) & (table["step"].isna() == final)]
+    return Replicates.of(rows)
+
+
 def summarise(tables: RunTables) -> list[ModelSummary]:
     """`summarise_model` for every model of the run, in config order."""
     return [summarise_model(tables, model) for model in tables.models]
@@ -287,9 +414,11 @@ def summarise(tables: RunTables) -> list[ModelSummary]:
 
 @dataclass(frozen=True)
 class CheckpointSummary:
-    """One checkpoint model's trajectory: per step, the full model's and λ = 0 mask's r, the
-    fitted r at each budget (with whether it was extrapolated), and per λ label whether the
-    layer-0 MLP holds the plurality of the mask (None: the mask keeps nothing)."""
+    """One checkpoint model's trajectory, on the r of the paper's regime (`r_variant`): per step,
+    the full model's, the empty mask's and the λ = 0 mask's r, every checkpoint mask's r and kept
+    count (by λ label, then step), the fitted r at each budget (with whether it was extrapolated)
+    and the fit's quality (r² of log(1 − r) on log N, and its number of masks), and per λ label
+    whether the layer-0 MLP holds the plurality of the mask (None: the mask keeps nothing)."""
 
     model: str
     steps: list[int] = field(default_factory=list)
@@ -300,25 +429,33 @@ class CheckpointSummary:
     plurality: dict[str, dict[int, bool | None]] = field(default_factory=dict)  # λ -> step
     unseen_fraction: float = NAN
     r_variant: str = "clipped r"  # which r the trajectories show (see regime_of)
+    empty_r: dict[int, Estimate] = field(default_factory=dict)  # step -> the empty mask's r
+    mask_r: dict[str, dict[int, Estimate]] = field(default_factory=dict)  # λ -> step -> r
+    kept: dict[str, dict[int, float]] = field(default_factory=dict)  # λ -> step -> kept weights
+    fit_r2: dict[int, float] = field(default_factory=dict)  # step -> r² (absent: not reported)
+    fit_points: dict[int, int] = field(default_factory=dict)  # step -> masks in the fit
 
 
 def summarise_checkpoints(tables: RunTables) -> list[CheckpointSummary]:
-    """Per-model trajectories from `checkpoints.parquet` (empty when not configured)."""
+    """Per-model trajectories from `checkpoints.parquet` (empty when not configured), with the
+    bootstrap replicates of every r and estimate attached (paired comparisons)."""
     if tables.checkpoints is None:
         return []
     table = tables.checkpoints
     summaries = []
     for model, rows in table.groupby("model", sort=False):
+        model = str(model)
+        replicates = _replicates(tables, model, final=False)
         masks = wide_metrics(
             rows[rows["budget"].isna() & rows["target"].notna()],
             ["step", "target", "lambda"],
         )
         full = masks[(masks["target"] == REFERENCE) & (masks["lambda"] == "neginf")]
-        lambda0 = masks[(masks["target"] == "bigram") & (masks["lambda"] == "0")]
+        empty = masks[(masks["target"] == REFERENCE) & (masks["lambda"] == "inf")]
+        trained = masks[masks["target"] == "bigram"]
         fits = rows[rows["budget"].notna()]
         plurality: dict[str, dict[int, bool | None]] = {}
         if "first_mlp_plurality" in masks:
-            trained = masks[masks["target"] == "bigram"]
             for r in trained.to_dict("records"):
                 value = r["first_mlp_plurality"]
                 flag = None if value is None or pd.isna(value) else bool(value)
@@ -326,19 +463,37 @@ def summarise_checkpoints(tables: RunTables) -> list[CheckpointSummary]:
         unseen = full["unseen_fraction"] if "unseen_fraction" in full else pd.Series([], float)
         last = full.sort_values("step").tail(1).to_dict("records")
         suffix, variant = regime_of(last[0] if last else {})
+        metric = "bigram_r" + suffix
+
+        mask_r: dict[str, dict[int, Estimate]] = {}
+        kept: dict[str, dict[int, float]] = {}
+        for label, group in trained.groupby("lambda", sort=False):
+            mask_r[str(label)] = _by_step(group, metric, replicates, model)
+            if "kept" in group:
+                kept[str(label)] = {
+                    int(r["step"]): float(r["kept"]) for r in group.to_dict("records")
+                }
+        quality = rows[rows["budget"].isna() & rows["target"].isna()]
+        r2 = quality[quality["metric"] == "fit_r2" + suffix]
+        points = quality[quality["metric"] == "fit_points" + suffix]
         summaries.append(
             CheckpointSummary(
-                model=str(model),
+                model=model,
                 steps=sorted(int(s) for s in rows["step"].unique()),
-                full_model_r=_by_step(full, "bigram_r" + suffix),
-                lambda0_r=_by_step(lambda0, "bigram_r" + suffix),
-                r_at_budget=_estimates_by_budget(fits, "r_at_budget" + suffix),
+                full_model_r=_by_step(full, metric, replicates, model),
+                lambda0_r=mask_r.get("0", {}),
+                r_at_budget=_estimates_by_budget(fits, "r_at_budget" + suffix, replicates, model),
                 extrapolated=_flags_by_budget(
                     fits[fits["metric"] == f"r_at_budget{suffix}_extrapolated"]
                 ),
                 plurality=plurality,
                 unseen_fraction=float(unseen.iloc[0]) if len(unseen) else NAN,
                 r_variant=variant,
+                empty_r=_by_step(empty, metric, replicates, model),
+                mask_r=mask_r,
+                kept=kept,
+                fit_r2={int(r.step): float(r.value) for r in r2.itertuples()},
+                fit_points={int(r.step): int(r.value) for r in points.itertuples()},
             )
         )
     return summaries
@@ -364,19 +519,29 @@ def regime_of(full: dict[str, Any]) -> tuple[str, str]:
     return "_dropinf", f"drop-unseen r ({unseen:.2%} of eval positions unseen)"
 
 
-def _by_step(masks: pd.DataFrame, metric: str = "bigram_r") -> dict[int, Estimate]:
-    return {int(r["step"]): Estimate.of(r, metric) for r in masks.to_dict("records")}
+def _by_step(
+    frame: pd.DataFrame, metric: str, replicates: Replicates, model: str
+) -> dict[int, Estimate]:
+    """One mask's (or reference's) r per step, with its replicates."""
+    return {
+        int(r["step"]): Estimate.of(
+            r, metric, draws=replicates.get(model, metric, r["target"], r["lambda"], int(r["step"]))
+        )
+        for r in frame.to_dict("records")
+    }
 
 
 def _estimates_by_budget(
-    fits: pd.DataFrame, metric: str = "r_at_budget"
+    fits: pd.DataFrame, metric: str, replicates: Replicates, model: str
 ) -> dict[int, dict[int, Estimate]]:
     wide = wide_metrics(fits, ["budget", "step"])
     out: dict[int, dict[int, Estimate]] = {}
     if metric not in wide:
         return out
     for r in wide.sort_values(["budget", "step"]).to_dict("records"):
-        out.setdefault(int(r["budget"]), {})[int(r["step"])] = Estimate.of(r, metric)
+        budget, step = int(r["budget"]), int(r["step"])
+        draws = replicates.get(model, metric, step=step, budget=budget)
+        out.setdefault(budget, {})[step] = Estimate.of(r, metric, draws=draws)
     return out
 
 
@@ -387,13 +552,68 @@ def _flags_by_budget(rows: pd.DataFrame) -> dict[int, dict[int, bool]]:
     return out
 
 
+# Where each Table 2 control's r was scored (analysis.controls.control_table): the stage's
+# replicates (step None: the evaluate stage; 0: the checkpoints stage's step-0 model), target and
+# λ label (None: the control row's own label). Controls not listed (the trained-embeddings model
+# scored by the controls stage, the linear map scored on the residual stage's held-out sequences)
+# carry no replicates and compare on their marginal intervals.
+CONTROL_SOURCES: dict[str, tuple[int | None, str, str | None]] = {
+    "full model": (None, REFERENCE, "neginf"),
+    "bigram subnetwork": (None, "bigram", "0"),
+    "bigram subnetwork (selected λ)": (None, "bigram", None),
+    "random init": (0, "bigram", "0"),
+    "embeddings only": (None, REFERENCE, "inf"),
+}
+
+
 def control_values(tables: RunTables) -> dict[str, dict[str, Estimate]]:
-    """Bigram r of every Table 2 control (with its interval and unseen fraction), per model
-    (empty when not configured)."""
+    """Bigram r of every Table 2 control (with its interval, unseen fraction and, where the
+    scoring stage stored them, replicates), per model, on the r of the paper's regime: the
+    variant `regime_of` picks from the model's full-model control, the same rule as every other
+    claim's (empty when not configured). Replicates are attached only where they belong to the
+    same r (their source's point r equals the control's), so a changed control never pairs with
+    another mask's resamples."""
     if tables.controls is None:
         return {}
-    wide = wide_metrics(tables.controls, ["model", "control"])
+    wide = wide_metrics(tables.controls, ["model", "control", "lambda"])
     out: dict[str, dict[str, Estimate]] = {}
-    for r in wide.to_dict("records"):
-        out.setdefault(str(r["model"]), {})[str(r["control"])] = Estimate.of(r, "bigram_r")
+    for model, rows in wide.groupby("model", sort=False):
+        model = str(model)
+        records = rows.to_dict("records")
+        full = next((r for r in records if r["control"] == "full model"), {})
+        metric = "bigram_r" + regime_of(full)[0]
+        sources = {
+            None: _replicates(tables, model, final=True),
+            0: _replicates(tables, model, final=False),
+        }
+        points = _point_values(tables, model)
+        for r in records:
+            draws = None
+            source = CONTROL_SOURCES.get(str(r["control"]))
+            if source is not None and source[0] in sources:
+                step, target, label = source
+                label = label or str(r["lambda"])
+                point = points.get((step, target, label, metric))
+                if point is not None and math.isclose(point, float(r.get(metric, NAN))):
+                    draws = sources[step].get(model, metric, target, label, step)
+            out.setdefault(model, {})[str(r["control"])] = Estimate.of(r, metric, draws=draws)
+    return out
+
+
+def _point_values(tables: RunTables, model: str) -> dict[tuple[Any, ...], float]:
+    """(step, target, λ label, metric) -> value of one model's mask rows: the evaluate stage's
+    (step None) and the checkpoints stage's."""
+    metrics = tables.mask_metrics[tables.mask_metrics["model"] == model]
+    out: dict[tuple[Any, ...], float] = {
+        (None, target, label, metric): float(value)
+        for target, label, metric, value in zip(
+            metrics["target"], metrics["lambda"], metrics["metric"], metrics["value"], strict=True
+        )
+    }
+    if tables.checkpoints is not None:
+        rows = tables.checkpoints
+        rows = rows[(rows["model"] == model) & rows["target"].notna()]
+        columns = (rows[c] for c in ("step", "target", "lambda", "metric", "value"))
+        for step, target, label, metric, value in zip(*columns, strict=True):
+            out[(int(step), target, label, metric)] = float(value)
     return out
