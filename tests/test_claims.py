@@ -1,4 +1,5 @@
-"""The verdicts calibrated on the paper itself (issue 12 item 3, issue 13 item 9).
+"""The verdicts calibrated on the paper itself (issue 12 item 3, issue 13 item 9), and decided by
+rules fixed in advance with five verdicts and paired intervals (issue 20).
 
 The paper's own numbers (`report/paper_numbers.yaml`, read into the same evidence form as a run's)
 must pass every claim's rule wherever the paper reports numbers for it; counter-evidence made
@@ -13,6 +14,7 @@ from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -22,6 +24,8 @@ from bigram_subnetworks.report.claims import (
     FAILS,
     HOLDS,
     NOT_MEASURED,
+    NOT_RESOLVED,
+    STATUSES,
     Evidence,
     evaluate_claim,
 )
@@ -117,6 +121,8 @@ def _ablations(**means: float) -> Evidence:
                 "optimal removed": 7.2,
                 **{k.replace("_", " "): v for k, v in means.items()},
             },
+            # the optimal sweep brackets the bigram mask's size: +1.67 bits interpolated there
+            optimal_removal_sweep=[(s.selected_kept / 2, 1.2), (s.selected_kept * 2, 3.2)],
         )
     )
 
@@ -182,7 +188,8 @@ COUNTER = {
     "peaks_later": _trajectory(
         {0: 0.3, 4000: 0.7, 143000: 0.63}, {0: 0.5, 4000: 0.949, 143000: 0.919}
     ),
-    "decompression": _trajectory({0: 0.3, 2000: 0.7, 143000: 0.63}, {4000: 0.949, 143000: 0.951}),
+    # the last checkpoint clearly above the peak (0.951, within the intervals, is not resolved)
+    "decompression": _trajectory({0: 0.3, 2000: 0.7, 143000: 0.63}, {4000: 0.949, 143000: 0.97}),
 }
 
 
@@ -215,3 +222,167 @@ def test_claims_are_declared_once_and_state_their_thresholds_sources() -> None:
             assert threshold.source, (key, threshold.name)
     build = (REPO / "src/bigram_subnetworks/report/build.py").read_text("utf-8")
     assert not any(f'"{key}"' in build for key in CLAIMS if key != "overlap")
+
+
+def test_every_rule_states_when_it_is_not_resolved() -> None:
+    assert STATUSES == (HOLDS, FAILS, NOT_RESOLVED, NOT_MEASURED, DESCRIPTIVE)
+    for key, claim in CLAIMS.items():
+        assert claim.not_resolved, key
+
+
+def test_a_last_checkpoint_within_the_intervals_is_not_resolved() -> None:
+    """Counter-evidence of old: 0.951 at the last step against a 0.949 peak, intervals ±0.005."""
+    close = _trajectory({0: 0.3, 2000: 0.7, 143000: 0.63}, {4000: 0.949, 143000: 0.951})
+    assert status("decompression", close)[0] == NOT_RESOLVED
+
+
+# ------------------------------------------------- issue 20: rules fixed in advance
+
+
+def _budgets(
+    full: dict[int, tuple[float, float, float]],
+    budgets: dict[int, dict[int, float]],
+    **fields: object,
+) -> Evidence:
+    """A checkpoint trajectory with the full model's (r, low, high) and r at several budgets
+    (±0.002 intervals)."""
+    trajectory = CheckpointSummary(
+        model="m",
+        steps=sorted(full),
+        full_model_r={step: Estimate(*values) for step, values in full.items()},
+        r_at_budget={
+            budget: {step: Estimate(r, r - 0.002, r + 0.002) for step, r in series.items()}
+            for budget, series in budgets.items()
+        },
+        **fields,  # type: ignore[arg-type]
+    )
+    return Evidence([], [trajectory], {})
+
+
+FULL = {0: (0.3, 0.29, 0.31), 1408: (0.75, 0.74, 0.76), 6000: (0.6, 0.59, 0.61)}
+
+
+def test_budgets_that_disagree_give_not_resolved() -> None:
+    """Issue 20 item 1: at 2,000 active the subnetwork peaks at the full model's step and then
+    decompresses, at 20,000 it peaks later, at the last step, so it does not decompress. The old
+    rule decided on one budget (the smallest on ties); now no budget is picked: they must
+    agree."""
+    split = _budgets(
+        FULL,
+        {
+            2_000: {0: 0.50, 1408: 0.95, 2906: 0.85, 6000: 0.90},
+            20_000: {0: 0.60, 1408: 0.90, 2906: 0.95, 6000: 0.97},
+        },
+    )
+    for key in ("peaks_later", "decompression"):
+        found, text = status(key, split)
+        assert found == NOT_RESOLVED, (key, text)
+        assert "disagree" in text and "at 2,000 active" in text and "at 20,000 active" in text
+    agreeing = _budgets(
+        FULL,
+        {
+            2_000: {0: 0.50, 1408: 0.80, 2906: 0.88, 6000: 0.85},
+            20_000: {0: 0.60, 1408: 0.90, 2906: 0.95, 6000: 0.92},
+        },
+    )
+    assert status("peaks_later", agreeing)[0] == HOLDS
+    assert status("decompression", agreeing)[0] == HOLDS
+
+
+def test_an_unresolved_full_model_peak_leaves_peaks_later_not_resolved() -> None:
+    """Issue 20 item 2, the default run's numbers: the full model's r at step 1408, 0.8785
+    [0.8761, 0.8810], and at step 2906, 0.8741 [0.8717, 0.8764], overlap, so its peak may be at
+    either; a subnetwork peaking at 2906 neither peaks later nor does not. The old rule said
+    'holds' (peak at 2906 after 1408)."""
+    full = {
+        0: (0.60, 0.598, 0.602),
+        1408: (0.8785, 0.8761, 0.8810),
+        2906: (0.8741, 0.8717, 0.8764),
+        6000: (0.85, 0.848, 0.852),
+    }
+    evidence = _budgets(full, {20_000: {0: 0.70, 1408: 0.93, 2906: 0.95, 6000: 0.92}})
+    found, text = status("peaks_later", evidence)
+    assert found == NOT_RESOLVED, text
+    assert "the full model may peak at steps 1408, 2906" in text
+
+
+def _paired(value: float, shared: np.ndarray, noise: np.ndarray) -> Estimate:
+    draws = value + shared + noise
+    low, high = np.quantile(draws, [0.025, 0.975])
+    return Estimate(value, float(low), float(high), draws=draws)
+
+
+def test_a_paired_interval_resolves_what_the_marginal_intervals_cannot() -> None:
+    """Issue 20 item 3: two r that move together across resamples (shared eval sequences) and
+    differ by 0.004: their marginal intervals (±0.01) overlap, the resampled difference's does
+    not. The old rule (non-overlap of the marginal intervals) said 'does not hold'."""
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0, 0.005, 1000)
+    best = _paired(0.704, shared, rng.normal(0, 0.0005, 1000))
+    full = _paired(0.700, shared, rng.normal(0, 0.0005, 1000))
+    assert best.low < full.high  # the marginal intervals overlap
+    model = ModelSummary(
+        "m", estimates={"best_r": best, "full_model_r": full}, best_r=0.704, full_model_r=0.7
+    )
+    found, text = status("best_above_full", Evidence([model], [], {}))
+    assert found == HOLDS, text
+    assert "(paired)" in text
+    marginal = ModelSummary(
+        "m",
+        estimates={
+            "best_r": Estimate(best.value, best.low, best.high),
+            "full_model_r": Estimate(full.value, full.low, full.high),
+        },
+    )
+    found, text = status("best_above_full", Evidence([marginal], [], {}))
+    assert found == NOT_RESOLVED and "marginal intervals" in text
+
+
+def test_plurality_is_not_tested_where_there_is_no_subnetwork_to_locate() -> None:
+    """Issue 20 item 5: at step 77 the λ = 1e1 mask's r (0.592) barely exceeds the empty mask's
+    (0.572): no plurality test there ('not applicable'); at step 330 it is tested."""
+    model = ModelSummary("m", selected_lambda="1e1")
+    interval = 0.003
+
+    def r(value: float) -> Estimate:
+        return Estimate(value, value - interval, value + interval)
+
+    trajectory = CheckpointSummary(
+        model="m",
+        steps=[77, 330],
+        plurality={"1e1": {77: False, 330: True}},
+        mask_r={"1e1": {77: r(0.592), 330: r(0.9)}},
+        empty_r={77: r(0.572), 330: r(0.6)},
+    )
+    found, text = status("first_mlp", Evidence([model], [trajectory], {}))
+    assert found == HOLDS, text
+    assert "plurality at 1 of 1 checkpoints" in text and "not applicable at step 77" in text
+    tested = replace(trajectory, mask_r={"1e1": {77: r(0.8), 330: r(0.9)}})
+    assert status("first_mlp", Evidence([model], [tested], {}))[0] == FAILS
+
+
+def test_a_fit_below_the_stated_quality_does_not_decide() -> None:
+    """Issue 20 item 11: three-point fits of r² 0.55–0.83 decide nothing; the fit-free fixed-λ
+    series decides instead (the λ = 1e1 mask keeps more weights at the last step and reaches
+    less r), or, for the peak, 'not resolved'."""
+    steps = {0: 0.55, 1408: 0.83, 6000: 0.7}
+
+    def r(value: float) -> Estimate:
+        return Estimate(value, value - 0.002, value + 0.002)
+
+    fields = {
+        "fit_r2": steps,
+        "fit_points": dict.fromkeys(steps, 3),
+        "mask_r": {"1e1": {0: r(0.6), 1408: r(0.93), 6000: r(0.90)}},
+        "kept": {"1e1": {0: 900.0, 1408: 1000.0, 6000: 1500.0}},
+    }
+    # the fits would say the opposite: r at the budget rises to the last checkpoint
+    weak = _budgets(FULL, {2_000: {0: 0.5, 1408: 0.9, 6000: 0.95}}, **fields)
+    found, text = status("decompression", weak)
+    assert found == HOLDS, text
+    assert "fit below r² 0.9" in text and "fit-free" in text
+    assert status("peaks_later", weak)[0] == NOT_RESOLVED
+    compacted = replace(weak.checkpoints[0], kept={"1e1": {0: 900.0, 1408: 1000.0, 6000: 800.0}})
+    assert status("decompression", replace(weak, checkpoints=[compacted]))[0] == NOT_RESOLVED
+    good = replace(weak.checkpoints[0], fit_r2=dict.fromkeys(steps, 0.95))
+    assert status("decompression", replace(weak, checkpoints=[good]))[0] == FAILS

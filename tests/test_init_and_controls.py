@@ -6,11 +6,29 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from transformers import GPTNeoXForCausalLM
 
-from bigram_subnetworks.config import EmbeddedModel, validate_config
+from bigram_subnetworks import artifacts as A
+from bigram_subnetworks.analysis.ablate import (
+    ablation_masks,
+    size_matched_increase,
+    surprisal_rows,
+    sweep_condition,
+    sweep_masks,
+)
+from bigram_subnetworks.artifacts import RANDOM_BODY
+from bigram_subnetworks.config import EmbeddedModel, load_config, validate_config
+from bigram_subnetworks.data.bigrams import count_bigrams
+from bigram_subnetworks.masks.toolkit import kept
+from bigram_subnetworks.masks.train import MaskedLM
 from bigram_subnetworks.models.loading import load_pretrained_dir
 from bigram_subnetworks.models.pretrain import (
     build_model,
@@ -19,8 +37,21 @@ from bigram_subnetworks.models.pretrain import (
     wang_init_std,
 )
 from bigram_subnetworks.models.variants import transplant_embeddings
+from bigram_subnetworks.report.claims import CLAIMS, NOT_RESOLVED, Evidence
+from bigram_subnetworks.report.summary import ModelSummary, _optimal_removal_sweep
+from bigram_subnetworks.stages import (
+    STAGES,
+    all_masks,
+    checkpoint_masks,
+    control_masks,
+    control_models,
+    job_fields,
+)
 from test_models import config_dict, data_dirs  # noqa: F401  (a module-scoped fixture)
 from tiny_models import tiny_lm
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
 
 # ------------------------------------------------------------------ Pythia's initialisation
 
@@ -88,3 +119,137 @@ def test_gpt2s_random_body_keeps_its_step_0_position_embeddings() -> None:
     assert torch.equal(initial.transformer.wpe.weight, positions_before)
     assert torch.equal(initial.transformer.wte.weight, trained.transformer.wte.weight)
     assert torch.equal(initial.lm_head.weight, trained.lm_head.weight)  # tied to wte
+
+
+# ------------------------------------------------------- Table 2 on every embedded model
+
+
+def test_every_embedded_model_gets_the_table_2_controls() -> None:
+    cfg = load_config(ROOT / "params.yaml")
+    embedded = [name for name, spec in cfg.models.items() if spec.source == "embedded"]
+    assert len(embedded) == 3
+    assert [job["model"] for job in control_models(cfg)] == embedded
+    keys = {job["model"] for job in control_masks(cfg)}
+    assert keys == {f"{name}+{variant}" for name in embedded for variant in ("step-0", RANDOM_BODY)}
+    assert {job["lam"] for job in control_masks(cfg)} == {"0"}
+    # the checkpoint model's random-initialisation mask is its trajectory's, trained once
+    (followed,) = cfg.checkpoints.models
+    step0 = {"model": f"{followed}+step-0", "target": "bigram", "lam": "0"}
+    assert step0 in checkpoint_masks(cfg) and step0 in control_masks(cfg)
+    assert sum(job == step0 for job in all_masks(cfg)) == 1
+    # the controls stage reads every control model and every control mask, nothing else
+    controls = STAGES["controls"]
+    fields = job_fields(cfg, {})
+    assert controls.inputs["models"].paths(cfg, fields) == [
+        A.MODEL.render(**(fields | {"model": name})) for name in embedded
+    ]
+    assert "checkpoints" not in controls.inputs
+
+
+def test_hub_models_get_the_controls_where_their_step_0_is_analysed() -> None:
+    cfg = load_config(ROOT / "config" / "pythia.yaml")
+    assert cfg.checkpoints is not None and len(cfg.models) > len(cfg.checkpoints.models)
+    assert [job["model"] for job in control_models(cfg)] == list(cfg.checkpoints.models)
+
+
+# ------------------------------------------------- bigram removal against optimal removal
+
+
+def test_size_matched_harm_interpolates_linearly_in_the_kept_count() -> None:
+    sweep = [(3000.0, 2.0), (1000.0, 0.5), (6000.0, 3.5)]  # (kept, increase), any order
+    assert size_matched_increase(sweep, 2000.0) == pytest.approx(1.25)
+    assert size_matched_increase(sweep, 4500.0) == pytest.approx(2.75)
+    assert size_matched_increase(sweep, 1000.0) == pytest.approx(0.5)  # a sweep point itself
+    assert size_matched_increase(sweep, 6000.0) == pytest.approx(3.5)
+    # outside the sweep's range: not resolved, never extrapolated
+    assert size_matched_increase(sweep, 999.0) is None
+    assert size_matched_increase(sweep, 6001.0) is None
+    assert size_matched_increase([], 10.0) is None
+    assert size_matched_increase([(5.0, 1.0), (5.0, 3.0)], 5.0) == pytest.approx(2.0)
+    assert size_matched_increase([(1.0, math.nan), (4.0, 1.0)], 2.0) is None
+
+
+@given(
+    points=st.dictionaries(
+        st.integers(1, 10_000), st.floats(-5, 5, allow_nan=False), min_size=1, max_size=8
+    ),
+    at=st.floats(0, 11_000, allow_nan=False),
+)
+def test_size_matched_harm_agrees_with_numpys_interpolation(
+    points: dict[int, float], at: float
+) -> None:
+    found = size_matched_increase([(float(k), v) for k, v in points.items()], at)
+    counts = sorted(points)
+    if not counts[0] <= at <= counts[-1]:
+        assert found is None
+    else:
+        expected = np.interp(at, counts, [points[c] for c in counts])
+        assert found == pytest.approx(expected, abs=1e-9)
+
+
+def _ablated(bigram: float, paired: float, sweep: list[tuple[float, float]]) -> ModelSummary:
+    full = 5.0
+    return ModelSummary(
+        model="m",
+        selected_kept=2000,
+        ablation_mean={
+            "full model": full,
+            "bigram removed": full + bigram,
+            "optimal removed": full + paired,
+        },
+        optimal_removal_sweep=sweep,
+    )
+
+
+def test_bigram_vs_optimal_decides_on_the_size_matched_optimal_removal() -> None:
+    rule = CLAIMS["bigram_vs_optimal"]
+    evidence = Evidence([], [], {})
+    # The paired optimal mask keeps 4,000 weights (twice the bigram mask's 2,000): paired, the
+    # bigram removal costs 0.5x as much and the old rule said "does not hold"; at the bigram
+    # mask's size (between the sweep's 1,000 and 4,000) optimal removal costs 1.07 bits: 0.94x.
+    sweep = [(1000.0, 0.6), (4000.0, 2.0), (8000.0, 3.0)]
+    passed, text = rule.check(_ablated(1.0, 2.0, sweep), evidence)
+    assert passed is True
+    assert "size-matched +1.07 bits, 0.94×" in text and "paired mask +2.00 bits, 0.50×" in text
+    # far less harmful than optimal removal at the same size: does not hold
+    assert rule.check(_ablated(0.5, 2.0, sweep), evidence)[0] is False
+    # the bigram mask is smaller than every optimal mask: not resolved
+    outside = [(4000.0, 2.0), (8000.0, 3.0)]
+    passed, text = rule.check(_ablated(1.0, 2.0, outside), evidence)
+    assert passed == NOT_RESOLVED and "outside the optimal sweep" in text
+
+
+def test_the_ablate_stage_removes_every_optimal_mask_of_the_sweep(
+    model: GPTNeoXForCausalLM,
+) -> None:
+    rng = np.random.default_rng(0)
+    vocab = model.config.vocab_size
+    counts = count_bigrams(rng.integers(0, vocab, (40, 12)).astype(np.uint32), vocab)
+    held_out = rng.integers(0, vocab, (6, 12)).astype(np.uint32)
+    lm = MaskedLM(model, vocab)
+    layout = lm.layout
+    bigram = random_mask(layout, 0.1, 0)
+    sweep = {"1e1": random_mask(layout, 0.3, 1), "1e2": random_mask(layout, 0.05, 2)}
+    conditions = ablation_masks(layout, bigram, sweep["1e1"], seed=0) | sweep_masks(sweep)
+    assert set(conditions) >= {"optimal removed, λ=1e1", "optimal removed, λ=1e2"}
+    rows = surprisal_rows("m", lm, conditions, counts, held_out, 4, CPU)
+    table = pd.DataFrame(rows).set_index("condition")
+    found = dict(_optimal_removal_sweep(table, lm.n_masked))
+    full = table.loc["full model", "mean_surprisal_bits"]
+    for label, mask in sweep.items():  # (the removed mask's kept count, its increase)
+        increase = table.loc[sweep_condition(label), "mean_surprisal_bits"] - full
+        assert found[float(kept(mask))] == pytest.approx(increase)
+    # the paired removal is the sweep's λ = 1e1 removal
+    assert table.loc["optimal removed", "mean_surprisal_bits"] == pytest.approx(
+        table.loc[sweep_condition("1e1"), "mean_surprisal_bits"]
+    )
+
+
+@pytest.fixture(scope="module")
+def model() -> GPTNeoXForCausalLM:
+    return tiny_lm(vocab=60, ff=32, initializer_range=0.3)
+
+
+def random_mask(layout: Any, density: float, seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {n: torch.rand(s, generator=generator) < density for n, s in layout.shapes.items()}

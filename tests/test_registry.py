@@ -80,7 +80,10 @@ def test_the_final_checkpoint_reuses_the_main_grid_and_controls_are_mask_jobs() 
     assert final in cfg.checkpoints.steps
     keys = {job["model"] for job in checkpoint_masks(cfg)}
     assert model in keys and f"{model}+step-{final}" not in keys
-    assert {j["model"] for j in control_masks(cfg)} == {f"{model}+random-body"}
+    embedded = [name for name, spec in cfg.models.items() if spec.source == "embedded"]
+    assert {j["model"] for j in control_masks(cfg)} == {
+        f"{name}+{variant}" for name in embedded for variant in ("step-0", "random-body")
+    }  # the checkpoint model's step-0 λ = 0 mask is its trajectory's, trained once
     main = {tuple(j.values()) for j in main_masks(cfg)}
     everything = [tuple(j.values()) for j in all_masks(cfg)]
     assert len(everything) == len(set(everything))  # no mask is trained twice

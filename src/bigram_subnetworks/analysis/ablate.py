@@ -5,10 +5,17 @@ Conditions (a mask keeps what it marks; "removed" keeps the complement):
 full model; bigram mask alone; random mask alone; bigram mask removed; random mask removed;
 optimal mask removed. The random mask has the bigram mask's kept count in every block (Q, K, V, O,
 MLP-in, MLP-out of every layer), at seeded uniform positions.
+
+Size-matched comparison: the paired optimal mask is the sparsest one that keeps more weights than
+the bigram mask, so it removes more, and harm grows faster than linearly with the weights removed.
+Every optimal mask of the λ sweep is therefore removed too ("optimal removed, λ=<label>", surprisal
+only), and `size_matched_increase` interpolates optimal removal's surprisal increase at the bigram
+mask's kept count over that sweep.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from pathlib import Path
@@ -38,6 +45,14 @@ from bigram_subnetworks.models.layout import Layout
 log = logging.getLogger(__name__)
 
 
+SWEEP_CONDITION = "optimal removed, λ="  # + the λ label: one optimal mask of the sweep removed
+
+
+def sweep_condition(label: str) -> str:
+    """The ablation condition of removing the optimal mask of λ label `label`."""
+    return SWEEP_CONDITION + label
+
+
 def ablation_masks(
     layout: Layout, bigram: Mask, optimal: Mask | None, seed: int
 ) -> dict[str, Mask]:
@@ -53,6 +68,34 @@ def ablation_masks(
     if optimal is not None:
         conditions["optimal removed"] = complement(optimal)
     return conditions
+
+
+def sweep_masks(optimal_sweep: dict[str, Mask]) -> dict[str, Mask]:
+    """The removal condition of every optimal mask of the λ sweep (by λ label)."""
+    return {sweep_condition(label): complement(mask) for label, mask in optimal_sweep.items()}
+
+
+def size_matched_increase(sweep: list[tuple[float, float]], kept: float) -> float | None:
+    """Optimal removal's surprisal increase at `kept` weights, from the sweep's (kept weights of
+    the removed optimal mask, increase) points: linear in the kept count between the two points
+    that bracket `kept` (a point at exactly `kept` gives its own value; several at one count,
+    their mean). None when `kept` lies outside the sweep's range of kept counts: not resolved,
+    never extrapolated."""
+    points: dict[float, list[float]] = {}
+    for count, increase in sweep:
+        if math.isfinite(count) and math.isfinite(increase):
+            points.setdefault(float(count), []).append(float(increase))
+    if not points or not math.isfinite(kept):
+        return None
+    counts = sorted(points)
+    values = [sum(points[c]) / len(points[c]) for c in counts]
+    if not counts[0] <= kept <= counts[-1]:
+        return None
+    upper = bisect.bisect_left(counts, kept)
+    if counts[upper] == kept:
+        return values[upper]
+    lo, hi = counts[upper - 1], counts[upper]
+    return values[upper - 1] + (values[upper] - values[upper - 1]) * (kept - lo) / (hi - lo)
 
 
 def surprisal_rows(
@@ -167,9 +210,20 @@ def run_stage(
             if chosen["optimal"]
             else None
         )
+        optimal_sweep = {
+            m.label: load_mask(m.path, lm.layout, identity)[0]
+            for m in index.get(name, [])
+            if m.target == "full"
+        }
         conditions = ablation_masks(lm.layout, bigram, optimal, cfg.seed)
         surprisals += surprisal_rows(
-            name, lm, conditions, counts, sequences, settings.batch_size, device
+            name,
+            lm,
+            conditions | sweep_masks(optimal_sweep),
+            counts,
+            sequences,
+            settings.batch_size,
+            device,
         )
         texts += generation_rows(
             name,
@@ -181,7 +235,12 @@ def run_stage(
             settings.temperature,
             cfg.seed,
         )
-        log.info("%s: %d ablation conditions", name, len(conditions))
+        log.info(
+            "%s: %d ablation conditions, %d optimal masks of the sweep removed",
+            name,
+            len(conditions),
+            len(optimal_sweep),
+        )
     with atomic_outputs(ablations, generations) as (table_file, text_file):
         write_parquet(
             pa.Table.from_pylist(surprisals, schema=ABLATIONS.schema), table_file, seed=cfg.seed

@@ -1,17 +1,18 @@
 """The paper's Table 2: how much of the bigram r comes from the embeddings, and from training.
 
-For every model of the checkpoint analysis, bigram r (with λ = 0 masks, as in the paper) of:
-the full model; its bigram subnetwork (λ = 0, and the selected λ); a bigram subnetwork of the
-randomly initialised model (the step-0 checkpoint's λ = 0 mask); a bigram subnetwork of a model
-whose body is the step-0 initialisation but whose token embeddings, unembedding (and GPT-2's
-position embeddings) are the trained ones (the model variant `random-body`); the embeddings alone
+For every control model (`stages.control_models`: every embedded model, each saves step 0, and
+every checkpoint model), bigram r (with λ = 0 masks, as in the paper) of: the full model; its
+bigram subnetwork (λ = 0, and the selected λ); a bigram subnetwork of the randomly initialised
+model (the step-0 checkpoint's λ = 0 mask); a bigram subnetwork of a model whose body is the step-0
+initialisation but whose token embeddings and unembedding are the trained ones (the model variant
+`random-body`; GPT-2's position embeddings stay at step 0, as in the paper); the embeddings alone
 (the empty mask); and the embeddings plus the layer-0 linear map L_out that the residual stage
 fits on the **bigram subnetwork** (its "bigram" condition, as the paper's §A.4 and footnote 11 do),
 scored on the residual stage's held-out sequences.
 
 Every r comes with its bootstrap interval (`bigram_r_low`/`_high`) and the unseen-bigram fraction
 of the positions it was scored on. Every mask is trained by the train_mask stage; this stage scores
-the control model and gathers the other stages' tables.
+the step-0 and random-body masks on their own weights and gathers the other stages' tables.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 SCHEMA = CONTROLS.schema
 LINEAR_MAP_CONDITION = "bigram"  # the residual condition whose layer-0 map Table 2 uses (§A.4)
 LINEAR_MAP = "layer0_linear_map_"  # prefix of the residual stage's linear-map metrics
+STEP_0 = "step-0"  # the model variant of the random initialisation
 CONTROL_METRICS = (
     "bigram_r",
     "bigram_r_low",
@@ -116,35 +118,59 @@ def control_table(
     return rows
 
 
+def _score_variant(
+    cfg: Config,
+    model_dir: Path,
+    variant: str,
+    masks: list[Any],
+    counts: Any,
+    evaluation: Any,
+    device: Any,
+) -> list[dict[str, Any]]:
+    """Metric rows of one control model's variant (`step-0`, `random-body`) and its masks,
+    scored on the variant's own weights (masks trained on other weights are refused)."""
+    from bigram_subnetworks.analysis.scoring import evaluate_model
+    from bigram_subnetworks.models.variants import load_variant
+
+    network, identity = load_variant(model_dir, variant)
+    rows, _ = evaluate_model(
+        model_dir.name,
+        network,
+        masks,
+        counts,
+        evaluation,
+        cfg.analysis.batch_size,
+        device,
+        identity,
+        resamples=cfg.analysis.bootstrap_resamples,
+        seed=cfg.seed,
+    )
+    return rows
+
+
 def run_stage(
     cfg: Config,
     *,
     models: list[Path],
     masks: list[Path],
     mask_metrics: Path,
-    checkpoints: Path,
     residual: Path,
     selection: Path,
     tokens_eval: Path,
     bigram_stats: Path,
     controls: Path,
 ) -> None:
-    """The controls stage: score the trained-embeddings control masks (`<model>+random-body`)
-    and write `controls.parquet` from them and the other stages' tables."""
-    from bigram_subnetworks.analysis.scoring import eval_sample, evaluate_model, index_masks
+    """The controls stage: score every control model's random-initialisation (`<model>+step-0`)
+    and trained-embeddings (`<model>+random-body`) masks and write `controls.parquet` from them
+    and the other stages' tables."""
+    from bigram_subnetworks.analysis.scoring import eval_sample, index_masks
     from bigram_subnetworks.analysis.select import read_selection
     from bigram_subnetworks.data.bigrams import read_bigram_counts
     from bigram_subnetworks.data.tokenize import read_sequences
     from bigram_subnetworks.models.loading import pick_device
-    from bigram_subnetworks.models.variants import load_variant
 
     columns = ["model", "target", "lambda", "metric", "value"]
     evaluated = read_parquet(mask_metrics, columns=columns).to_pylist()
-    step0 = [
-        row
-        for row in read_parquet(checkpoints, columns=["step", *columns]).to_pylist()
-        if row["step"] == 0
-    ]
     residual_rows = read_parquet(
         residual, columns=["model", "condition", "metric", "value"]
     ).to_pylist()
@@ -155,23 +181,16 @@ def run_stage(
     rows: list[dict[str, Any]] = []
     for model_dir in models:
         name = model_dir.name
-        hybrid, _ = load_variant(model_dir, RANDOM_BODY)
-        hybrid_masks = [
+        step0_masks = index.get(model_key(name, STEP_0), [])
+        hybrid_masks = [  # scored under the control's own target name
             replace(m, target=RANDOM_BODY) for m in index.get(model_key(name, RANDOM_BODY), [])
         ]
-        hybrid_rows, _ = evaluate_model(
-            name,
-            hybrid,
-            hybrid_masks,
-            counts,
-            evaluation,
-            cfg.analysis.batch_size,
-            device,
-            resamples=cfg.analysis.bootstrap_resamples,
-            seed=cfg.seed,
+        step0 = _score_variant(cfg, model_dir, STEP_0, step0_masks, counts, evaluation, device)
+        hybrid = _score_variant(
+            cfg, model_dir, RANDOM_BODY, hybrid_masks, counts, evaluation, device
         )
         chosen = read_selection(selection, name)["bigram"]["lambda"]
-        rows += control_table(name, chosen, evaluated, step0, hybrid_rows, residual_rows)
+        rows += control_table(name, chosen, evaluated, step0, hybrid, residual_rows)
         summary = ", ".join(
             f"{r['control']} {r['value']:.3f}"
             for r in rows
