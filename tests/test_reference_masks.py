@@ -448,3 +448,53 @@ def test_the_authors_file_names() -> None:
     )
     assert ref.parse_source("hf://o/r/sub/f.pickle", None).filename == "sub/f.pickle"
     assert ref.parse_source("local/f.pickle", None) == Path("local/f.pickle")
+
+
+# --- real shapes ----------------------------------------------------------------------------------
+
+
+def _meta_model(family: str) -> Any:
+    """Pythia-70M (GPT-NeoX, fused QKV) or GPT-2 small (Conv1D) with their real shapes, on the
+    meta device (names and shapes only; no weights)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+
+    with torch.device("meta"):
+        if family == "gpt2":
+            return GPT2LMHeadModel(GPT2Config())  # 12 layers, d 768, 12 heads
+        config = GPTNeoXConfig(
+            vocab_size=50304, hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
+            intermediate_size=2048, max_position_embeddings=2048, rotary_pct=0.25,
+        )  # fmt: skip
+        return GPTNeoXForCausalLM(config)
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "gpt2"])
+def test_real_shaped_files_import_and_count_per_head(family: str, tmp_path: Path) -> None:
+    """A Pythia-70M / GPT-2 small shaped file imports whole, and the per-head Q, K, V counts of
+    the imported mask are the file's own, read independently: GPT-NeoX rows as (heads, Q|K|V,
+    head size), GPT-2 columns as (Q|K|V, heads, head size)."""
+    from bigram_subnetworks.masks.toolkit import block_counts
+
+    model = _meta_model(family)
+    layout = layout_of(model)
+    rng = np.random.default_rng(3)
+    content: dict[str, Any] = {
+        name: rng.random(layout.shapes[name], dtype=np.float32) > 0.7
+        for name in authors_targets(model)
+    }
+    content["orig_model_name"] = "openai-community/gpt2" if family == "gpt2" else "pythia-70m"
+    source = write_pickle(tmp_path / "subnetwork_dict_lambda1e1.pickle", content)
+    metadata = import_file(source, model, tmp_path / "m.safetensors")
+    assert metadata["total"] == layout.n_masked == sum(a.size for a in content.values() if
+                                                      isinstance(a, np.ndarray))  # fmt: skip
+    mask, _ = load_mask(tmp_path / "m.safetensors", layout)
+    hs, heads = layout.head_size, layout.n_heads
+    counted = {(r["layer"], r["kind"]): r["kept"] for r in block_counts(mask, layout)}
+    for layer in range(layout.n_layers):
+        fused = content[layout.param(layer, "Q")]
+        if family == "gpt2":
+            per_kind = fused.reshape(-1, 3, heads, hs).sum(axis=(0, 2, 3))
+        else:
+            per_kind = fused.reshape(heads, 3, hs, -1).sum(axis=(0, 2, 3))
+        for i, kind in enumerate("QKV"):
+            assert counted[(layer, kind)] == per_kind[i], (layer, kind)
