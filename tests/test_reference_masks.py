@@ -399,6 +399,7 @@ def test_the_registry_imports_hub_references_where_the_network_is(tmp_path: Path
     from bigram_subnetworks.config import ConfigError, validate_config
     from bigram_subnetworks.frontends import dvc_yaml, rule_specs
     from bigram_subnetworks.stages import STAGES, arguments, job_fields
+    from bigram_subnetworks.validation import problems
 
     raw = yaml.safe_load(Path("config/pythia.yaml").read_text())
     raw["reference_masks"] = {
@@ -421,7 +422,12 @@ def test_the_registry_imports_hub_references_where_the_network_is(tmp_path: Path
     assert any(spec.name == "reference_mask" and spec.network for spec in rule_specs(cfg))
     assert "reference_mask" in dvc_yaml(cfg, "config/pythia.yaml")
     raw["reference_masks"] = {"pythia-160m": {"1": "a.pickle"}}
-    assert not STAGES["reference_mask"].network(validate_config(raw))
+    cfg = validate_config(raw)
+    assert not STAGES["reference_mask"].network(cfg)
+    assert "reference_masks.pythia-160m.1: a.pickle is not a file" in " ".join(problems(cfg))
+    (tmp_path / "f.pickle").write_bytes(b"")
+    raw["reference_masks"] = {"pythia-160m": {"1": str(tmp_path / "f.pickle")}}
+    assert not [p for p in problems(validate_config(raw)) if "reference_masks" in p]
     raw["reference_masks"] = None
     cfg = validate_config(raw)
     assert "references" not in STAGES["overlap"].ports(cfg) and not stage.enabled(cfg)

@@ -100,6 +100,15 @@ def problems(cfg: Config) -> list[str]:
                 f"models.{name}: the tokenizer has {vocabulary} tokens but the model embeds "
                 f"only {rows}; use the model's own tokenizer (tokenizer.model)"
             )
+    from bigram_subnetworks.masks.reference import HUB_PREFIX
+
+    for name, sources in (cfg.reference_masks or {}).items():
+        for label, text in sources.items():
+            if not text.startswith(HUB_PREFIX) and not Path(text).is_file():
+                found.append(
+                    f"reference_masks.{name}.{label}: {text} is not a file; give the authors' "
+                    "subnetwork_dict_lambda<λ>.pickle or an hf://<owner>/<repo> path"
+                )
     return found
 
 
