@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from hypothesis import given
@@ -63,7 +65,8 @@ def test_empty_masks_and_perfect_r_are_left_out_of_the_fit() -> None:
 
 def test_fit_rows_give_budget_estimates_and_flag_extrapolation() -> None:
     masks = [(1_000.0, 0.5), (10_000.0, 0.75)]
-    rows = fit_rows("m", 100, masks, [5_000, 100_000])
+    rows, draws = fit_rows("m", 100, masks, [5_000, 100_000])
+    assert draws == {}  # no replicates given
     estimates = {(r["metric"], r["budget"]): r["value"] for r in rows}
     # 1 − r halves per decade here: k = log10(2), so 1 − r(1e5) = 0.25 / 2 = 0.125.
     assert estimates[("fit_exponent", None)] == pytest.approx(math.log10(2))
@@ -71,7 +74,7 @@ def test_fit_rows_give_budget_estimates_and_flag_extrapolation() -> None:
     assert estimates[("r_at_budget_extrapolated", 100_000)] == 1.0
     assert estimates[("r_at_budget_extrapolated", 5_000)] == 0.0
     assert all(r["step"] == 100 and r["lambda"] is None for r in rows)
-    assert [r["metric"] for r in fit_rows("m", 0, masks[:1], [5_000])] == ["fit_points"]
+    assert [r["metric"] for r in fit_rows("m", 0, masks[:1], [5_000])[0]] == ["fit_points"]
 
 
 def test_location_shares_split_the_kept_weights() -> None:
@@ -121,14 +124,16 @@ def test_budget_intervals_refit_the_power_law_on_every_resample() -> None:
         fit = fit_power_law(active, replicates[b])
         assert fit is not None
         assert fast[b] == pytest.approx([fit.r_at(n) for n in budgets])
-    rows = fit_rows("m", 7, list(zip(active, r, strict=True)), budgets, replicates)
+    rows, draws = fit_rows("m", 7, list(zip(active, r, strict=True)), budgets, replicates)
+    for i, budget in enumerate(budgets):  # the replicates behind each interval, for pairing
+        assert np.array_equal(draws[budget], fast[:, i])
     found = {(row["metric"], row["budget"]): row["value"] for row in rows}
     for budget in budgets:
         low, high = found[("r_at_budget_low", budget)], found[("r_at_budget_high", budget)]
         assert low < found[("r_at_budget", budget)] < high
         column = fast[:, budgets.index(budget)]
         assert (low, high) == pytest.approx(tuple(np.quantile(column, [0.025, 0.975])))
-    assert not any(row["metric"].endswith("_low") for row in fit_rows("m", 7, [], budgets))
+    assert not any(row["metric"].endswith("_low") for row in fit_rows("m", 7, [], budgets)[0])
     broken = replicates.copy()
     broken[0, 1] = 1.0  # r = 1 in one resample: that resample gives no estimate
     assert np.isnan(budget_replicates(active, broken, budgets, usable)[0]).all()
@@ -165,3 +170,73 @@ def test_transplanting_between_tied_and_untied_models_is_refused() -> None:
 
     with pytest.raises(UserError, match="ties its unembedding"):
         transplant_embeddings(tiny_neox(1, tied=True), tiny_neox(2, tied=False))
+
+
+def test_the_stage_scores_the_full_model_at_every_saved_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20 item 11: the full model (and the empty mask) is scored at every checkpoint the
+    model saved, not only at the steps with masks (config steps [0, 60]; saved 0, 1, 3, 60), and
+    every r's bootstrap replicates are written beside the table, the ones behind its intervals."""
+    from bigram_subnetworks.analysis import checkpoints as stage
+    from bigram_subnetworks.analysis.scoring import percentile_interval
+    from bigram_subnetworks.config import load_config
+    from bigram_subnetworks.data.bigrams import count_bigrams
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "smoke.yaml")
+    cfg = cfg.model_copy(
+        update={"analysis": cfg.analysis.model_copy(update={"bootstrap_resamples": 50})}
+    )
+    assert cfg.checkpoints is not None and cfg.checkpoints.steps == [0, 60]
+    rng = np.random.default_rng(0)
+    sequences = rng.integers(0, 40, (12, 10)).astype(np.uint32)
+    loaded: list[str | None] = []
+
+    def load_variant(model_dir: Path, variant: str | None) -> tuple[object, dict]:
+        loaded.append(variant)
+        step = 60 if variant is None else int(variant.removeprefix("step-"))
+        return tiny_lm(vocab=40, seed=step), {}
+
+    info = {
+        "source": "embedded",
+        "name": "neox-2x16",
+        "final_step": 60,
+        "checkpoints": [0, 1, 3, 60],
+    }
+    monkeypatch.setattr("bigram_subnetworks.models.loading.read_model_info", lambda _: info)
+    monkeypatch.setattr("bigram_subnetworks.models.variants.load_variant", load_variant)
+    monkeypatch.setattr("bigram_subnetworks.data.tokenize.read_sequences", lambda _: sequences)
+    monkeypatch.setattr(
+        "bigram_subnetworks.data.bigrams.read_bigram_counts",
+        lambda _: count_bigrams(rng.integers(0, 40, (80, 10)).astype(np.uint32), 40),
+    )
+    table, replicates = tmp_path / "checkpoints.parquet", tmp_path / "replicates.parquet"
+    stage.run_stage(
+        cfg,
+        models=[tmp_path / "neox-2x16"],
+        masks=[],
+        tokens_eval=tmp_path / "tokens.parquet",
+        bigram_stats=tmp_path / "data",
+        checkpoints=table,
+        checkpoint_replicates=replicates,
+    )
+    assert loaded == ["step-0", "step-1", "step-3", None]
+    rows = pq.read_table(table).to_pylist()
+    full = {
+        r["step"]: r["value"] for r in rows if r["lambda"] == "neginf" and r["metric"] == "bigram_r"
+    }
+    assert sorted(full) == [0, 1, 3, 60]
+    draws = pq.read_table(replicates).to_pandas()
+    for step in (1, 60):
+        mine = draws[
+            (draws["step"] == step)
+            & (draws["lambda"] == "neginf")
+            & (draws["metric"] == "bigram_r")
+        ].sort_values("resample")
+        assert list(mine["resample"]) == list(range(50))
+        bounds = {
+            r["metric"]: r["value"] for r in rows if r["step"] == step and r["lambda"] == "neginf"
+        }
+        assert percentile_interval(mine["value"].to_numpy()) == pytest.approx(
+            (bounds["bigram_r_low"], bounds["bigram_r_high"])
+        )

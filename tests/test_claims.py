@@ -386,3 +386,81 @@ def test_a_fit_below_the_stated_quality_does_not_decide() -> None:
     assert status("decompression", replace(weak, checkpoints=[compacted]))[0] == NOT_RESOLVED
     good = replace(weak.checkpoints[0], fit_r2=dict.fromkeys(steps, 0.95))
     assert status("decompression", replace(weak, checkpoints=[good]))[0] == FAILS
+
+
+def test_table_2_controls_decide_on_the_r_of_the_paper_regime() -> None:
+    """Issue 20 item 6: with 5% of eval positions unseen, clipping moves the full model's r by
+    more than the paper's precision, so the controls, like every other claim, use the
+    drop-unseen r (the old controls always used the clipped r). Replicates pair a control with
+    the mask it was scored as, and only when their point r agree."""
+    import pandas as pd
+
+    from bigram_subnetworks.report.summary import control_values
+    from bigram_subnetworks.report.tables import RunTables
+
+    values = {
+        "full model": (0.70, 0.66, "neginf"),
+        "bigram subnetwork": (0.95, 0.90, "0"),
+        "random init": (0.80, 0.60, "0"),
+        "embeddings only": (0.40, 0.30, "inf"),
+    }
+    controls = pd.DataFrame(
+        [
+            {"model": "m", "control": control, "lambda": label, "metric": metric, "value": value}
+            for control, (clipped, dropped, label) in values.items()
+            for metric, value in (
+                ("bigram_r", clipped),
+                ("bigram_r_dropinf", dropped),
+                ("unseen_fraction", 0.05),
+            )
+        ]
+    )
+    mask_metrics = pd.DataFrame(
+        [
+            {"model": "m", "target": target, "lambda": label, "metric": metric, "value": value}
+            for target, label, value in (("reference", "neginf", 0.66), ("bigram", "0", 0.905))
+            for metric in ("bigram_r_dropinf",)
+        ]
+    )
+    replicates = pd.DataFrame(
+        [
+            {
+                "model": "m",
+                "step": None,
+                "target": target,
+                "lambda": label,
+                "budget": None,
+                "metric": "bigram_r_dropinf",
+                "resample": i,
+                "value": base + 0.001 * i,
+            }
+            for target, label, base in (("reference", "neginf", 0.65), ("bigram", "0", 0.89))
+            for i in range(5)
+        ]
+    )
+    empty = pd.DataFrame()
+    tables = RunTables(
+        models=["m"],
+        mask_metrics=mask_metrics,
+        blocks=empty,
+        overlap=empty,
+        overlap_null=empty,
+        ablations=empty,
+        generations=empty,
+        residual=empty,
+        checkpoints=None,
+        controls=controls,
+        selection={},
+        model_info={},
+        histories=empty,
+        data_info={},
+        benchmarks=empty,
+        replicates=replicates,
+    )
+    found = control_values(tables)["m"]
+    assert {name: e.value for name, e in found.items()} == {
+        name: dropped for name, (_, dropped, _) in values.items()
+    }
+    assert found["full model"].paired  # scored as the evaluate stage's full model: same r
+    assert not found["bigram subnetwork"].paired  # 0.90 here, 0.905 there: not the same r
+    assert not found["random init"].paired  # no checkpoint replicates in this run

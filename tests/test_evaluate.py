@@ -303,3 +303,85 @@ def test_bootstrap_resamples_is_a_config_key_the_scoring_stages_read() -> None:
     for stage in ("evaluate", "checkpoints", "controls", "residual"):
         assert "analysis.bootstrap_resamples" in STAGES[stage].reads, stage
     assert "analysis.bootstrap_resamples" not in STAGES["ablate"].reads
+
+
+def test_stored_replicates_give_paired_differences_equal_to_brute_force(
+    tmp_path: Path,
+    model_and_data: tuple[Any, np.ndarray, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 20 item 3: the evaluate stage writes every r's bootstrap replicates; read back, the
+    difference of two masks' r per resample equals brute-force Pearson r on the resampled whole
+    sequences (the same resamples for both), and its percentile interval is the paired one."""
+    from bigram_subnetworks.analysis import evaluate
+    from bigram_subnetworks.analysis.scoring import score_mask
+    from bigram_subnetworks.config import load_config
+    from bigram_subnetworks.masks.losses import BigramTarget
+    from bigram_subnetworks.masks.toolkit import keep_all, load_mask
+    from bigram_subnetworks.masks.train import MaskedLM
+    from bigram_subnetworks.report.summary import Estimate, Replicates
+
+    model, train, held_out = model_and_data
+    counts = count_bigrams(train.astype(np.uint32), VOCAB)
+    layout = layout_of(model)
+    generator = torch.Generator().manual_seed(3)
+    half = {n: torch.rand(shape, generator=generator) < 0.5 for n, shape in layout.shapes.items()}
+    path = tmp_path / "masks" / "m" / "bigram" / "lambda-1.safetensors"
+    save_mask(path, half, {"lambda": "1"})
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "smoke.yaml")
+    resamples = 100
+    cfg = cfg.model_copy(
+        update={
+            "analysis": cfg.analysis.model_copy(
+                update={"bootstrap_resamples": resamples, "eval_sequences": None}
+            )
+        }
+    )
+    monkeypatch.setattr(
+        "bigram_subnetworks.models.loading.load_model", lambda _: (model, {"name": "m"})
+    )
+    monkeypatch.setattr("bigram_subnetworks.models.loading.model_identity", lambda *_: None)
+    monkeypatch.setattr(
+        "bigram_subnetworks.data.tokenize.read_sequences", lambda _: held_out.astype(np.uint32)
+    )
+    monkeypatch.setattr("bigram_subnetworks.data.bigrams.read_bigram_counts", lambda _: counts)
+    out = {name: tmp_path / f"{name}.parquet" for name in ("metrics", "blocks", "replicates")}
+    evaluate.run_stage(
+        cfg,
+        models=[tmp_path / "m"],
+        masks=[path],
+        tokens_eval=tmp_path / "tokens.parquet",
+        bigram_stats=tmp_path / "data",
+        mask_metrics=out["metrics"],
+        blocks=out["blocks"],
+        mask_replicates=out["replicates"],
+    )
+    stored = Replicates.of(pa.parquet.read_table(out["replicates"]).to_pandas())
+    full = stored.get("m", "bigram_r", "reference", "neginf")
+    masked = stored.get("m", "bigram_r", "bigram", "1")
+    assert full is not None and masked is not None and len(full) == resamples
+    # brute force: per-token surprisal of both, Pearson r on each resample's whole sequences
+    lm = MaskedLM(model, VOCAB)
+    tokens = torch.from_numpy(held_out.astype(np.int64))
+    target = BigramTarget.build(counts, lm.unembed, lm.unembed_bias)
+    cpu = torch.device("cpu")
+    bits_full = score_mask(lm, keep_all(layout), tokens, target, 5, cpu)[0]
+    bits_masked = score_mask(lm, load_mask(path, layout)[0], tokens, target, 5, cpu)[0]
+    reference = clip_infinite(bigram_surprisal(counts, held_out.astype(np.uint32)))
+    resampling = Bootstrap.draw(len(held_out), resamples, cfg.seed)
+    brute = []
+    for b in range(resamples):
+        rows = np.repeat(np.arange(len(held_out)), resampling.counts[b].astype(int))
+        brute.append(
+            pearson(bits_masked[rows], reference[rows]) - pearson(bits_full[rows], reference[rows])
+        )
+    assert masked - full == pytest.approx(np.array(brute), abs=1e-9)
+    metrics = pa.parquet.read_table(out["metrics"]).to_pylist()
+    point = {(r["target"], r["lambda"]): r["value"] for r in metrics if r["metric"] == "bigram_r"}
+    difference = Estimate(point[("bigram", "1")], draws=masked).minus(
+        Estimate(point[("reference", "neginf")], draws=full)
+    )
+    assert difference.paired
+    assert (difference.low, difference.high) == pytest.approx(
+        tuple(np.quantile(brute, [0.025, 0.975]))
+    )

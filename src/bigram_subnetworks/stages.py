@@ -69,9 +69,7 @@ def control_models(cfg: Config) -> list[Wildcards]:
         return []
     followed = set(cfg.checkpoints.models)
     return [
-        {"model": m}
-        for m, spec in cfg.models.items()
-        if spec.source == "embedded" or m in followed
+        {"model": m} for m, spec in cfg.models.items() if spec.source == "embedded" or m in followed
     ]
 
 
@@ -447,7 +445,7 @@ _STAGES = [
             "blocks": _one(A.BLOCKS),
             "mask_replicates": _one(A.MASK_REPLICATES),
         },
-        reads=(*SCORING, BOOTSTRAP),
+        reads=(*SCORING, BOOTSTRAP, "analysis.min_context_count"),
         torch=True,
     ),
     Stage(

@@ -13,9 +13,12 @@ import pyarrow as pa
 from bigram_subnetworks.analysis.scoring import (
     BLOCK_SCHEMA,
     METRIC_SCHEMA,
+    ReplicateSeries,
     eval_sample,
-    evaluate_model,
     index_masks,
+    replicate_series,
+    replicate_table,
+    score_masks,
 )
 from bigram_subnetworks.config import Config
 from bigram_subnetworks.io import atomic_outputs, write_parquet
@@ -32,8 +35,10 @@ def run_stage(
     bigram_stats: Path,
     mask_metrics: Path,
     blocks: Path,
+    mask_replicates: Path,
 ) -> None:
-    """The evaluate stage: `masks.parquet` and `blocks.parquet` for the given models and masks."""
+    """The evaluate stage: `masks.parquet`, `blocks.parquet` and the bootstrap replicates of every
+    r (`masks_replicates.parquet`) for the given models and masks."""
     from bigram_subnetworks.data.bigrams import read_bigram_counts
     from bigram_subnetworks.data.tokenize import read_sequences
     from bigram_subnetworks.models.loading import load_model, model_identity, pick_device
@@ -44,10 +49,11 @@ def run_stage(
     index = index_masks(masks)
     metrics: list[dict[str, Any]] = []
     block_rows: list[dict[str, Any]] = []
+    series: list[ReplicateSeries] = []
     for model_dir in models:
         name = model_dir.name
         model, info = load_model(model_dir)
-        rows, model_blocks = evaluate_model(
+        found = score_masks(
             name,
             model,
             index.get(name, []),
@@ -58,16 +64,23 @@ def run_stage(
             model_identity(model_dir, info),
             resamples=cfg.analysis.bootstrap_resamples,
             seed=cfg.seed,
+            min_context_count=cfg.analysis.min_context_count,
         )
-        metrics += rows
-        block_rows += model_blocks
-    with atomic_outputs(mask_metrics, blocks) as (metric_file, block_file):
+        metrics += found.metrics
+        block_rows += found.blocks
+        series += replicate_series(name, found.replicates)
+    with atomic_outputs(mask_metrics, blocks, mask_replicates) as (
+        metric_file,
+        block_file,
+        replicate_file,
+    ):
         write_parquet(
             pa.Table.from_pylist(metrics, schema=METRIC_SCHEMA), metric_file, seed=cfg.seed
         )
         write_parquet(
             pa.Table.from_pylist(block_rows, schema=BLOCK_SCHEMA), block_file, seed=cfg.seed
         )
+        write_parquet(replicate_table(series), replicate_file, seed=cfg.seed)
     log.info(
         "evaluated %d masks of %d models on %d eval sequences -> %s",
         len({(r["model"], r["target"], r["lambda"]) for r in metrics}),

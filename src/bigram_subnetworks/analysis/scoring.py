@@ -229,6 +229,15 @@ def percentile_interval(replicates: np.ndarray, level: float = CI_LEVEL) -> tupl
     return float(low), float(high)
 
 
+def well_estimated(counts: BigramCounts, sequences: np.ndarray, min_count: int) -> np.ndarray:
+    """The eval positions (n, T-1) whose bigram estimate rests on enough data: the current token
+    occurred at least `min_count` times as a context in train and its bigram was counted (the
+    positions of the diagnostic r `bigram_r_well_estimated`)."""
+    prev = sequences[:, :-1].astype(np.int64)
+    contexts = context_totals(counts)[prev] >= min_count
+    return contexts & np.isfinite(bigram_surprisal(counts, sequences))
+
+
 def unseen_fraction(reference_bits: np.ndarray) -> float:
     """Share of eval positions whose bigram probability is 0 (never counted in training): the
     positions whose surprisal the clipped r clips and the drop-unseen r drops."""
@@ -325,10 +334,14 @@ def score_masks(
     identity: dict[str, Any] | None = None,
     resamples: int = 0,
     seed: int = 0,
+    min_context_count: int | None = None,
 ) -> Evaluation:
     """Metric rows and block rows for the full model, the empty mask and every mask file (with
     the model's `identity`, mask files trained on other weights are refused), with `resamples`
-    seeded bootstrap resamples of the eval sequences behind every r's interval."""
+    seeded bootstrap resamples of the eval sequences behind every r's interval. With
+    `min_context_count`, also a diagnostic r over the well-estimated positions only
+    (`well_estimated`: `bigram_r_well_estimated` with its interval, the share of positions it
+    covers `well_estimated_fraction`, and the count `well_estimated_min_count`)."""
     model = model.to(device).eval()
     lm = MaskedLM(model, counts.vocab_size)
     if int(sequences.max()) >= counts.vocab_size:
@@ -345,6 +358,9 @@ def score_masks(
     # the smoothed bigram model's loss on the same positions: the bar the full model must clear
     baseline = bigram_baseline_cross_entropy(counts, sequences)["cross_entropy"]
     resampling = Bootstrap.draw(len(sequences), resamples, seed)
+    well = (
+        None if min_context_count is None else well_estimated(counts, sequences, min_context_count)
+    )
 
     candidates: list[tuple[str, str, Mask]] = [
         (REFERENCE, "neginf", keep_all(lm.layout)),
@@ -376,6 +392,10 @@ def score_masks(
         }
         if (target, label) == (REFERENCE, "neginf"):
             values["bigram_baseline_loss"] = baseline
+        if well is not None:
+            values |= _well_estimated_values(
+                bits, reference_bits, well, min_context_count, resampling
+            )
         if resampling.resamples:
             moments = np.stack(
                 [
@@ -394,6 +414,28 @@ def score_masks(
         metrics += _metric_rows(name, target, label, values)
         blocks += _block_rows(name, target, label, mask, lm)
     return Evaluation(metrics, blocks, replicates)
+
+
+def _well_estimated_values(
+    bits: np.ndarray,
+    reference_bits: np.ndarray,
+    well: np.ndarray,
+    min_count: int | None,
+    resampling: Bootstrap,
+) -> dict[str, float]:
+    """The diagnostic r over well-estimated positions, its interval and coverage (see
+    `score_masks`)."""
+    metric = "bigram_r_well_estimated"
+    values = {
+        metric: pearson(bits[well], reference_bits[well]) if well.any() else math.nan,
+        "well_estimated_fraction": float(well.mean()),
+        "well_estimated_min_count": float(min_count or 0),
+    }
+    if resampling.resamples:
+        moments = sequence_moments(bits, np.where(well, reference_bits, 0.0), well)
+        draws = resampling.replicates(moments)
+        values[metric + LOW], values[metric + HIGH] = resampling.interval(draws)
+    return values
 
 
 def evaluate_model(

@@ -439,7 +439,20 @@ def _best_high(s: ModelSummary, evidence: Evidence) -> Outcome:
     lam = f" (λ = {label})" if label else ""
     return passed, (
         f"best {best.text()}{lam}, {_difference(difference)} from {HIGH_R.value:g}; decided on "
-        f"the {which}"
+        f"the {which}" + _well_estimated(s)
+    )
+
+
+def _well_estimated(s: ModelSummary) -> str:
+    """The diagnostic beside the r > 0.95 verdict (never deciding): the best mask's r over
+    contexts seen at least `analysis.min_context_count` times in train, and their share."""
+    diagnostic = s.estimate("best_r_well_estimated")
+    if not (diagnostic.measured and s.well_estimated_min_count):
+        return ""
+    return (
+        f"; diagnostic, not deciding: {diagnostic.text()} on contexts seen ≥ "
+        f"{s.well_estimated_min_count:,} times in train ({s.well_estimated_fraction:.1%} of "
+        "eval positions)"
     )
 
 

@@ -194,6 +194,10 @@ class ModelSummary:
     largest_group: str | None = None  # e.g. "layer 0 MLP": the layer × {attention, MLP} group
     first_mlp_is_plurality: bool | None = None
     unseen_fraction: float = NAN  # eval positions whose bigram was never counted
+    # the diagnostic r over well-estimated contexts: the share of positions it covers, and the
+    # context count they need (analysis.min_context_count; 0: not computed)
+    well_estimated_fraction: float = NAN
+    well_estimated_min_count: int = 0
     estimates: dict[str, Estimate] = field(default_factory=dict)
     sweep: list[tuple[float, Estimate]] = field(default_factory=list)  # (kept, r) per mask
     ablation_mean: dict[str, float] = field(default_factory=dict)  # condition -> bits
@@ -303,6 +307,10 @@ def summarise_model(tables: RunTables, model: str) -> ModelSummary:
         "lambda0_r_dropinf": estimate(_row(lambda0), "bigram_r_dropinf"),
         "empty_r": estimate(_row(empty), "bigram_r"),
         "empty_r_dropinf": estimate(_row(empty), "bigram_r_dropinf"),
+        # diagnostic only: the best mask's r over well-estimated contexts (scoring.well_estimated)
+        "best_r_well_estimated": estimate(
+            _row(_best(trained_bigram, "bigram_r_well_estimated")), "bigram_r_well_estimated"
+        ),
     }
     suffix, _ = regime_of(_row(full))
     sweep = [
@@ -352,6 +360,8 @@ def summarise_model(tables: RunTables, model: str) -> ModelSummary:
         overlap_share=_value(pair, "share_a_in_b"),
         **location(blocks),
         unseen_fraction=_value(full, "unseen_fraction"),
+        well_estimated_fraction=_value(full, "well_estimated_fraction"),
+        well_estimated_min_count=int(np.nan_to_num(_value(full, "well_estimated_min_count"))),
         estimates=estimates,
         sweep=sweep,
         ablation_mean=ablations["mean_surprisal_bits"].astype(float).to_dict(),

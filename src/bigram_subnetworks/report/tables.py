@@ -34,6 +34,9 @@ TABLES = {
     "residual": A.RESIDUAL,
 }
 CHECKPOINT_TABLES = {"checkpoints": A.CHECKPOINTS, "controls": A.CONTROLS}
+# Bootstrap replicates of every r (paired comparisons), by the report stage's input name.
+REPLICATE_TABLES = {"mask_replicates": A.MASK_REPLICATES}
+CHECKPOINT_REPLICATES = {"checkpoint_replicates": A.CHECKPOINT_REPLICATES}
 HISTORY_SERIES = ("loss", "penalty", "kept", "undecided", "temperature")
 
 
@@ -56,6 +59,8 @@ class RunTables:
     histories: pd.DataFrame  # model, target, lambda, attempts, step, loss, penalty, kept, ...
     data_info: dict[str, Any]  # bigrams.json and tokens.json of the data folder
     benchmarks: pd.DataFrame  # stage, file, seconds, max_rss_mb
+    # every stage's bootstrap replicates in one frame (artifacts.REPLICATES_SCHEMA; None: none)
+    replicates: pd.DataFrame | None = None
 
     def metric_table(self) -> pd.DataFrame:
         """`masks` as one row per (model, target, lambda) with one column per metric."""
@@ -178,6 +183,13 @@ def load_run(
         optional = {
             name: read_table(inputs[name], artifact) for name, artifact in CHECKPOINT_TABLES.items()
         }
+    replicate_tables = dict(REPLICATE_TABLES)
+    if cfg.checkpoints is not None:
+        replicate_tables |= CHECKPOINT_REPLICATES
+    replicates = pd.concat(
+        [read_table(inputs[name], artifact) for name, artifact in replicate_tables.items()],
+        ignore_index=True,
+    )
     model_dirs = [Path(p) for p in inputs["models"]]
     bigram_meta = Path(inputs["bigram_stats"]) / A.BIGRAM_STATS.files[-1]
     return RunTables(
@@ -189,4 +201,5 @@ def load_run(
         histories=read_histories([Path(p) for p in inputs["mask_logs"]]),
         data_info={"bigrams": read_json(bigram_meta), "tokens": read_json(inputs["tokens_meta"])},
         benchmarks=read_benchmarks(benchmark_files),
+        replicates=replicates,
     )
