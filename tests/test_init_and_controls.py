@@ -4,7 +4,10 @@ size-matched comparison of bigram and optimal removal."""
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 from transformers import GPTNeoXForCausalLM
@@ -24,10 +28,18 @@ from bigram_subnetworks.analysis.ablate import (
     sweep_condition,
     sweep_masks,
 )
+from bigram_subnetworks.analysis.scoring import (
+    bigram_surprisal,
+    score_mask,
+    score_masks,
+    well_estimated,
+)
 from bigram_subnetworks.artifacts import RANDOM_BODY
 from bigram_subnetworks.config import EmbeddedModel, load_config, validate_config
 from bigram_subnetworks.data.bigrams import count_bigrams
-from bigram_subnetworks.masks.toolkit import kept
+from bigram_subnetworks.errors import UserError
+from bigram_subnetworks.masks.losses import BigramTarget
+from bigram_subnetworks.masks.toolkit import keep_all, kept
 from bigram_subnetworks.masks.train import MaskedLM
 from bigram_subnetworks.models.loading import load_pretrained_dir
 from bigram_subnetworks.models.pretrain import (
@@ -38,7 +50,7 @@ from bigram_subnetworks.models.pretrain import (
 )
 from bigram_subnetworks.models.variants import transplant_embeddings
 from bigram_subnetworks.report.claims import CLAIMS, NOT_RESOLVED, Evidence
-from bigram_subnetworks.report.summary import ModelSummary, _optimal_removal_sweep
+from bigram_subnetworks.report.summary import Estimate, ModelSummary, _optimal_removal_sweep
 from bigram_subnetworks.stages import (
     STAGES,
     all_masks,
@@ -253,3 +265,85 @@ def model() -> GPTNeoXForCausalLM:
 def random_mask(layout: Any, density: float, seed: int) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return {n: torch.rand(s, generator=generator) < density for n, s in layout.shapes.items()}
+
+
+# ----------------------------------------------- r over well-estimated contexts (diagnostic)
+
+
+def test_well_estimated_positions_match_a_brute_force_count() -> None:
+    rng = np.random.default_rng(3)
+    vocab = 12
+    train = rng.zipf(1.6, (60, 10)).clip(1, vocab - 1).astype(np.uint32)
+    held_out = rng.integers(0, vocab, (7, 10)).astype(np.uint32)
+    counts = count_bigrams(train, vocab)
+    as_context = Counter(int(t) for row in train for t in row[:-1])
+    pairs = {(int(a), int(b)) for row in train for a, b in itertools.pairwise(row)}
+    for min_count in (1, 5, 40):
+        found = well_estimated(counts, held_out, min_count)
+        assert found.shape == (7, 9)
+        for i, j in itertools.product(range(7), range(9)):
+            prev, nxt = int(held_out[i, j]), int(held_out[i, j + 1])
+            expected = as_context[prev] >= min_count and (prev, nxt) in pairs
+            assert found[i, j] == expected, (min_count, prev, nxt)
+
+
+def test_the_diagnostic_r_covers_only_well_estimated_positions(
+    model: GPTNeoXForCausalLM,
+) -> None:
+    rng = np.random.default_rng(4)
+    vocab = model.config.vocab_size
+    train = rng.zipf(1.4, (80, 12)).clip(1, vocab - 1).astype(np.uint32)
+    held_out = rng.zipf(1.4, (10, 12)).clip(1, vocab - 1).astype(np.uint32)
+    counts = count_bigrams(train, vocab)
+    found = score_masks(
+        "m", model, [], counts, held_out, 4, CPU, resamples=200, min_context_count=30
+    )
+    full = {r["metric"]: r["value"] for r in found.metrics if r["lambda"] == "neginf"}
+    well = well_estimated(counts, held_out, 30)
+    assert 0 < well.mean() < 1
+    assert full["well_estimated_fraction"] == pytest.approx(well.mean())
+    assert full["well_estimated_min_count"] == 30
+    lm = MaskedLM(model, vocab)
+    surprisal, _ = score_mask(
+        lm, keep_all(lm.layout), torch.from_numpy(held_out.astype(np.int64)),
+        BigramTarget.build(counts, lm.unembed, lm.unembed_bias), 4, CPU,
+    )  # fmt: skip
+    reference = bigram_surprisal(counts, held_out)
+    expected = np.corrcoef(surprisal[well], reference[well])[0, 1]
+    assert full["bigram_r_well_estimated"] == pytest.approx(expected, abs=1e-9)
+    low, high = full["bigram_r_well_estimated_low"], full["bigram_r_well_estimated_high"]
+    assert low <= full["bigram_r_well_estimated"] <= high
+    # without the setting (checkpoints, controls) the diagnostic is not computed
+    plain = score_masks("m", model, [], counts, held_out, 4, CPU)
+    assert not any(r["metric"].startswith("bigram_r_well") for r in plain.metrics)
+
+
+def test_min_context_count_is_a_validated_key_the_evaluate_stage_declares() -> None:
+    cfg = load_config(ROOT / "params.yaml")
+    assert cfg.analysis.min_context_count == 1000
+    assert "analysis.min_context_count" in STAGES["evaluate"].reads
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["analysis"]["min_context_count"] = 0
+    with pytest.raises(UserError, match=r"analysis\.min_context_count") as error:
+        validate_config(raw)
+    assert "\n" not in str(error.value)
+
+
+def test_the_diagnostic_is_shown_beside_the_r_verdict_and_never_decides() -> None:
+    rule = CLAIMS["best_high"]
+    evidence = Evidence([], [], {})
+    base = ModelSummary(model="m", estimates={"best_r": Estimate(0.93, 0.925, 0.935)})
+    passed, text = rule.check(base, evidence)
+    shown = replace(
+        base,
+        estimates={**base.estimates, "best_r_well_estimated": Estimate(0.96, 0.955, 0.965)},
+        well_estimated_fraction=0.62,
+        well_estimated_min_count=1000,
+    )
+    passed_with, text_with = rule.check(shown, evidence)
+    assert passed is False and passed_with is False  # the diagnostic never decides
+    assert "diagnostic" not in text
+    assert text_with.endswith(
+        "diagnostic, not deciding: 0.960 [0.955, 0.965] on contexts seen ≥ 1,000 times in "
+        "train (62.0% of eval positions)"
+    )

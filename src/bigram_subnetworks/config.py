@@ -483,6 +483,12 @@ class AnalysisSettings(_Section):
     temperature: Annotated[Number, Field(gt=0)] = Field(
         0.3, description="Sampling temperature of the sampled generations (greedy ones too)."
     )
+    min_context_count: Annotated[int, Field(ge=1)] = Field(
+        1000,
+        description="Diagnostic beside the r > 0.95 verdict: the r over eval positions whose "
+        "current token occurred at least this many times as a context in train (and whose bigram "
+        "was counted), shown with the share of positions it covers; it never decides a verdict.",
+    )
 
 
 class Config(_Section):
