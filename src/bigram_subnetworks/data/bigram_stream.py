@@ -32,7 +32,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from bigram_subnetworks.data.bigrams import (
-    count_keys,
+    count_sorted_keys,
     counts_from_keys,
     key_dtype,
     write_bigram_stats,
@@ -110,7 +110,10 @@ class SequenceCounter:
     def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(sorted unique keys, their counts, unigram counts) added since the last take."""
         if self._keys:
-            keys, counts = count_keys(np.concatenate(self._keys))
+            keys = np.concatenate(self._keys)
+            self._keys = []
+            keys.sort()  # in place: one shard's keys in memory once
+            keys, counts = count_sorted_keys(keys)
         else:
             keys, counts = np.empty(0, dtype=self.dtype), np.empty(0, dtype=np.uint64)
         unigram = self._unigram
@@ -121,16 +124,28 @@ class SequenceCounter:
 def merge_sorted_counts(
     keys: np.ndarray, counts: np.ndarray, more_keys: np.ndarray, more_counts: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The sum of two tables of sorted unique keys, without a re-sort (O(table) time and memory);
-    `counts` is updated in place for the keys both hold."""
+    """The sum of two tables of sorted unique keys, without a re-sort: the new table, the old
+    one and two bytes per row at once, plus temporaries the size of the smaller table. `counts`
+    is updated in place for the keys both hold."""
     where = np.searchsorted(keys, more_keys)
     found = where < keys.size
     found[found] = keys[where[found]] == more_keys[found]
     counts[where[found]] += more_counts[found]
-    new = ~found
-    return np.insert(keys, where[new], more_keys[new]), np.insert(
-        counts, where[new], more_counts[new]
-    )
+    new = np.flatnonzero(~found)
+    if new.size == 0:
+        return keys, counts
+    slots = where[new] + np.arange(new.size)  # where the new keys land in the merged table
+    del where, found
+    is_new = np.zeros(keys.size + new.size, dtype=bool)
+    is_new[slots] = True
+    merged_keys = np.empty(is_new.size, dtype=keys.dtype)
+    merged_counts = np.empty(is_new.size, dtype=counts.dtype)
+    merged_keys[slots] = more_keys[new]
+    merged_counts[slots] = more_counts[new]
+    np.logical_not(is_new, out=is_new)
+    merged_keys[is_new] = keys
+    merged_counts[is_new] = counts
+    return merged_keys, merged_counts
 
 
 # ------------------------------------------------------------------------------- encoding
@@ -329,8 +344,10 @@ def stream_bigram_stats(
             "data.bigram_tokens or add text"
         )
     n_documents = sum(s.documents for s in state.shards)
+    result = counts_from_keys(keys, counts, unigram, vocab_size, limit // seq_len)
+    del keys, counts  # the table is held once, as (prev, next, count)
     meta = write_bigram_stats(
-        counts_from_keys(keys, counts, unigram, vocab_size, limit // seq_len),
+        result,
         output_dir,
         {
             "seq_len": seq_len,

@@ -60,9 +60,21 @@ def key_dtype(vocab_size: int) -> type[np.unsignedinteger]:
 
 def count_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unique values of `keys` and how often each occurs (sort + run lengths)."""
-    keys = np.sort(keys)
-    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
-    counts = np.diff(np.append(starts, keys.size)).astype(np.uint64)
+    return count_sorted_keys(np.sort(keys))
+
+
+def count_sorted_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`count_keys` of keys already sorted, with temporaries of a byte per key and 8 per unique."""
+    if keys.size == 0:
+        return keys, np.empty(0, dtype=np.uint64)
+    boundary = np.empty(keys.size, dtype=bool)
+    boundary[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=boundary[1:])
+    starts = np.flatnonzero(boundary)
+    del boundary
+    counts = np.empty(starts.size, dtype=np.uint64)
+    np.subtract(starts[1:], starts[:-1], out=counts[:-1], casting="unsafe")
+    counts[-1] = keys.size - starts[-1]
     return keys[starts], counts
 
 
@@ -106,8 +118,8 @@ def counts_from_keys(
     """BigramCounts from sorted unique packed keys (prev * vocab_size + next) and their counts."""
     prev, nxt = np.divmod(keys, keys.dtype.type(vocab_size))
     return BigramCounts(
-        prev=prev.astype(np.uint32),
-        next=nxt.astype(np.uint32),
+        prev=prev.astype(np.uint32, copy=False),
+        next=nxt.astype(np.uint32, copy=False),
         count=counts.astype(np.uint64, copy=False),
         unigram=unigram,
         vocab_size=vocab_size,
