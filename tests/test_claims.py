@@ -392,56 +392,69 @@ def test_table_2_controls_decide_on_the_r_of_the_paper_regime() -> None:
     """Issue 20 item 6: with 5% of eval positions unseen, clipping moves the full model's r by
     more than the paper's precision, so the controls, like every other claim, use the
     drop-unseen r (the old controls always used the clipped r). Replicates pair a control with
-    the mask it was scored as, and only when their point r agree."""
+    the r it was scored as (the evaluate stage's masks, the controls stage's variants under their
+    model keys), and only where their interval is the control's."""
     import pandas as pd
 
+    from bigram_subnetworks.analysis.scoring import percentile_interval
     from bigram_subnetworks.report.summary import control_values
     from bigram_subnetworks.report.tables import RunTables
 
+    def draws(base: float) -> np.ndarray:
+        return base + 0.001 * np.arange(20)
+
+    sources = {  # control: (model key, target, λ, replicates)
+        "full model": ("m", "reference", "neginf", draws(0.65)),
+        "bigram subnetwork": ("m", "bigram", "0", draws(0.89)),
+        "random init": ("m+step-0", "bigram", "0", draws(0.59)),
+    }
     values = {
         "full model": (0.70, 0.66, "neginf"),
         "bigram subnetwork": (0.95, 0.90, "0"),
         "random init": (0.80, 0.60, "0"),
         "embeddings only": (0.40, 0.30, "inf"),
     }
-    controls = pd.DataFrame(
-        [
-            {"model": "m", "control": control, "lambda": label, "metric": metric, "value": value}
-            for control, (clipped, dropped, label) in values.items()
-            for metric, value in (
-                ("bigram_r", clipped),
-                ("bigram_r_dropinf", dropped),
-                ("unseen_fraction", 0.05),
+    rows = []
+    for control, (clipped, dropped, label) in values.items():
+        low, high = dropped - 0.01, dropped + 0.01
+        if control in ("full model", "random init"):  # stored from these replicates
+            low, high = percentile_interval(sources[control][3])
+        for metric, value in (
+            ("bigram_r", clipped),
+            ("bigram_r_dropinf", dropped),
+            ("bigram_r_dropinf_low", low),
+            ("bigram_r_dropinf_high", high),
+            ("unseen_fraction", 0.05),
+        ):
+            rows.append(
+                {
+                    "model": "m",
+                    "control": control,
+                    "lambda": label,
+                    "metric": metric,
+                    "value": value,
+                }
             )
-        ]
-    )
-    mask_metrics = pd.DataFrame(
-        [
-            {"model": "m", "target": target, "lambda": label, "metric": metric, "value": value}
-            for target, label, value in (("reference", "neginf", 0.66), ("bigram", "0", 0.905))
-            for metric in ("bigram_r_dropinf",)
-        ]
-    )
     replicates = pd.DataFrame(
         [
             {
-                "model": "m",
+                "model": key,
                 "step": None,
                 "target": target,
                 "lambda": label,
                 "budget": None,
                 "metric": "bigram_r_dropinf",
                 "resample": i,
-                "value": base + 0.001 * i,
+                "value": value,
             }
-            for target, label, base in (("reference", "neginf", 0.65), ("bigram", "0", 0.89))
-            for i in range(5)
+            for key, target, label, series in sources.values()
+            for i, value in enumerate(series)
         ]
     )
     empty = pd.DataFrame()
     tables = RunTables(
         models=["m"],
-        mask_metrics=mask_metrics,
+        mask_metrics=empty,
         blocks=empty,
         overlap=empty,
         overlap_null=empty,
@@ -449,7 +462,7 @@ def test_table_2_controls_decide_on_the_r_of_the_paper_regime() -> None:
         generations=empty,
         residual=empty,
         checkpoints=None,
-        controls=controls,
+        controls=pd.DataFrame(rows),
         selection={},
         model_info={},
         histories=empty,
@@ -461,6 +474,6 @@ def test_table_2_controls_decide_on_the_r_of_the_paper_regime() -> None:
     assert {name: e.value for name, e in found.items()} == {
         name: dropped for name, (_, dropped, _) in values.items()
     }
-    assert found["full model"].paired  # scored as the evaluate stage's full model: same r
-    assert not found["bigram subnetwork"].paired  # 0.90 here, 0.905 there: not the same r
-    assert not found["random init"].paired  # no checkpoint replicates in this run
+    assert found["full model"].paired and found["random init"].paired
+    assert not found["bigram subnetwork"].paired  # its interval is not its replicates': not paired
+    assert not found["embeddings only"].paired  # no replicates stored

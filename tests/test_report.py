@@ -412,6 +412,7 @@ def write_run(root: Path, cfg: Config, spec: Spec) -> tuple[Path, Path]:
     if cfg.checkpoints is not None:
         _write_checkpoints(metrics, cfg, spec)
         _parquet(metrics / "checkpoints_replicates.parquet", [], A.CHECKPOINT_REPLICATES.schema)
+        _parquet(metrics / "controls_replicates.parquet", [], A.CONTROL_REPLICATES.schema)
     write_json(selection, run_dir / "selection.json")
     data_dir.mkdir(parents=True, exist_ok=True)
     bigram_info = {"vocab_size": 512, "n_sequences": 100, "n_tokens": 3200, "seq_len": 32}

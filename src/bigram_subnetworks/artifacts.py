@@ -310,6 +310,11 @@ CHECKPOINT_REPLICATES = Artifact(
     "bootstrap replicates of every r and budget estimate of checkpoints.parquet",
     schema=REPLICATES_SCHEMA,
 )
+CONTROL_REPLICATES = Artifact(
+    "results/{run}/metrics/controls_replicates.parquet",
+    "bootstrap replicates of the r the controls stage scores (model keys name the variant)",
+    schema=REPLICATES_SCHEMA,
+)
 CONTROLS = Artifact(
     "results/{run}/metrics/controls.parquet",
     "the paper's Table 2 controls",

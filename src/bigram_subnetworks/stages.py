@@ -554,7 +554,10 @@ _STAGES = [
             "selection": _one(A.SELECTION),
             **DATA,
         },
-        outputs={"controls": _one(A.CONTROLS)},
+        outputs={
+            "controls": _one(A.CONTROLS),
+            "control_replicates": _one(A.CONTROL_REPLICATES),
+        },
         reads=(*SCORING, BOOTSTRAP),
         enabled=_has_checkpoints,
         torch=True,
@@ -581,6 +584,7 @@ _STAGES = [
             "controls": _one(A.CONTROLS, when=_has_checkpoints),
             "mask_replicates": _one(A.MASK_REPLICATES),
             "checkpoint_replicates": _one(A.CHECKPOINT_REPLICATES, when=_has_checkpoints),
+            "control_replicates": _one(A.CONTROL_REPLICATES, when=_has_checkpoints),
         },
         outputs={
             "figures": _each(A.REPORT_FIGURE, _figures),

@@ -126,14 +126,15 @@ def _score_variant(
     counts: Any,
     evaluation: Any,
     device: Any,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[Any]]:
     """Metric rows of one control model's variant (`step-0`, `random-body`) and its masks,
-    scored on the variant's own weights (masks trained on other weights are refused)."""
-    from bigram_subnetworks.analysis.scoring import evaluate_model
+    scored on the variant's own weights (masks trained on other weights are refused), and the
+    bootstrap replicates of their r (under the variant's model key, for paired comparisons)."""
+    from bigram_subnetworks.analysis.scoring import replicate_series, score_masks
     from bigram_subnetworks.models.variants import load_variant
 
     network, identity = load_variant(model_dir, variant)
-    rows, _ = evaluate_model(
+    found = score_masks(
         model_dir.name,
         network,
         masks,
@@ -145,7 +146,7 @@ def _score_variant(
         resamples=cfg.analysis.bootstrap_resamples,
         seed=cfg.seed,
     )
-    return rows
+    return found.metrics, replicate_series(model_key(model_dir.name, variant), found.replicates)
 
 
 def run_stage(
@@ -159,11 +160,12 @@ def run_stage(
     tokens_eval: Path,
     bigram_stats: Path,
     controls: Path,
+    control_replicates: Path,
 ) -> None:
     """The controls stage: score every control model's random-initialisation (`<model>+step-0`)
     and trained-embeddings (`<model>+random-body`) masks and write `controls.parquet` from them
     and the other stages' tables."""
-    from bigram_subnetworks.analysis.scoring import eval_sample, index_masks
+    from bigram_subnetworks.analysis.scoring import eval_sample, index_masks, replicate_table
     from bigram_subnetworks.analysis.select import read_selection
     from bigram_subnetworks.data.bigrams import read_bigram_counts
     from bigram_subnetworks.data.tokenize import read_sequences
@@ -179,16 +181,20 @@ def run_stage(
     device = pick_device(cfg.device)
     index = index_masks(masks)
     rows: list[dict[str, Any]] = []
+    series: list[Any] = []
     for model_dir in models:
         name = model_dir.name
         step0_masks = index.get(model_key(name, STEP_0), [])
         hybrid_masks = [  # scored under the control's own target name
             replace(m, target=RANDOM_BODY) for m in index.get(model_key(name, RANDOM_BODY), [])
         ]
-        step0 = _score_variant(cfg, model_dir, STEP_0, step0_masks, counts, evaluation, device)
-        hybrid = _score_variant(
+        step0, step0_draws = _score_variant(
+            cfg, model_dir, STEP_0, step0_masks, counts, evaluation, device
+        )
+        hybrid, hybrid_draws = _score_variant(
             cfg, model_dir, RANDOM_BODY, hybrid_masks, counts, evaluation, device
         )
+        series += step0_draws + hybrid_draws
         chosen = read_selection(selection, name)["bigram"]["lambda"]
         rows += control_table(name, chosen, evaluated, step0, hybrid, residual_rows)
         summary = ", ".join(
@@ -197,6 +203,7 @@ def run_stage(
             if r["model"] == name and r["metric"] == "bigram_r"
         )
         log.info("%s: bigram r of the controls: %s", name, summary)
-    with atomic_outputs(controls) as (temp,):
+    with atomic_outputs(controls, control_replicates) as (temp, temp_replicates):
         write_parquet(pa.Table.from_pylist(rows, schema=SCHEMA), temp, seed=cfg.seed)
+        write_parquet(replicate_table(series), temp_replicates, seed=cfg.seed)
     log.info("controls of %d model(s) -> %s", len(models), controls)

@@ -9,12 +9,13 @@ and a source fills in what it has.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from bigram_subnetworks.artifacts import RANDOM_BODY, model_key
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.report.tables import RunTables, wide_metrics
 
@@ -562,16 +563,17 @@ def _flags_by_budget(rows: pd.DataFrame) -> dict[int, dict[int, bool]]:
     return out
 
 
-# Where each Table 2 control's r was scored (analysis.controls.control_table): the stage's
-# replicates (step None: the evaluate stage; 0: the checkpoints stage's step-0 model), target and
-# λ label (None: the control row's own label). Controls not listed (the trained-embeddings model
-# scored by the controls stage, the linear map scored on the residual stage's held-out sequences)
-# carry no replicates and compare on their marginal intervals.
-CONTROL_SOURCES: dict[str, tuple[int | None, str, str | None]] = {
+# Where each Table 2 control's r was scored (analysis.controls.control_table): the model variant
+# whose replicates hold it (None: the evaluate stage's model; `step-0` and `random-body`: the
+# controls stage's variants, stored under their model keys), its target and λ label (None: the
+# control row's own label). The linear map, scored on the residual stage's held-out sequences,
+# has no replicates on the shared resamples and compares on its marginal interval.
+CONTROL_SOURCES: dict[str, tuple[str | None, str, str | None]] = {
     "full model": (None, REFERENCE, "neginf"),
     "bigram subnetwork": (None, "bigram", "0"),
     "bigram subnetwork (selected λ)": (None, "bigram", None),
-    "random init": (0, "bigram", "0"),
+    "random init": ("step-0", "bigram", "0"),
+    "random body, trained embeddings": (RANDOM_BODY, RANDOM_BODY, "0"),
     "embeddings only": (None, REFERENCE, "inf"),
 }
 
@@ -580,11 +582,12 @@ def control_values(tables: RunTables) -> dict[str, dict[str, Estimate]]:
     """Bigram r of every Table 2 control (with its interval, unseen fraction and, where the
     scoring stage stored them, replicates), per model, on the r of the paper's regime: the
     variant `regime_of` picks from the model's full-model control, the same rule as every other
-    claim's (empty when not configured). Replicates are attached only where they belong to the
-    same r (their source's point r equals the control's), so a changed control never pairs with
-    another mask's resamples."""
+    claim's (empty when not configured). Replicates are attached only where their percentile
+    interval is the control's stored one, so a control never pairs with another r's resamples."""
     if tables.controls is None:
         return {}
+    from bigram_subnetworks.analysis.scoring import percentile_interval
+
     wide = wide_metrics(tables.controls, ["model", "control", "lambda"])
     out: dict[str, dict[str, Estimate]] = {}
     for model, rows in wide.groupby("model", sort=False):
@@ -592,38 +595,18 @@ def control_values(tables: RunTables) -> dict[str, dict[str, Estimate]]:
         records = rows.to_dict("records")
         full = next((r for r in records if r["control"] == "full model"), {})
         metric = "bigram_r" + regime_of(full)[0]
-        sources = {
-            None: _replicates(tables, model, final=True),
-            0: _replicates(tables, model, final=False),
-        }
-        points = _point_values(tables, model)
         for r in records:
-            draws = None
+            estimate = Estimate.of(r, metric)
             source = CONTROL_SOURCES.get(str(r["control"]))
-            if source is not None and source[0] in sources:
-                step, target, label = source
-                label = label or str(r["lambda"])
-                point = points.get((step, target, label, metric))
-                if point is not None and math.isclose(point, float(r.get(metric, NAN))):
-                    draws = sources[step].get(model, metric, target, label, step)
-            out.setdefault(model, {})[str(r["control"])] = Estimate.of(r, metric, draws=draws)
-    return out
-
-
-def _point_values(tables: RunTables, model: str) -> dict[tuple[Any, ...], float]:
-    """(step, target, λ label, metric) -> value of one model's mask rows: the evaluate stage's
-    (step None) and the checkpoints stage's."""
-    metrics = tables.mask_metrics[tables.mask_metrics["model"] == model]
-    out: dict[tuple[Any, ...], float] = {
-        (None, target, label, metric): float(value)
-        for target, label, metric, value in zip(
-            metrics["target"], metrics["lambda"], metrics["metric"], metrics["value"], strict=True
-        )
-    }
-    if tables.checkpoints is not None:
-        rows = tables.checkpoints
-        rows = rows[(rows["model"] == model) & rows["target"].notna()]
-        columns = (rows[c] for c in ("step", "target", "lambda", "metric", "value"))
-        for step, target, label, metric, value in zip(*columns, strict=True):
-            out[(int(step), target, label, metric)] = float(value)
+            if source is not None and estimate.has_interval:
+                variant, target, label = source
+                key = model_key(model, variant)
+                draws = _replicates(tables, key, final=True).get(
+                    key, metric, target, label or str(r["lambda"])
+                )
+                if draws is not None and np.allclose(
+                    percentile_interval(draws), (estimate.low, estimate.high)
+                ):
+                    estimate = replace(estimate, draws=draws)
+            out.setdefault(model, {})[str(r["control"])] = estimate
     return out

@@ -36,7 +36,10 @@ TABLES = {
 CHECKPOINT_TABLES = {"checkpoints": A.CHECKPOINTS, "controls": A.CONTROLS}
 # Bootstrap replicates of every r (paired comparisons), by the report stage's input name.
 REPLICATE_TABLES = {"mask_replicates": A.MASK_REPLICATES}
-CHECKPOINT_REPLICATES = {"checkpoint_replicates": A.CHECKPOINT_REPLICATES}
+CHECKPOINT_REPLICATES = {
+    "checkpoint_replicates": A.CHECKPOINT_REPLICATES,
+    "control_replicates": A.CONTROL_REPLICATES,
+}
 HISTORY_SERIES = ("loss", "penalty", "kept", "undecided", "temperature")
 
 
