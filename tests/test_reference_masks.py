@@ -254,9 +254,15 @@ def test_allowed_constructors_refuse_arguments_no_mask_needs(tmp_path: Path) -> 
 
     huge = reduce_pickle(_reconstruct, (np.ndarray, (1 << 40,), b"b"))
     sized = reduce_pickle(bytearray, (1 << 40,))
+    direct = reduce_pickle(np.ndarray, ((1 << 40,), np.dtype(bool)))
     objects = pickle.dumps({"w": np.array([1, "a"], dtype=object)}, protocol=4)
     for i, (data, message) in enumerate(
-        [(huge, "array start"), (sized, "bytearray of int"), (objects, "dtype")]
+        [
+            (huge, "array start"),
+            (sized, "bytearray of int"),
+            (objects, "dtype"),
+            (direct, "numpy.ndarray"),
+        ]
     ):
         path = tmp_path / f"{i}.pickle"
         path.write_bytes(data)
@@ -504,3 +510,52 @@ def test_real_shaped_files_import_and_count_per_head(family: str, tmp_path: Path
             per_kind = fused.reshape(heads, 3, hs, -1).sum(axis=(0, 2, 3))
         for i, kind in enumerate("QKV"):
             assert counted[(layer, kind)] == per_kind[i], (layer, kind)
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_a_run_compares_its_masks_with_the_authors_from_the_hub_cache(
+    tmp_path: Path, small_bpe: Any
+) -> None:
+    """A Hub model and the authors' mask of it, both in a hand-built cache, with the network
+    blocked: the reference_mask stage (a network stage) finds the pickle in the cache, the
+    overlap stage compares it with every trained mask and the report shows the section."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    from hub_cache import add_revision, build_hub_cache
+    from projects import make_project, run
+    from test_workflow import blocked
+    from tiny_models import tiny_lm
+
+    project = make_project(tmp_path / "p")
+    cache = tmp_path / "hub"
+    build_hub_cache(cache, "test/tiny", {"main": 3}, small_bpe)
+    vocab = small_bpe.get_vocab_size()
+    model = tiny_lm(vocab=vocab, positions=64, seed=3, ff=32, tie_word_embeddings=False)
+    authors = authors_dict(model, orig="test/tiny")
+    commit = add_revision(
+        cache, "tylerachang/bigram-subnetworks-tiny", "main",
+        {"subnetwork_dict_lambda1e1.pickle": pickle.dumps(authors, protocol=5)},
+    )  # fmt: skip
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw |= {"run": "ref", "hub_cache": str(cache), "checkpoints": None}
+    raw["tokenizer"] = {"name": "tiny", "source": "pretrained", "model": "test/tiny"}
+    raw["models"] = {"tiny": {"source": "huggingface", "id": "test/tiny"}}
+    raw["reference_masks"] = {"tiny": {"1e1": "hf://tylerachang/bigram-subnetworks-tiny"}}
+    (project / "ref.yaml").write_text(yaml.safe_dump(raw))
+    run(blocked(["snakemake", "--cores", "2", "--configfile", "ref.yaml"]), project, timeout=900)
+    imported = project / "results/ref/reference_masks/tiny/lambda-1e1.safetensors"
+    _, metadata = load_mask(imported)
+    assert metadata["reference"]["commit"] == commit and metadata["id"] == "test/tiny"
+    table = pq.read_table(project / "results/ref/metrics/reference_overlap.parquet").to_pylist()
+    assert {(r["target"], r["lambda"]) for r in table} == {("bigram", "0"), ("bigram", "1e1"),
+                                                         ("full", "1e1")}  # fmt: skip
+    assert all(
+        r["orig_model_name"] == "test/tiny" and r["reference_lambda"] == "1e1" for r in table
+    )
+    report = (project / "results/ref/report/index.html").read_text()
+    assert "the authors&#x27; released ones" in report or "the authors' released ones" in report

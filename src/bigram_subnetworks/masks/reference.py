@@ -86,12 +86,23 @@ def _plain_shape(shape: Any) -> tuple[int, ...]:
     return shape
 
 
+class _ArrayType:
+    """What a pickle gets for numpy.ndarray: a name to hand to _reconstruct, never a
+    constructor (ndarray((10**12,), bool) would allocate an uninitialised array)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        raise _Refused("a direct numpy.ndarray(...) call")
+
+
+_NDARRAY = _ArrayType()
+
+
 def _safe_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     """numpy's pickles (protocols 0-4) start an array empty, then fill it with __setstate__
     (which checks the data against the shape); an array made big here would be uninitialised
     memory, so only empty plain ndarrays are made."""
-    if subtype is not np.ndarray or math.prod(_plain_shape(shape)) > 1:
-        raise _Refused(f"array start {getattr(subtype, '__name__', subtype)!r} {shape!r}")
+    if subtype is not _NDARRAY or math.prod(_plain_shape(shape)) > 1:
+        raise _Refused(f"array start {type(subtype).__name__} {shape!r}")
     if not isinstance(dtype, (bytes, str)):
         raise _Refused(f"array start dtype {dtype!r}")
     return _numpy_internals()[0](np.ndarray, shape, dtype)
@@ -137,7 +148,7 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
     ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
     ("numpy.core.numeric", "_frombuffer"): _safe_frombuffer,
     ("numpy._core.numeric", "_frombuffer"): _safe_frombuffer,
-    ("numpy", "ndarray"): np.ndarray,  # only ever an argument of _reconstruct (checked there)
+    ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _safe_dtype,
     ("_codecs", "encode"): _latin1,
     ("builtins", "bytearray"): _bytearray,
