@@ -504,6 +504,7 @@ def headline_metrics(
             f"step_{step}": {
                 "full_model_r": c.full_model_r.get(step, Estimate()).value,
                 "lambda0_r": c.lambda0_r.get(step, Estimate()).value,
+                "fit_r2": c.fit_r2.get(step, math.nan),
                 **{
                     f"r_at_{budget}": by_step.get(step, Estimate()).value
                     for budget, by_step in c.r_at_budget.items()
