@@ -299,12 +299,13 @@ def test_one_shared_shard_of_a_sharded_model_stops_the_fetch(cache: Path, tmp_pa
     assert "model-00002" not in str(error.value)
 
 
-def test_pickled_revisions_sharing_a_blob_are_caught_before_any_conversion_matters(
+def test_pickled_revisions_sharing_a_blob_are_caught_before_any_conversion(
     cache: Path, tmp_path: Path
 ) -> None:
     build_hub_cache(cache, REPO, {"step0": 1, "step10": 2, "step30": 2}, weights="bin")
     with pytest.raises(UserError, match=r"steps 10, 30 share pytorch_model\.bin"):
         fetch(config(cache, [0, 10, 30]), tmp_path / "tiny")
+    assert not (cache.parent / "hub-safetensors").exists()  # nothing converted in vain
 
 
 def test_with_drop_the_duplicates_are_recorded_and_the_final_step_kept(
@@ -438,3 +439,69 @@ def test_the_checkpoint_analysis_leaves_dropped_steps_out(cache: Path, tmp_path:
         checkpoint_replicates=tmp_path / "replicates.parquet",
     )
     assert sorted(set(pq.read_table(output).column("step").to_pylist())) == [0, 20, 30]
+
+
+# ----------------------------------------------------------------------- bsn fetch, end to end
+
+
+def defective_cache(cache: Path, case: str, marker: Path) -> None:
+    """test/tiny with revisions step0 and step30, one of them defective as `case` says."""
+    if case == "pickle only":
+        build_hub_cache(cache, REPO, {"step0": 1, "step30": 2}, weights="bin", shards=2)
+    elif case == "code in a pickle":
+        files = tiny_model_files(VOCAB, 1, None, weights="none")
+        payload = malicious_files(marker)["torch.save zip"]
+        add_revision(cache, REPO, "step0", files | {"pytorch_model.bin": payload})
+        build_hub_cache(cache, REPO, {"step30": 2})
+    elif case == "no weights":
+        build_hub_cache(cache, REPO, {"step0": 1}, weights="none")
+        build_hub_cache(cache, REPO, {"step30": 2})
+    elif case == "same weights":
+        build_hub_cache(cache, REPO, {"step0": 2, "step30": 2}, weights="bin")
+    else:  # one shared shard
+        build_hub_cache(cache, REPO, {"step30": 2}, shards=2)
+        first = "model-00001-of-00002.safetensors"
+        shared = tiny_model_files(VOCAB, 2, None, shards=2)[first]
+        add_revision(
+            cache, REPO, "step0", tiny_model_files(VOCAB, 1, None, shards=2) | {first: shared}
+        )
+
+
+@pytest.mark.parametrize(
+    ("case", "error"),
+    [
+        ("pickle only", None),
+        ("code in a pickle", "pytorch_model.bin: refused, not a file of tensors only"),
+        ("no weights", "revision 'step0'"),
+        ("same weights", "steps 0, 30 share pytorch_model.bin"),
+        ("one shared shard", "steps 0, 30 share model-00001-of-00002.safetensors"),
+    ],
+)
+def test_bsn_fetch_of_each_defective_cache_works_or_stops_in_one_line(
+    cache: Path,
+    tmp_path: Path,
+    case: str,
+    error: str | None,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    import yaml
+
+    from bigram_subnetworks.cli import main
+
+    marker = tmp_path / "pwned"
+    defective_cache(cache, case, marker)
+    capsys.readouterr()  # the cache builder's own output
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config(cache, [0, 30]).model_dump(mode="json")))
+    model_dir = tmp_path / "models" / "tiny"
+    argv = ["fetch", "--config", str(config_file), "--model", "tiny", "--model-dir", str(model_dir)]
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert not marker.exists()
+    if error is None:
+        assert code == 0 and (model_dir / "model.json").is_file()
+        assert load_model(model_dir)[0].config.model_type == "gpt_neox"
+        return
+    assert code != 0 and not (model_dir / "model.json").exists()
+    errors = [line for line in err.splitlines() if " INFO " not in line]  # the log's lines
+    assert len(errors) == 1 and errors[0].startswith("bsn fetch: error: ") and error in errors[0]

@@ -105,8 +105,8 @@ def snapshot(
 
 
 def fetch_revision(model_id: str, revision: str, cache: Path) -> dict[str, Any]:
-    """Download one revision and describe its weights: their files' sha256 and, for pickled
-    weights, the safetensors folder they were converted into (once)."""
+    """Download one revision and describe its weights: format and each file's sha256 (pickled
+    weights are converted later, by `convert_revision`, once the steps are checked)."""
     folder = snapshot(model_id, revision, cache)
     commit = folder.name
     record: dict[str, Any] = {"revision": revision, "commit": commit}
@@ -122,18 +122,22 @@ def fetch_revision(model_id: str, revision: str, cache: Path) -> dict[str, Any]:
             f"neither {SAFETENSORS[0]} nor {PICKLE[0]} nor a sharded index of either (found: "
             f"{', '.join(found) or 'no files'}); check the revision"
         )
-    sources = hashes(folder, names)
-    target = converted_folder(cache, model_id, commit)
-    outputs = convert(folder, names, sources, target, f"model {model_id}@{revision}")
-    log.info(
-        "%s@%s: %d pickled weight file(s) -> safetensors in %s",
-        model_id,
-        revision,
-        len(names),
-        target,
-    )
+    return record | {"weights": {"format": "pytorch", "files": hashes(folder, names)}}
+
+
+def convert_revision(model_id: str, record: dict[str, Any], cache: Path) -> dict[str, Any]:
+    """A fetched revision's record, its pickled weights converted to safetensors (once) into a
+    folder beside the cache that every job loads; safetensors revisions as they are."""
+    weights = record["weights"]
+    if weights["format"] != "pytorch":
+        return record
+    snapshot_dir = cache / f"models--{model_id.replace('/', '--')}" / "snapshots" / record["commit"]
+    target = converted_folder(cache, model_id, record["commit"])
+    shown = f"model {model_id}@{record['revision']}"
+    outputs = convert(snapshot_dir, sorted(weights["files"]), weights["files"], target, shown)
+    log.info("%s: %d pickled weight file(s) -> safetensors in %s", shown, len(outputs), target)
     converted = {"folder": str(target), "files": outputs}
-    return record | {"weights": {"format": "pytorch", "files": sources, "converted": converted}}
+    return record | {"weights": weights | {"converted": converted}}
 
 
 def duplicate_steps(
@@ -182,7 +186,7 @@ def fetch_hub_model(
     name: str, spec: HuggingFaceModel, steps: list[int], cache: Path, duplicates: str = "stop"
 ) -> dict:
     """Resolve and download a Hub model's revision and checkpoint revisions, check that
-    different steps serve different weights; model.json's info."""
+    different steps serve different weights, then convert pickled weights; model.json's info."""
     main = fetch_revision(spec.id, spec.revision, cache)
     checkpoints: dict[str, dict[str, Any]] = {}
     for step in steps:
@@ -204,6 +208,8 @@ def fetch_hub_model(
             why["file"],
             why["sha256"][:12],
         )
+    main = convert_revision(spec.id, main, cache)
+    checkpoints = {step: convert_revision(spec.id, rec, cache) for step, rec in checkpoints.items()}
     log.info("%s: %s@%s = %s, in %s", name, spec.id, spec.revision, main["commit"][:12], cache)
     return {
         "source": "huggingface",
