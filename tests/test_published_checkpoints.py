@@ -221,6 +221,7 @@ def test_the_malicious_payloads_are_live(tmp_path: Path, kind: str) -> None:
     assert marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch on the protocol-5 file
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_pickle_that_would_run_code_is_refused_in_one_line_and_nothing_runs(
     cache: Path, tmp_path: Path, kind: str
@@ -505,3 +506,37 @@ def test_bsn_fetch_of_each_defective_cache_works_or_stops_in_one_line(
     assert code != 0 and not (model_dir / "model.json").exists()
     errors = [line for line in err.splitlines() if " INFO " not in line]  # the log's lines
     assert len(errors) == 1 and errors[0].startswith("bsn fetch: error: ") and error in errors[0]
+
+
+def test_the_report_lists_the_dropped_steps_and_why(cache: Path, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from bigram_subnetworks.report.build import dropped_steps_table
+
+    build_hub_cache(cache, REPO, {"step0": 1, "step10": 2, "step30": 2})
+    info = fetch(config(cache, [0, 10, 30], duplicate_steps="drop"), tmp_path / "tiny")
+    table = dropped_steps_table(SimpleNamespace(model_info={"tiny": info}))
+    assert table is not None and table.title == "Checkpoint steps dropped"
+    row = table.frame.to_dict("records")
+    digest = info["checkpoints"]["30"]["weights"]["files"]["model.safetensors"]
+    assert row == [
+        {
+            "model": "tiny",
+            "step": "10",
+            "kept instead": "30",
+            "same file as step(s)": "30",
+            "shared weight file (sha256)": f"model.safetensors ({digest})",
+        }
+    ]
+    assert "duplicate_steps: drop" in table.note
+    assert dropped_steps_table(SimpleNamespace(model_info={"tiny": {"dropped_steps": {}}})) is None
+
+
+def test_a_truncated_pickle_is_refused_as_damaged(cache: Path, tmp_path: Path) -> None:
+    files = tiny_model_files(VOCAB, 1, None, weights="bin")
+    files["pytorch_model.bin"] = files["pytorch_model.bin"][:500]  # a broken download
+    add_revision(cache, REPO, "step0", files)
+    build_hub_cache(cache, REPO, {"step30": 2})
+    with pytest.raises(UserError, match=r"pytorch_model\.bin: cannot be read") as error:
+        fetch(config(cache, [0, 30]), tmp_path / "tiny")
+    assert "\n" not in str(error.value) and "rerun the fetch stage" in str(error.value)

@@ -16,6 +16,7 @@ with `conversion.json` recording the source files' hashes; every job loads it wi
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -83,10 +84,15 @@ def load_tensors(path: Path, shown: str) -> dict[str, Any]:
     refuse = f"{shown}: refused, not a file of tensors only"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # the weights-only unpickler's refusals, damaged files
+    except pickle.UnpicklingError as error:  # the weights-only unpickler's refusals
         raise UserError(
             f"{refuse} ({_refusal(error)}); nothing in it was run; ask the publisher for "
             "safetensors weights"
+        ) from None
+    except Exception as error:  # a damaged or truncated file
+        raise UserError(
+            f"{shown}: cannot be read ({_refusal(error)}); delete it from the Hub cache and "
+            "rerun the fetch stage where there is network"
         ) from None
     if not isinstance(state, dict):
         raise UserError(f"{refuse} (it holds a {type(state).__name__}); nothing in it was run")
