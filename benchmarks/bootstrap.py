@@ -9,9 +9,11 @@ the same eval sequences, the same masks and the same bigram table: with `resampl
 intervals) and with B resamples (default 1,000, the config default `analysis.bootstrap_resamples`),
 which adds the per-sequence sums (count, Σx, Σy, Σx², Σy², Σxy) of the three r of every mask, one
 (B × n) · (n × 18) product per mask and the percentile intervals, plus one (B × n) resample-count
-matrix per model. Reported: best-of-R seconds of each (interleaved runs) and their ratio, and the
-bootstrap's own work timed alone on arrays of the same shapes, as (without + work) / without: on
-a shared machine the end-to-end ratio drifts with the load, the second does not. Target: ≤ 1.10.
+matrix per model, and the replicates file the evaluate stage writes for paired comparisons
+(`masks_replicates.parquet`: B × 3 values per mask). Reported: best-of-R seconds of each
+(interleaved runs) and their ratio, and the bootstrap's own work timed alone on arrays of the
+same shapes, as (without + work) / without: on a shared machine the end-to-end ratio drifts with
+the load, the second does not. Target: ≤ 1.10.
 
 Shapes: the embedded default's largest model (`params.yaml`: neox-4x96, vocabulary 4,096,
 2,000 eval sequences of 64 tokens, the default `analysis.eval_sequences`; the default shape) and,
@@ -49,10 +51,13 @@ from bigram_subnetworks.analysis.scoring import (
     bigram_surprisal,
     clip_infinite,
     pearson,
+    replicate_series,
+    replicate_table,
     score_masks,
     sequence_moments,
 )
 from bigram_subnetworks.data.bigrams import count_bigrams
+from bigram_subnetworks.io import write_parquet
 from bigram_subnetworks.masks.toolkit import save_mask
 from bigram_subnetworks.models.layout import layout_of
 from mask_step import build_model  # benchmarks/ is on sys.path when a script runs
@@ -153,7 +158,8 @@ def bootstrap_work(n: int, positions: int, masks: int, resamples: int, repeat: i
 
     def run() -> None:
         resampling = Bootstrap.draw(n, resamples, 0)
-        for _ in range(masks):
+        stored = {}
+        for mask in range(masks):
             moments = np.stack(
                 [
                     sequence_moments(bits, clipped),
@@ -165,6 +171,10 @@ def bootstrap_work(n: int, positions: int, masks: int, resamples: int, repeat: i
             draws = resampling.replicates(moments)
             for i in range(3):
                 resampling.interval(draws[:, i])
+            stored[("bigram", str(mask))] = draws
+        with tempfile.TemporaryDirectory() as folder:  # the replicates file the stage writes
+            table = replicate_table(replicate_series("bench", stored))
+            write_parquet(table, Path(folder) / "replicates.parquet", seed=0)
 
     return min(timed(run) for _ in range(repeat))
 
@@ -194,6 +204,9 @@ def measure(shape: Shape, masks: int, resamples: int, repeat: int, check: bool) 
             found[b] = score_masks(
                 shape.name, model, files, counts, sequences, shape.batch, device, None, b, 0
             )
+            if b:  # the evaluate stage also writes every r's replicates (paired comparisons)
+                table = replicate_table(replicate_series(shape.name, found[b].replicates))
+                write_parquet(table, Path(folder) / "replicates.parquet", seed=0)
 
         for _ in range(repeat):  # interleaved, so drifting machine load hits both alike
             for b in (0, resamples):
