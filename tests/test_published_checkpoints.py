@@ -540,3 +540,20 @@ def test_a_truncated_pickle_is_refused_as_damaged(cache: Path, tmp_path: Path) -
     with pytest.raises(UserError, match=r"pytorch_model\.bin: cannot be read") as error:
         fetch(config(cache, [0, 30]), tmp_path / "tiny")
     assert "\n" not in str(error.value) and "rerun the fetch stage" in str(error.value)
+
+
+def test_tied_weights_a_pickle_saved_twice_convert_and_load(cache: Path, tmp_path: Path) -> None:
+    """Older save_pretrained pickles hold a tied unembedding as a second key on the same storage,
+    which safetensors refuses as it is; the conversion gives each its own copy."""
+    files = tiny_model_files(VOCAB, 1, None, family="llama", weights="bin")
+    state = torch.load(io.BytesIO(files["pytorch_model.bin"]), weights_only=True)
+    state["lm_head.weight"] = state["model.embed_tokens.weight"]  # one storage, two keys
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    add_revision(cache, REPO, "step0", files | {"pytorch_model.bin": buffer.getvalue()})
+    build_hub_cache(cache, REPO, {"step30": 2}, family="llama")
+    fetch(config(cache, [0, 30]), tmp_path / "tiny")
+    model, _ = load_checkpoint(tmp_path / "tiny", 0)
+    got = model.state_dict()
+    assert torch.equal(got["model.embed_tokens.weight"], state["model.embed_tokens.weight"])
+    assert torch.equal(got["lm_head.weight"], state["model.embed_tokens.weight"])
