@@ -347,3 +347,27 @@ def test_the_diagnostic_is_shown_beside_the_r_verdict_and_never_decides() -> Non
         "diagnostic, not deciding: 0.960 [0.955, 0.965] on contexts seen ≥ 1,000 times in "
         "train (62.0% of eval positions)"
     )
+
+
+# --------------------------------------------------------- the checkpoint grid of the default
+
+# neox-2x80's full-model bigram r peaks at step 1,408 (drop-unseen r 0.888, Pythia-style init;
+# 0.878 with the old init): 0.867 at 682 and 0.875 at 2,906 are within 0.02 of it.
+FULL_MODEL_PEAK = 1408
+
+
+def test_the_default_puts_masks_densely_around_the_full_models_peak() -> None:
+    cfg = load_config(ROOT / "params.yaml")
+    assert cfg.checkpoints is not None
+    (model,) = cfg.checkpoints.models
+    saved = cfg.models[model].pretrain.checkpoint_steps
+    steps = cfg.checkpoints.steps
+    assert set(steps) <= set(saved) and 0 in steps and saved[-1] in steps
+    assert FULL_MODEL_PEAK in steps
+    around = [s for s in steps if s >= FULL_MODEL_PEAK / 2]
+    assert sum(s < FULL_MODEL_PEAK for s in around) >= 1  # a mask step on its rising side
+    assert sum(s > FULL_MODEL_PEAK for s in around) >= 2  # and two after it, to the end
+    # neighbouring mask steps from there to the end are at most 1.7x apart (log-spaced saves)
+    assert all(b / a <= 1.7 for a, b in itertools.pairwise(around))
+    # the grid pays for the Table 2 controls on every model: no more checkpoint jobs than before
+    assert len(checkpoint_masks(cfg)) <= 18
