@@ -184,8 +184,10 @@ def streaming_worker(
 
 
 def table_worker(types: int, vocab_size: int, out: Path) -> dict[str, Any]:
-    """The streamed path's end at a large table: a running table of `types` uniform random pairs
-    of a `vocab_size` vocabulary merged with one full shard, converted and written."""
+    """The streamed path's end at a large table: a running table of `types` pairs spread over a
+    `vocab_size` vocabulary (uint32 counts, as below 2^32 tokens), merged with one full shard of
+    uniform random pairs (nearly all of them new: the most memory a merge can take), converted
+    and written."""
     from bigram_subnetworks.data.bigram_stream import SHARD_TOKENS, merge_sorted_counts
     from bigram_subnetworks.data.bigrams import (
         count_keys,
@@ -197,19 +199,24 @@ def table_worker(types: int, vocab_size: int, out: Path) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     dtype = key_dtype(vocab_size)
     space = vocab_size * (vocab_size + 1)
-    keys = np.unique(rng.integers(0, space, size=int(types * 1.02), dtype=np.uint64))[:types]
-    keys = keys.astype(dtype)
-    counts = np.ones(keys.size, dtype=np.uint64)
+    step = space // types
+    keys = np.empty(types, dtype=dtype)  # sorted and unique: one key in each step-wide slot
+    for start in range(0, types, 1 << 24):
+        rows = np.arange(start, min(start + (1 << 24), types), dtype=np.uint64)
+        keys[rows] = rows * np.uint64(step) + rng.integers(0, step, rows.size, dtype=np.uint64)
+    counts = np.ones(types, dtype=np.uint32)
     unigram = np.zeros(vocab_size, dtype=np.uint64)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    start = time.perf_counter()
-    shard = rng.integers(0, space, size=SHARD_TOKENS, dtype=np.uint64).astype(dtype)
-    shard_keys, shard_counts = count_keys(shard)
-    del shard
-    keys, counts = merge_sorted_counts(keys, counts, shard_keys, shard_counts)
+    table_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start_s = time.perf_counter()
+    shard_keys, shard_counts = count_keys(
+        rng.integers(0, space, size=SHARD_TOKENS, dtype=np.uint64).astype(dtype)
+    )
+    keys, counts = merge_sorted_counts(keys, counts, shard_keys, shard_counts.astype(np.uint32))
     del shard_keys, shard_counts
-    meta = write_bigram_stats(counts_from_keys(keys, counts, unigram, vocab_size, 1), out)
-    return {"seconds": time.perf_counter() - start, "meta": meta, "table_rss_bytes": baseline}
+    result = counts_from_keys(keys, counts, unigram, vocab_size, 1)
+    del keys, counts
+    meta = write_bigram_stats(result, out)
+    return {"seconds": time.perf_counter() - start_s, "meta": meta, "table_rss_bytes": table_rss}
 
 
 def run_worker(args: list[str]) -> dict[str, Any]:

@@ -7,7 +7,9 @@ joined with the end-of-text id into one stream, cut into sequences of seq_len, t
 every sequence after the start context (id = vocab size). `SequenceCounter` keeps the position in
 that stream, so pieces of any length give exactly `count_bigrams(cut_sequences(stream))`.
 
-Memory is bounded by the bigram table (plus one shard's keys and one document), not the corpus:
+Memory is bounded by the bigram table (12 bytes a pair type below 2^32 tokens, with packed
+uint32 keys below 65,535 ids; about twice that while a shard is merged in, plus one shard's keys
+and one document), not the corpus:
 each shard of about `SHARD_TOKENS` tokens is sorted and run-length counted, written to the stage's
 saved state (`.bigram_stats.state/` beside the outputs) and merged into the running table. An
 interrupted run resumes after its last complete shard; the documents of the shards done are read
@@ -78,7 +80,6 @@ class SequenceCounter:
         self.position, self.last = position, last
         self.dtype = key_dtype(vocab_size)
         self._keys: list[np.ndarray] = []
-        self._unigram = np.zeros(vocab_size, dtype=np.uint64)
 
     @property
     def full(self) -> bool:
@@ -102,7 +103,6 @@ class SequenceCounter:
         prev[1:] = tokens[:-1]
         prev[(-self.position) % self.seq_len :: self.seq_len] = self.vocab_size  # sequence starts
         self._keys.append(prev * self.dtype(self.vocab_size) + tokens.astype(self.dtype))
-        self._unigram += np.bincount(tokens, minlength=self.vocab_size).astype(np.uint64)
         self.position += n
         self.last = int(tokens[-1])
         return n
@@ -116,9 +116,11 @@ class SequenceCounter:
             keys, counts = count_sorted_keys(keys)
         else:
             keys, counts = np.empty(0, dtype=self.dtype), np.empty(0, dtype=np.uint64)
-        unigram = self._unigram
-        self._keys, self._unigram = [], np.zeros(self.vocab_size, dtype=np.uint64)
-        return keys, counts, unigram
+        # Every counted token is the next token of one pair: unigrams from the pairs, exactly
+        # (float64 holds integers to 2^53), once a shard rather than once a document.
+        nxt = keys % self.dtype(self.vocab_size)
+        unigram = np.bincount(nxt, weights=counts, minlength=self.vocab_size)
+        return keys, counts, unigram.astype(np.uint64)
 
 
 def merge_sorted_counts(
@@ -253,12 +255,24 @@ def read_shard(path: Path, dtype: type) -> tuple[np.ndarray, np.ndarray, np.ndar
     return keys, table.column("count").to_numpy(), unigram.column("count").to_numpy()
 
 
+class ShardTexts:
+    """The documents of the shard being counted: how many, and the hash of their text."""
+
+    def __init__(self) -> None:
+        self.documents = 0
+        self.digest = hashlib.sha256()
+
+    def add(self, text: str) -> None:
+        self.documents += 1
+        self.digest.update(text.encode("utf-8"))
+        self.digest.update(b"\0")
+
+
 def _digest(texts: Iterable[str]) -> str:
-    digest = hashlib.sha256()
+    shard = ShardTexts()
     for text in texts:
-        digest.update(text.encode("utf-8"))
-        digest.update(b"\0")
-    return digest.hexdigest()
+        shard.add(text)
+    return shard.digest.hexdigest()
 
 
 def _resumable(documents: Iterator[Document], shards: list[Shard]) -> bool:
@@ -300,11 +314,14 @@ def stream_bigram_stats(
         state, source = StreamState(fingerprint), documents()
     folder.mkdir(parents=True, exist_ok=True)
     dtype = key_dtype(vocab_size)
-    keys, counts = np.empty(0, dtype=dtype), np.empty(0, dtype=np.uint64)
+    count_dtype = np.uint32 if limit < 2**32 else np.uint64  # no count exceeds the limit
+    keys, counts = np.empty(0, dtype=dtype), np.empty(0, dtype=count_dtype)
     unigram = np.zeros(vocab_size, dtype=np.uint64)
     for index, shard in enumerate(state.shards):
         shard_keys, shard_counts, shard_unigram = read_shard(shard.file(folder, index), dtype)
-        keys, counts = merge_sorted_counts(keys, counts, shard_keys, shard_counts)
+        keys, counts = merge_sorted_counts(
+            keys, counts, shard_keys, shard_counts.astype(count_dtype)
+        )
         unigram += shard_unigram
     done = state.shards[-1] if state.shards else Shard(0, 0, 0, "")
     if state.shards:
@@ -314,28 +331,30 @@ def stream_bigram_stats(
             done.position,
         )
     counter = SequenceCounter(vocab_size, seq_len, limit, done.position, done.last)
-    texts: list[str] = []
+    texts = ShardTexts()
 
     def close_shard() -> None:
-        nonlocal keys, counts
+        nonlocal keys, counts, texts
         shard_keys, shard_counts, shard_unigram = counter.take()
-        shard = Shard(len(texts), counter.position, counter.last, _digest(texts))
+        shard = Shard(texts.documents, counter.position, counter.last, texts.digest.hexdigest())
         write_shard(shard.file(folder, len(state.shards)), shard_keys, shard_counts, shard_unigram)
         state.shards.append(shard)
         state.save(folder)
-        keys, counts = merge_sorted_counts(keys, counts, shard_keys, shard_counts)
+        keys, counts = merge_sorted_counts(
+            keys, counts, shard_keys, shard_counts.astype(count_dtype)
+        )
         unigram[:] += shard_unigram
-        texts.clear()
+        texts = ShardTexts()
 
     with tqdm(total=limit, initial=counter.position, desc="count bigrams", unit="tok") as bar:
         for text, ids in encoded_documents(text_batches(source, batch_characters), loaded):
             if counter.full:
                 break
-            texts.append(text)
+            texts.add(text)
             bar.update(counter.add(ids))
             if counter.pending >= shard_tokens or counter.full:
                 close_shard()
-        if texts:  # the documents ran out before a shard filled
+        if texts.documents:  # the documents ran out before a shard filled
             close_shard()
     if not counter.full:
         raise BigramTokensError(
