@@ -93,11 +93,15 @@ pull: setup ## dvc pull, then mark the pulled artifacts current for Snakemake
 clean: setup ## Delete every output of CONFIG (its run and its data folders)
 	$(SNAKEMAKE) --delete-all-output
 
-test: setup ## The whole test suite (what CI runs)
-	$(BIN)/python -m pytest
+# One pytest worker per core (pytest-xdist), each test module on one worker (--dist loadscope: a
+# module's fixtures, the shared smoke run of test_workflow.py among them, are built once).
+PYTEST_PARALLEL ?= -n auto --dist loadscope
 
-test-fast: setup ## Unit tests only: no end-to-end pipeline runs (under 2 minutes)
-	$(BIN)/python -m pytest -m "not workflow and not cluster and not slow"
+test: setup ## The whole test suite (what CI runs); prints the ten slowest tests
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) --durations=10
+
+test-fast: setup ## Unit tests only: no end-to-end pipeline runs (about a minute)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not workflow and not cluster and not slow"
 
 # A single-node SLURM cluster with accounting on loopback (Debian packages, root), the smoke
 # pipeline submitted through workflow/profiles/slurm, then the cluster is stopped again.

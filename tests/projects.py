@@ -44,3 +44,11 @@ def make_project(where: Path, config: str = "config/smoke.yaml") -> Path:
     (where / "dvc.yaml").write_text(text, encoding="utf-8")
     run(["git", "init", "-q"], where)
     return where
+
+
+def blocked(command: list[str]) -> list[str]:
+    """A command without network access: a fresh network namespace (root), or else every HTTP
+    request sent to a closed port."""
+    if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"]).returncode == 0:
+        return ["unshare", "-n", *command]
+    return ["env", "HTTPS_PROXY=http://127.0.0.1:9", "HTTP_PROXY=http://127.0.0.1:9", *command]

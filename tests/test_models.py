@@ -485,6 +485,16 @@ def test_mask_edit_refuses_a_malformed_head(
     assert not (tmp_path / "x").exists()
 
 
+def in_process(argv: list[str]) -> None:
+    """`bsn argv` in this process (no second start-up of torch and transformers), the thread
+    count it sets restored after."""
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
 def kill_once_written(command: list[str], path: Path) -> None:
     """Start `command`, SIGKILL it as soon as `path` exists (failing if it ends first)."""
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
@@ -501,17 +511,19 @@ def test_a_killed_train_mask_job_resumes_to_the_same_mask(
     tmp_path: Path, data_dirs: tuple[Path, Path], pretrained: Path
 ) -> None:
     """SIGKILL a real `bsn train-mask` process after it saved a state; the rerun resumes from it
-    and ends with the same mask file as an uninterrupted run."""
+    and ends with the same mask file as an uninterrupted run (made in this process)."""
     settings = {"max_steps": 400, "save_every": 20, "stop_fraction": 1e-9, "batch_size": 4}
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(config_dict() | {"masks": config_dict()["masks"] | settings}))
 
+    def argv(output: Path) -> list[str]:
+        return [*train_mask_argv(config, pretrained, data_dirs[0], "1", output), "--threads", "1"]
+
     def command(output: Path) -> list[str]:
-        argv = train_mask_argv(config, pretrained, data_dirs[0], "1", output)
-        return [sys.executable, "-m", "bigram_subnetworks", *argv, "--threads", "1"]
+        return [sys.executable, "-m", "bigram_subnetworks", *argv(output)]
 
     reference = tmp_path / "reference.safetensors"
-    subprocess.run(command(reference), check=True, capture_output=True, timeout=300)
+    in_process(argv(reference))
 
     killed = tmp_path / "killed.safetensors"
     state = tmp_path / ".killed.safetensors.state" / "state.json"
@@ -532,26 +544,31 @@ def test_a_killed_pretrain_job_restarts_to_the_same_model(
 ) -> None:
     """SIGKILL a real `bsn pretrain` process mid-way (checkpoints already staged); nothing is
     left where the stage's output goes, and the rerun writes the same weights as an
-    uninterrupted run (pretraining restarts from step 0: these models train in minutes)."""
-    model = MODEL | {"pretrain": MODEL["pretrain"] | {"steps": 1500, "checkpoints": 8}}
+    uninterrupted run, made in this process (pretraining restarts from step 0: these models
+    train in minutes)."""
+    steps = 600
+    model = MODEL | {"pretrain": MODEL["pretrain"] | {"steps": steps, "checkpoints": 8}}
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(config_dict(tiny=model)))
 
-    def command(output: Path) -> list[str]:
+    def argv(output: Path) -> list[str]:
         data = data_dirs[0]
         return [
-            sys.executable, "-m", "bigram_subnetworks", "pretrain", "--config", str(config),
+            "pretrain", "--config", str(config),
             "--model", "tiny", "--tokens-train", str(data / "tokens_train.parquet"),
             "--tokens-eval", str(data / "tokens_eval.parquet"), "--bigram-stats", str(data),
             "--tokenizer", str(data_dirs[1]), "--model-dir", str(output), "--threads", "1",
         ]  # fmt: skip
 
+    def command(output: Path) -> list[str]:
+        return [sys.executable, "-m", "bigram_subnetworks", *argv(output)]
+
     reference = tmp_path / "reference" / "tiny"
-    subprocess.run(command(reference), check=True, capture_output=True, timeout=300)
+    in_process(argv(reference))
 
     killed = tmp_path / "killed" / "tiny"
     # Kill it once the last checkpoint before the end is staged.
-    staged = killed.with_name(".tiny.tmp") / f"step-{checkpoint_steps(1500, 8)[-2]}"
+    staged = killed.with_name(".tiny.tmp") / f"step-{checkpoint_steps(steps, 8)[-2]}"
     kill_once_written(command(killed), staged)
     assert not killed.exists()  # a later stage finds no model, not a partial one
 

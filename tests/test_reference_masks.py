@@ -528,7 +528,7 @@ def test_a_run_compares_its_masks_with_the_authors_from_the_hub_cache(
 
     from hub_cache import add_revision, build_hub_cache
     from projects import make_project, run
-    from test_workflow import blocked
+    from projects import blocked
     from tiny_models import tiny_lm
 
     project = make_project(tmp_path / "p")

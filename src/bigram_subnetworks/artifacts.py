@@ -364,6 +364,7 @@ def figure_names(has_checkpoints: bool) -> list[str]:
     """The figures a run produces (`checkpoints` only for a config with a checkpoints section)."""
     return [name for name in REPORT_FIGURES if name != "checkpoints" or has_checkpoints]
 
+
 REPORT_HTML = Artifact("results/{run}/report/index.html", "the self-contained HTML report")
 REPORT_SUMMARY = Artifact("results/{run}/report/summary.md", "the report's numbers in Markdown")
 REPORT_PLOT = Artifact("results/{run}/report/plots/{plot}.csv", "data of a DVC plot")

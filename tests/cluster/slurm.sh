@@ -2,7 +2,8 @@
 # A single-node SLURM cluster on loopback, with accounting (slurmdbd + MariaDB) so that `sacct`,
 # which snakemake-executor-plugin-slurm uses for job status, works. Debian/Ubuntu, as root.
 #
-#   tests/cluster/slurm.sh install   # apt packages: slurmctld slurmd slurmdbd slurm-client munge mariadb-server
+#   tests/cluster/slurm.sh install   # apt packages (slurmctld slurmd slurmdbd slurm-client munge
+#                                    # mariadb-server), kept in the CI download cache (.ci/apt-install)
 #   tests/cluster/slurm.sh start     # munge, MariaDB, slurmdbd, slurmctld, slurmd; waits until the node is idle
 #   tests/cluster/slurm.sh stop      # stops every daemon it started
 #
@@ -22,12 +23,11 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
     fail "$what did not come up within ${limit}s; see /var/log/slurm/ and /var/log/mysql/"
 }
 
-install_packages() {
+install_packages() {  # through the CI's download cache (.ci/apt-install): no download next time
     [ "$(id -u)" = 0 ] || fail "run as root (installs Debian packages)"
     step "installing slurmctld slurmd slurmdbd slurm-client munge mariadb-server"
-    timeout 600 apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq --no-install-recommends \
-        slurmctld slurmd slurmdbd slurm-client munge mariadb-server >/dev/null
+    bash "$(dirname "$0")/../../.ci/apt-install" \
+        slurmctld slurmd slurmdbd slurm-client munge mariadb-server
 }
 
 write_config() {

@@ -3,6 +3,7 @@
 # rule is defined, and written once as the run's effective config, which every job reads.
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -18,6 +19,7 @@ from bigram_subnetworks.config import (
 )
 from bigram_subnetworks.devices import torch_threads, visible_gpus
 from bigram_subnetworks.frontends import rule_specs
+from bigram_subnetworks.runlock import guard_run
 from bigram_subnetworks.stages import run_config_path
 
 
@@ -43,7 +45,29 @@ except ConfigError as error:
 # (params.settings), not on where the effective config lies.
 RUN_CONFIG = Path(run_config_path(CFG))
 write_effective_config(CFG, RUN_CONFIG)
-SPECS = rule_specs(CFG)
+
+
+def _guarded(function):
+    """`function`, first making sure this run may lock the working directory (a live run stops
+    it; the locks of a killed one are released: bigram_subnetworks.runlock). Snakemake calls
+    input and params functions while it builds the DAG: it knows by then whether this is a dry
+    run, and checks its own locks right after."""
+
+    def guarded(wildcards):
+        guard_run(workflow)
+        return function(wildcards)
+
+    return guarded
+
+
+SPECS = [
+    replace(
+        spec,
+        input={name: _guarded(files) for name, files in spec.input.items()},
+        settings=_guarded(spec.settings),
+    )
+    for spec in rule_specs(CFG)
+]
 REPORT_HTML = Path(_REPORT.render(run=CFG.run))
 
 # One environment for the whole workflow (used with --software-deployment-method conda).

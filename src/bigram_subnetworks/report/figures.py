@@ -1,4 +1,4 @@
-"""The report's figures: one seaborn style, fixed names, reproducible PNG bytes.
+"""The report's figures: one seaborn style, drawn into the names given, reproducible PNG bytes.
 
 Figures are built as `matplotlib.figure.Figure` objects and rendered by the Agg canvas directly,
 without pyplot: no interactive backend is ever selected, nothing is registered globally, and a
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +22,6 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bigram_subnetworks.config import Config
 from bigram_subnetworks.report.summary import (
     ABLATION_CONDITIONS,
     BLOCK_KINDS,
@@ -53,38 +52,6 @@ CONDITION_COLOURS = dict(
 
 # Residual conditions stay distinguishable where their curves coincide.
 LINE_STYLES = {"full model": "o-", "bigram": "s--", "random": "^:"}
-
-FIGURES: dict[str, str] = {
-    "sparsity_r": "Bigram surprisal correlation r against active (kept) parameters for every λ; "
-    "dashed lines: each full model's own r. Right: optimal (full-model-target) masks, r with "
-    "bigram surprisal (solid) and with the full model (dotted). Masks keeping nothing are left "
-    "out of the log axis.",
-    "block_heatmaps": "Kept fraction of the selected bigram mask per layer × block "
-    "(Q, K, V, O, MLP-in, MLP-out), one panel per model.",
-    "ablations": "Mean surprisal (bits, ± 1 sd over tokens) under each ablation condition.",
-    "overlap": "Null distributions of the overlap of the selected bigram and optimal masks: "
-    "uniform redraws within each block (grey, expectation dashed) and the authors' row shuffle "
-    "(blue, expectation dotted; the null behind the paper's Table 3 and the p-value shown, with "
-    "its resolution), and the observed overlap (red: a line, or an arrow when it lies far beyond "
-    "the nulls); last panel: observed/expected ratio per model under both nulls.",
-    "rotations": "Median rotation angle of the ridge map from each layer to the input "
-    "embeddings and to the output layer: full model, selected bigram mask, random mask.",
-    "covariance": "Cross-layer covariance similarity (top direction removed, Frobenius cosine) "
-    "for the full model, the selected bigram mask and a random mask.",
-    "checkpoints": "Across pretraining checkpoints (log step axis; step 0 drawn apart): the full "
-    "model's bigram r and the r of a subnetwork at fixed budgets of active weights (power-law "
-    "fits; hollow = extrapolated), with 95% bootstrap intervals and their peaks starred (the r "
-    "that matches the paper's regime); then each λ's kept fraction and the share of its mask in "
-    "the first MLP layer.",
-    "training_curves": "Mask training: target cross-entropy, kept fraction and undecided "
-    "fraction per step (the attempt that was kept) for every trained mask; solid: bigram target, "
-    "dashed: full-model target.",
-}
-
-
-def figure_names(cfg: Config) -> list[str]:
-    """The figures a run of this config produces (checkpoints only with a checkpoints section)."""
-    return [n for n in FIGURES if n != "checkpoints" or cfg.checkpoints is not None]
 
 
 @dataclass(frozen=True)
@@ -553,10 +520,10 @@ BUILDERS: dict[str, Callable[[FigureData], Figure]] = {
 }
 
 
-def render_figures(cfg: Config, data: FigureData) -> dict[str, bytes]:
-    """PNG bytes of every figure of the config, by name, in `figure_names` order."""
+def render_figures(names: Sequence[str], data: FigureData) -> dict[str, bytes]:
+    """PNG bytes of the named figures (names of artifacts.REPORT_FIGURES), by name, in order."""
     rendered = {}
     with figure_style():
-        for name in figure_names(cfg):
+        for name in names:
             rendered[name] = png_bytes(BUILDERS[name](data))
     return rendered
