@@ -148,6 +148,16 @@ def cmd_dvc(args: argparse.Namespace, cfg: Config) -> None:
     )
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from bigram_subnetworks.report.compare import compare, markdown_path
+
+    runs = compare(args.runs, args.output)
+    print(
+        f"{args.output}, {markdown_path(args.output)}: {len(runs)} runs compared "
+        f"({', '.join(r.label for r in runs)})"
+    )
+
+
 def run_stage(stage: Stage, args: argparse.Namespace, cfg: Config) -> None:
     """Run one registry stage: its function gets the config, restricted to the keys the stage
     declares, and one keyword per wildcard, input and output."""
@@ -382,6 +392,29 @@ def build_parser() -> argparse.ArgumentParser:
     dvc.add_argument("--check", action="store_true", help="Fail if the file is out of date.")
     dvc.add_argument("--log", type=Path, help=argparse.SUPPRESS)
     dvc.set_defaults(func=cmd_dvc, needs_config=True)
+
+    compare = sub.add_parser(
+        "compare",
+        help="Compare finished runs on one page (HTML and Markdown).",
+        description="Compare finished runs side by side: the config keys that differ, every "
+        "claim's verdict per run (differences highlighted) and the headline numbers of "
+        "metrics.json with their intervals, computed from each run's tables as its report "
+        "computes them. Runs of different models, corpora or settings may be compared.",
+    )
+    compare.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="A run folder (results/<run>) or a run name (looked up under results/).",
+    )
+    compare.add_argument(
+        "--output",
+        type=Path,
+        default=Path("compare.html"),
+        help="The HTML page; the Markdown one goes beside it (.md).",
+    )
+    compare.add_argument("--log", type=Path, help="Also write the log to this file.")
+    compare.set_defaults(func=cmd_compare, needs_config=False)
 
     for stage in STAGES.values():
         _add_stage(sub, stage)

@@ -6,6 +6,7 @@ import logging
 import math
 import numbers
 import platform
+import re
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -463,7 +464,9 @@ def _interval(estimate: Estimate) -> dict[str, float]:
 
 
 def _key(name: str) -> str:
-    return name.replace(" ", "_").replace("-", "_")
+    """A metrics.json key of a condition name: ASCII letters, digits and '_' only, so DVC's
+    dotted paths stay unambiguous ('optimal removed, λ=1e1' -> 'optimal_removed_lambda_1e1')."""
+    return re.sub(r"[^0-9A-Za-z]+", "_", name.replace("λ", "lambda")).strip("_")
 
 
 def headline_metrics(
@@ -606,6 +609,16 @@ def plot_tables(tables: RunTables) -> dict[str, str]:
     return out
 
 
+def findings(
+    tables: RunTables,
+) -> tuple[list[ModelSummary], list[CheckpointSummary], list[Verdict]]:
+    """A run's summaries, checkpoint trajectories and verdicts: what the report and `bsn
+    compare` both show, computed one way."""
+    models = summarise(tables)
+    checkpoints = summarise_checkpoints(tables)
+    return models, checkpoints, verdicts(Evidence(models, checkpoints, control_values(tables)))
+
+
 def run_stage(
     cfg: Config,
     *,
@@ -621,9 +634,7 @@ def run_stage(
     from bigram_subnetworks.stages import benchmark_files
 
     tables = load_run(cfg, inputs, [p for p in benchmark_files(cfg) if p.is_file()])
-    models = summarise(tables)
-    checkpoints = summarise_checkpoints(tables)
-    found = verdicts(Evidence(models, checkpoints, control_values(tables)))
+    models, checkpoints, found = findings(tables)
     pngs = render_figures([p.stem for p in figures], FigureData(tables, models, checkpoints))
     reference = reference_table(inputs.get("reference_overlap"))
     document = build_document(cfg, tables, models, checkpoints, found, pngs, reference)
