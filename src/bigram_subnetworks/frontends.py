@@ -150,16 +150,39 @@ def check_default_params_unchanged(guard: str, source: str) -> None:
         )
 
 
+BIGRAM_R_LABEL = "bigram r (Pearson r of per-token surprisal with the bigram model's)"
+# `dvc plots show` / `dvc plots diff`: the report's plot tables (REPORT_PLOT, by name), with
+# their axes. Scatter plots: each table holds several models and λ series, which a line would
+# join into one zigzag; the revisions compared are told apart by colour.
 PLOTS = [
     {
         "bigram r against active parameters": {
             "template": "scatter",
             "x": "active_parameters",
             "y": {"sparsity": "bigram_r"},
+            "title": "Bigram r against active parameters (every mask of every model)",
+            "x_label": "active parameters (masked weights the mask keeps)",
+            "y_label": BIGRAM_R_LABEL,
         }
     },
-    {"bigram r across checkpoints": {"x": "step", "y": {"checkpoints": "bigram_r"}}},
+    {
+        "bigram r across checkpoints": {
+            "template": "scatter",
+            "x": "step",
+            "y": {"checkpoints": "bigram_r"},
+            "title": "Bigram r of the checkpoint masks across pretraining (every λ)",
+            "x_label": "pretraining step",
+            "y_label": BIGRAM_R_LABEL,
+        }
+    },
 ]
+# Each mask's training curve (MASK_CURVE, a stage plot of train_mask; titled by its path).
+CURVE_PLOT = {
+    "x": "step",
+    "y": "loss",
+    "x_label": "mask training step",
+    "y_label": "target cross-entropy (nats)",
+}
 
 
 def _dvc_stage(stage: Stage, cfg: Config, fields: dict[str, str], source: str) -> dict[str, Any]:
@@ -193,7 +216,7 @@ def _dvc_stage(stage: Stage, cfg: Config, fields: dict[str, str], source: str) -
         if port.artifact is A.RUN_METRICS:
             metrics += paths
         elif port.artifact is A.MASK_CURVE:  # `dvc plots show`: each mask's loss per step
-            plots += [{path: {"x": "step", "y": "loss"}} for path in paths]
+            plots += [{path: dict(CURVE_PLOT)} for path in paths]
         else:
             outs += paths
     keys = dvc_params(stage, cfg, fields)
