@@ -355,7 +355,9 @@ def config_section(runs: list[Run]) -> Section:
 
 
 def sections(runs: list[Run]) -> list[Section]:
-    found = [runs_section(runs), config_section(runs), claims_section(runs)]
+    """The page's sections in reading order: the runs, their claims, what differs in their
+    configs, then the numbers."""
+    found = [runs_section(runs), claims_section(runs), config_section(runs)]
     found.append(headline_section(runs))
     checkpoints = checkpoint_section(runs)
     return found + ([checkpoints] if checkpoints else [])
