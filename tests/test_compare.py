@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 from dataclasses import replace
 from html import unescape
 from pathlib import Path
@@ -196,3 +197,19 @@ def test_unknown_names_and_a_single_run_are_refused(
         assert main(["compare", "alpha", "results/alpha"]) == 1
         assert "at least two different runs" in capsys.readouterr().err
     assert not (project / "compare.html").exists()
+
+
+def test_a_stale_metrics_json_is_said_and_the_tables_win(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stale = project / "results" / "alpha-stale"
+    shutil.copytree(project / "results" / "alpha", stale)
+    metrics = json.loads((stale / "metrics.json").read_text("utf-8"))
+    metrics["models"]["tiny-b"]["best_r"] = 0.123
+    (stale / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project)
+        assert main(["compare", "alpha", "alpha-stale", "--output", "stale.html"]) == 0
+    assert "alpha-stale: metrics.json differs from the run's tables" in capsys.readouterr().err
+    html = (project / "stale.html").read_text("utf-8")
+    assert "0.123" not in html and html.count("<td>tiny-b</td><td>best_r</td><td>0.900") == 1
