@@ -597,29 +597,52 @@ def test_html_is_self_contained_and_escapes_generated_text(built: Built) -> None
     assert "run: synthetic" in built.html  # the config's YAML dump
 
 
-def test_the_comparison_table_shows_computed_verdicts(built: Built) -> None:
+def test_the_comparison_shows_each_claim_on_one_line_with_its_details(built: Built) -> None:
     html = built.html
-    table = html[html.index("<h2>Comparison with the paper</h2>") :]
-    table = table[: table.index("</table>")]
-    assert table.count('<td class="holds">holds</td>') >= 10
-    assert '<td class="unmeasured">not measured</td>' in table  # the ~10M plateau
-    assert '<td class="unmeasured">descriptive</td>' in table  # λ = 0 keeps about half
-    assert "§6.2, Table 3" in table and "Pythia 160M: 3.81× chance (row-shuffle null)" in table
-    for column in (
-        "paper",
-        "rule on the paper&#x27;s numbers",
-        "this run",
-        "rule",
-        "thresholds and where they come from",
-        "verdict",
-    ):
-        assert f"<th>{column}</th>" in table
+    section = html[html.index("<h2>Comparison with the paper</h2>") :]
+    section = section[: section.index("<h2>", 10)]
+    claims = re.findall(r"<details>\n(.*?)</details>", section, re.S)
+    assert len(claims) == 18  # one per claim of the registry
+    for claim in claims:
+        line = claim[: claim.index("</summary>")]
+        # claim | paper | this run | verdict: four cells, badges with their words
+        assert len(re.findall(r'<span class="(claim|side|verdict)"', line)) == 4
+        assert re.search(r'<span class="verdict"><span class="badge \w+">. [a-z ]+</span>', line)
+        assert "Rule</h4>" in claim and "Not resolved when</h4>" in claim
+        assert "<h4>This run, per model</h4>" in claim and "the same rule on its numbers" in claim
+    one = next(c for c in claims if "reach r &gt; 0.95" in c)
+    line, more = one.split("</summary>")
+    assert '<span class="badge fails">✗ does not hold</span>' in line  # the run: 0.900
+    assert '<span class="badge holds">✓ holds</span> 8 models' in line  # the paper's side
+    assert '<span class="mark fails" title="does not hold">✗ tiny-a</span>' in line
     # every threshold says where its value comes from; every r shows its interval
-    assert "overlap ratio = 3.8: the paper&#x27;s &#x27;3.8–15.3× chance&#x27;" in table
-    assert "best 0.900 [0.895, 0.905]" in table
+    assert "<b>r level = 0.95</b>: §3.2" in more
+    fails = '<span class="badge fails">✗ does not hold</span>'
+    assert f"<li><b>tiny-a</b> {fails} best 0.900 [0.895, 0.905]" in more
+    assert '<li><b>Pythia 70M</b> <span class="badge holds">✓ holds</span> best 0.961' in more
+    overlap = next(c for c in claims if "overlap far more" in c)
+    assert "overlap ratio = 3.8</b>: the paper&#x27;s &#x27;3.8–15.3× chance&#x27;" in overlap
+    assert "Pythia 160M" in overlap
+    statuses = re.findall(r'<span class="verdict"><span class="badge (\w+)">', section)
+    assert statuses.count("holds") >= 10
+    assert {"unmeasured", "descriptive"} <= set(statuses)  # the ~10M plateau; λ = 0 keeps half
+    assert "<td>" not in section  # no wall-of-text table
     markdown = (built.report_dir / "summary.md").read_text("utf-8")
     assert "## Comparison with the paper" in markdown
+    assert "| claim | paper | this run | verdict |" in markdown
+    assert "| Bigram subnetworks reach r > 0.95 (§3.2, claim 1) | holds (8 models) |" in markdown
+    assert "- This run, tiny-a: does not hold; best 0.900 [0.895, 0.905]" in markdown
     assert "](figures/sparsity_r.png)" in markdown and "data:image" not in markdown
+
+
+def test_wide_tables_scroll_in_their_own_box_and_the_summary_is_per_model(built: Built) -> None:
+    html = built.html
+    assert html.count('<div class="scroll"><table>') == html.count("<table>") >= 5
+    summary = html[html.index("<h2>Summary per model</h2>") :]
+    summary = summary[: summary.index("</table>")]
+    assert "<th>quantity</th><th>tiny-a</th><th>tiny-b</th>" in summary
+    assert '<td>full-model r</td><td class="num">0.700 [0.695, 0.705]</td>' in summary
+    assert "max-width: 100%" in html and '<meta name="viewport"' in html
 
 
 def test_costs_are_summed_per_stage_and_missing_ones_are_not_measured(built: Built) -> None:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from bigram_subnetworks.artifacts import REPORT_FIGURES
 from bigram_subnetworks.config import load_config
 from bigram_subnetworks.io import parquet_seed
 from bigram_subnetworks.stages import (
@@ -409,7 +411,7 @@ def rendered_images(page: Path, profile: Path) -> tuple[int, int]:
 def test_the_report_renders_in_a_browser_with_every_image(smoke_run: Path, tmp_path: Path) -> None:
     report = smoke_run / "results" / "smoke" / "report"
     figures = sorted(report.glob("figures/*.png"))
-    assert len(figures) == 8
+    assert {p.stem for p in figures} == set(REPORT_FIGURES)  # the smoke config has checkpoints
     html = (report / "index.html").read_text("utf-8")
     assert html.count('src="data:image/png;base64,') == len(figures)  # self-contained
     metrics = json.loads((smoke_run / "results" / "smoke" / "metrics.json").read_text("utf-8"))
@@ -426,9 +428,30 @@ def test_dvc_reads_the_report_metrics_and_plots(smoke_run: Path) -> None:
     assert '"bigram_r"' in plots and '"active_parameters"' in plots
 
 
+def caption_phrase(caption: str, words: int = 3) -> str:
+    """The caption's first run of plain words (letters, digits, hyphens), which survives any
+    HTML or JSON escaping of the caption."""
+    tokens = caption.split()
+    for start in range(len(tokens) - words + 1):
+        window = tokens[start : start + words]
+        if all(re.fullmatch(r"[A-Za-z0-9-]+", t) for t in window):
+            return " ".join(window)
+    raise AssertionError(f"no plain phrase in the caption {caption!r}")
+
+
 def test_snakemake_builds_its_own_report_with_the_figures(smoke_run: Path) -> None:
+    """`snakemake --report` carries every figure of the HTML report, each with its caption."""
     run(["snakemake", "--report", "snakemake-report.zip"], smoke_run)
-    assert (smoke_run / "snakemake-report.zip").stat().st_size > 10_000
+    html = (smoke_run / "results" / "smoke" / "report" / "index.html").read_text("utf-8")
+    figures = re.findall(r'<figure id="([^"]+)">', html)
+    assert "claims" in figures and set(figures) == set(REPORT_FIGURES)
+    with zipfile.ZipFile(smoke_run / "snakemake-report.zip") as archive:
+        names = archive.namelist()
+        included = {Path(n).stem for n in names if n.endswith(".png")}
+        page = next(archive.read(n).decode("utf-8") for n in names if n.endswith("report.html"))
+    assert set(figures) <= included, set(figures) - included
+    for name in figures:
+        assert caption_phrase(REPORT_FIGURES[name]) in page, name
 
 
 def file_digests(folder: Path) -> dict[str, str]:

@@ -333,6 +333,11 @@ REPORT_FIGURE = Artifact("results/{run}/report/figures/{figure}.png", "a report 
 # The report's figures: file name ({figure}) -> caption. report.figures draws exactly the names
 # the report stage is given (REPORT_FIGURE's paths, from `figure_names`).
 REPORT_FIGURES: dict[str, str] = {
+    "claims": "The paper's numeric claims on one axis each: the paper's value per model (black, "
+    "exact) and this run's (model colours, 95% bootstrap intervals), with the rule's threshold "
+    "dashed: full-model r (hollow) and best bigram-mask r (filled) against the r level; the "
+    "selected mask's kept fraction against the sparse bound; the bigram/optimal mask overlap "
+    "(× chance, row-shuffle null) against the paper's smallest ratio.",
     "sparsity_r": "Bigram surprisal correlation r against active (kept) parameters for every λ; "
     "dashed lines: each full model's own r. Right: optimal (full-model-target) masks, r with "
     "bigram surprisal (solid) and with the full model (dotted). Masks keeping nothing are left "

@@ -19,6 +19,7 @@ from bigram_subnetworks.config import Config
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import atomic_outputs, write_json
 from bigram_subnetworks.report.claims import (
+    CLAIMS,
     DESCRIPTIVE,
     FAILS,
     FIT_POINTS,
@@ -35,6 +36,8 @@ from bigram_subnetworks.report.claims import (
 )
 from bigram_subnetworks.report.figures import FigureData, render_figures
 from bigram_subnetworks.report.html import (
+    ClaimLine,
+    ClaimsSection,
     Document,
     FigureEntry,
     Table,
@@ -113,9 +116,10 @@ def summary_table(models: list[ModelSummary]) -> Table:
                 ),
             }
         )
-    frame = pd.DataFrame(rows)
-    text = ("model", "selected λ", "best r (λ)", "best drop-unseen r (λ)")
-    numeric = tuple(c for c in frame.columns if c not in text)
+    # laid out per model (a column each), so that the page stays as wide as the screen
+    wide = pd.DataFrame(rows).set_index("model")
+    frame = wide.T.rename_axis("quantity").reset_index()
+    frame.columns = ["quantity", *wide.index]
     return Table(
         "Summary per model",
         frame,
@@ -128,7 +132,7 @@ def summary_table(models: list[ModelSummary]) -> Table:
         "1/(draws + 1). Rotation: median eigenvalue angle of the ridge map from layer 1 to the "
         "input embeddings; rotations are read off maps fitted on three quarters of the residual "
         "sequences, while token recall and the linear-map r are scored on the held-out quarter.",
-        numeric,
+        tuple(wide.index),
     )
 
 
@@ -156,26 +160,31 @@ def ablation_table(models: list[ModelSummary]) -> Table:
     )
 
 
-def verdict_table(found: list[Verdict]) -> Table:
-    frame = pd.DataFrame(
-        [
-            {
-                "claim": v.claim,
-                "where": v.where,
-                "paper": v.paper,
-                "rule on the paper's numbers": v.paper_status,
-                "this run": v.ours,
-                "rule": v.rule,
-                "not resolved when": v.not_resolved or "–",
-                "thresholds and where they come from": v.thresholds or "–",
-                "verdict": v.status,
-            }
-            for v in found
-        ]
-    )
-    return Table(
+def claims_section(found: list[Verdict]) -> ClaimsSection:
+    """The claims, one line each (claim | paper | this run | verdict), with the rule, the
+    thresholds and where they come from, and every subject's numbers one click away."""
+    lines = [
+        ClaimLine(
+            claim=v.claim,
+            where=v.where,
+            status=v.status,
+            paper_status=v.paper_status,
+            ours=v.ours,
+            paper=v.paper,
+            rule=v.rule,
+            not_resolved=v.not_resolved,
+            thresholds=tuple(
+                (t.describe().split(": ", 1)[0], t.source) for t in CLAIMS[v.key].thresholds
+            ),
+            subjects=v.subjects,
+            # where the paper gives no numbers for the rule, its text says what the paper says
+            paper_subjects=() if v.paper_status == NOT_MEASURED else v.paper_subjects,
+        )
+        for v in found
+    ]
+    return ClaimsSection(
         "Comparison with the paper",
-        frame,
+        lines,
         "Each verdict is computed from this run's tables with the rule stated before the data: "
         "'holds' if it passes for every model where it was measured, 'does not hold' if it fails "
         "for one, 'not resolved' if the data cannot decide (each rule says when), 'not measured' "
@@ -183,7 +192,8 @@ def verdict_table(found: list[Verdict]) -> Table:
         "the paper's own numbers (paper_numbers.yaml), which it must pass wherever the paper "
         "gives numbers. Intervals: 95% bootstrap over eval sequences; a comparison A vs B is "
         "decided on the interval of the difference A − B, paired (the same resamples for every "
-        "r of the run) unless marked marginal.",
+        "r of the run) unless marked marginal. Click a claim for its rule, its thresholds and "
+        "every model's numbers, on both sides.",
     )
 
 
@@ -551,7 +561,7 @@ def build_document(
         f"{_count(eval_split.get('sequences'))} eval sequences; {len(models)} model(s): "
         f"{', '.join(tables.models)}."
     )
-    paper_table = verdict_table(found)
+    paper_table = claims_section(found)
     numbers = Table(
         "Key numbers: paper vs this run",
         side_by_side(models),

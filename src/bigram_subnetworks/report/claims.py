@@ -252,6 +252,9 @@ class Verdict:
     status: str
     paper_status: str
     not_resolved: str = ""  # when the rule returns "not resolved"
+    # per subject (model, controls or trajectory): (name, its status, the numbers that decided)
+    subjects: tuple[tuple[str, str, str], ...] = ()
+    paper_subjects: tuple[tuple[str, str, str], ...] = ()
 
 
 # ------------------------------------------------------------------------ helpers
@@ -337,17 +340,43 @@ def _subjects(scope: str, evidence: Evidence) -> list[tuple[str, Any]] | str:
     return [(c.model, c) for c in evidence.checkpoints]
 
 
-def evaluate_claim(rule: Claim, evidence: Evidence, measured_only: bool = False) -> tuple[str, str]:
-    """(status, text) of one claim on one body of evidence (`measured_only`: the text leaves
-    out the subjects without data, as for the paper's numbers)."""
+def subject_outcomes(
+    rule: Claim, evidence: Evidence, measured_only: bool = False
+) -> list[tuple[str, Passed, str]] | str:
+    """Each subject's (name, passed, numbers) for one claim, or why there are no subjects
+    (`measured_only`: leaves out the subjects without data, as for the paper's numbers)."""
     subjects = _subjects(rule.scope, evidence)
     if isinstance(subjects, str):
-        return NOT_MEASURED, subjects
+        return subjects
     outcomes = [(name, *rule.check(subject, evidence)) for name, subject in subjects]
     if measured_only:
         outcomes = [outcome for outcome in outcomes if outcome[1] is not None] or outcomes
+    return outcomes
+
+
+def _decide(rule: Claim, outcomes: list[tuple[str, Passed, str]] | str) -> tuple[str, str]:
+    if isinstance(outcomes, str):
+        return NOT_MEASURED, outcomes
     status, text = combine(outcomes)
     return (DESCRIPTIVE if rule.descriptive else status), text
+
+
+def _per_subject(
+    rule: Claim, outcomes: list[tuple[str, Passed, str]] | str
+) -> tuple[tuple[str, str, str], ...]:
+    """(name, status, numbers) per subject, for display; descriptive claims stay descriptive."""
+    if isinstance(outcomes, str):
+        return ()
+    return tuple(
+        (name, DESCRIPTIVE if rule.descriptive else _status(passed), detail)
+        for name, passed, detail in outcomes
+    )
+
+
+def evaluate_claim(rule: Claim, evidence: Evidence, measured_only: bool = False) -> tuple[str, str]:
+    """(status, text) of one claim on one body of evidence (`measured_only`: the text leaves
+    out the subjects without data, as for the paper's numbers)."""
+    return _decide(rule, subject_outcomes(rule, evidence, measured_only))
 
 
 def verdicts(evidence: Evidence) -> list[Verdict]:
@@ -356,8 +385,10 @@ def verdicts(evidence: Evidence) -> list[Verdict]:
     paper_view = Evidence(paper.models, paper.checkpoints, paper.controls)
     out = []
     for rule in CLAIMS.values():
-        status, ours = evaluate_claim(rule, evidence)
-        paper_status, paper_text = evaluate_claim(rule, paper_view, measured_only=True)
+        outcomes = subject_outcomes(rule, evidence)
+        paper_outcomes = subject_outcomes(rule, paper_view, measured_only=True)
+        status, ours = _decide(rule, outcomes)
+        paper_status, paper_text = _decide(rule, paper_outcomes)
         if paper_status in (NOT_MEASURED, DESCRIPTIVE) and rule.paper_note:
             paper_text = rule.paper_note
         out.append(
@@ -372,6 +403,8 @@ def verdicts(evidence: Evidence) -> list[Verdict]:
                 status,
                 paper_status,
                 rule.not_resolved,
+                _per_subject(rule, outcomes),
+                _per_subject(rule, paper_outcomes),
             )
         )
     return out

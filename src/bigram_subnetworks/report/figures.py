@@ -22,11 +22,14 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from bigram_subnetworks.report.claims import HIGH_R, OVERLAP_RATIO, SPARSE, Threshold, deciding_r
+from bigram_subnetworks.report.paper import paper_evidence
 from bigram_subnetworks.report.summary import (
     ABLATION_CONDITIONS,
     BLOCK_KINDS,
     RESIDUAL_CONDITIONS,
     CheckpointSummary,
+    Estimate,
     ModelSummary,
 )
 from bigram_subnetworks.report.tables import RunTables
@@ -508,7 +511,94 @@ def training_curves(data: FigureData) -> Figure:
     return figure
 
 
+def _claim_panel(
+    ax: Axes,
+    rows: list[tuple[str, Any, list[tuple[Estimate, str, str]]]],
+    threshold: Threshold,
+    title: str,
+    log: bool = False,
+) -> None:
+    """One numeric claim on one axis: a row per model (the paper's, then this run's), each
+    row's estimates as points with their intervals, and the rule's threshold as a line."""
+    if not any(points for _, _, points in rows):
+        _empty(ax, f"{title}: not measured")
+        return
+    for y, (_, colour, points) in enumerate(rows):
+        values = [e.value for e, _, _ in points]
+        if len(values) > 1:
+            ax.plot(values, [y] * len(values), "-", color=colour, linewidth=1, alpha=0.5)
+        for estimate, marker, fill in points:
+            ax.errorbar(
+                [estimate.value],
+                [y],
+                xerr=_estimate_bars([estimate]),
+                fmt=marker,
+                color=colour,
+                markerfacecolor=colour if fill == "filled" else "white",
+                capsize=2,
+            )
+    ax.axvline(threshold.value, color="0.3", linestyle="--", linewidth=1)
+    ax.annotate(
+        f"{threshold.name} {threshold.value:g}",
+        (threshold.value, 0.0),
+        xycoords=("data", "axes fraction"),
+        xytext=(2, 3),
+        textcoords="offset points",
+        fontsize=7,
+        color="0.3",
+    )
+    if log:
+        ax.set_xscale("log")
+        plain = mpl.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+        ax.xaxis.set_major_locator(mpl.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(mpl.ticker.NullFormatter())
+    ax.set_yticks(range(len(rows)), [label for label, _, _ in rows])
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_title(title)
+
+
+def claims(data: FigureData) -> Figure:
+    """Per numeric claim, the paper's values (black; exact) and this run's (model colours, 95%
+    intervals) on one axis, with the rule's threshold."""
+    paper = paper_evidence().models
+    figure, axes = _figure(1, 3, (4.3, 0.3 * (len(paper) + len(data.models)) + 1.4))
+
+    def rows(pick: Callable[[ModelSummary], list[tuple[Estimate, str, str]]]) -> list[Any]:
+        out = [(f"paper: {s.model}", "black", pick(s)) for s in paper]
+        return out + [(s.model, data.colour(s.model), pick(s)) for s in data.models]
+
+    def best_and_full(s: ModelSummary) -> list[tuple[Estimate, str, str]]:
+        full, best = deciding_r(s, "full_model_r")[0], deciding_r(s, "best_r")[0]
+        points = [(full, "o", "hollow"), (best, "o", "filled")]
+        return [p for p in points if p[0].measured]
+
+    def single(value: Callable[[ModelSummary], float]) -> Callable[[ModelSummary], list[Any]]:
+        def pick(s: ModelSummary) -> list[Any]:
+            v = value(s)
+            return [(Estimate(v), "D", "filled")] if math.isfinite(v) and v > 0 else []
+
+        return pick
+
+    panels = [
+        (rows(best_and_full), HIGH_R, "bigram r: full model (○) → best mask (●)", False),
+        (rows(single(lambda s: s.selected_kept_fraction)), SPARSE, "selected mask's kept", True),
+        (rows(single(lambda s: s.overlap_row_ratio)), OVERLAP_RATIO, "bigram ∩ optimal mask", True),
+    ]
+    # the same rows (models with a number in some panel) in every panel, so rows line up
+    keep = [i for i in range(len(panels[0][0])) if any(p[0][i][2] for p in panels)]
+    for ax, (panel_rows, threshold, title, log) in zip(axes[0], panels, strict=True):
+        _claim_panel(ax, [panel_rows[i] for i in keep], threshold, title, log)
+    axes[0, 0].set_xlabel("r (the paper's regime)")
+    axes[0, 1].set_xlabel("fraction of the masked weights")
+    axes[0, 2].set_xlabel("× chance (row-shuffle null)")
+    for ax in axes[0, 1:]:
+        ax.tick_params(labelleft=False)
+    return figure
+
+
 BUILDERS: dict[str, Callable[[FigureData], Figure]] = {
+    "claims": claims,
     "sparsity_r": sparsity_r,
     "block_heatmaps": block_heatmaps,
     "ablations": ablations,
