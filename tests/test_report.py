@@ -702,6 +702,41 @@ def test_figures_are_reproducible(cfg: Config, built: Built) -> None:
             assert png == (built.report_dir / "figures" / f"{name}.png").read_bytes()
 
 
+def test_the_claims_figure_puts_the_paper_and_the_run_on_one_axis(
+    cfg: Config, built: Built
+) -> None:
+    from bigram_subnetworks.report.claims import HIGH_R, OVERLAP_RATIO, SPARSE
+    from bigram_subnetworks.report.paper import paper_evidence
+
+    tables = load_run(cfg, report_inputs(cfg, built.root))
+    data = FigureData(tables, summarise(tables), summarise_checkpoints(tables))
+    with figure_style():
+        figure = BUILDERS["claims"](data)
+    r_axis, kept_axis, overlap_axis = figure.axes
+    labels = [t.get_text() for t in r_axis.get_yticklabels()]
+    assert labels == [f"paper: {s.model}" for s in paper_evidence().models] + ["tiny-a", "tiny-b"]
+    for ax, threshold in ((r_axis, HIGH_R), (kept_axis, SPARSE), (overlap_axis, OVERLAP_RATIO)):
+        assert any(list(line.get_xdata()) == [threshold.value] * 2 for line in ax.lines)
+    row = labels.index("tiny-a")
+    points = sorted(
+        float(line.get_xdata()[0])
+        for line in r_axis.lines
+        if line.get_marker() == "o" and float(line.get_ydata()[0]) == row
+    )
+    assert points == pytest.approx([0.70, 0.90])  # full-model r, best r
+    bars = [c for c in r_axis.collections if len(c.get_segments()) == 1]
+    widths = sorted(
+        round(float(seg[1][0] - seg[0][0]), 6)
+        for c in bars
+        for seg in c.get_segments()
+        if float(seg[0][1]) == row
+    )
+    assert widths == pytest.approx([0.01, 0.01])  # the 95% intervals, ± half_width
+    kept = [line for line in kept_axis.lines if line.get_marker() == "D"]
+    assert any(float(line.get_xdata()[0]) == pytest.approx(0.05, abs=1e-3) for line in kept)
+    figure.clear()
+
+
 def test_snakemake_report_captions_match_the_figures() -> None:
     captions = {p.stem: p.read_text("utf-8") for p in (REPO / "workflow" / "report").glob("*.rst")}
     assert sorted(captions) == sorted(A.REPORT_FIGURES)

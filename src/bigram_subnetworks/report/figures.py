@@ -582,7 +582,7 @@ def claims(data: FigureData) -> Figure:
 
     panels = [
         (rows(best_and_full), HIGH_R, "bigram r: full model (○) → best mask (●)", False),
-        (rows(single(lambda s: s.selected_kept_fraction)), SPARSE, "selected mask's kept", True),
+        (rows(single(lambda s: s.selected_kept_fraction)), SPARSE, "selected: kept fraction", True),
         (rows(single(lambda s: s.overlap_row_ratio)), OVERLAP_RATIO, "bigram ∩ optimal mask", True),
     ]
     # the same rows (models with a number in some panel) in every panel, so rows line up
