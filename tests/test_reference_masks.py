@@ -527,8 +527,7 @@ def test_a_run_compares_its_masks_with_the_authors_from_the_hub_cache(
     import yaml
 
     from hub_cache import add_revision, build_hub_cache
-    from projects import make_project, run
-    from projects import blocked
+    from projects import blocked, make_project, run
     from tiny_models import tiny_lm
 
     project = make_project(tmp_path / "p")
