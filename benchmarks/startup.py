@@ -14,7 +14,8 @@ torch's own API, installed just before the CLI calls the stage function); a job 
 λ = ±inf mask, `fetch`) counts to its end. Everything before that point is start-up, including
 reading the (tiny) smoke inputs and loading its (tiny) model. The child reports the clock when it
 gets there and exits; the parent timed its start, so each number is process start -> first work.
-Target: a stage's overhead above floor 2 <= 0.5 s.
+Floor 2 is measured again right after each stage and the lower of the two counts (the load of a
+shared machine drifts within a run). Target: a stage's overhead above floor 2 <= 0.5 s.
 
     python benchmarks/startup.py                 # builds a throwaway smoke project first (~2 min)
     python benchmarks/startup.py --repeats 5 --project /tmp/bsn-startup --keep
@@ -256,7 +257,9 @@ def main() -> None:
             except ChildFailed as error:
                 print(f"  {name:22s}failed: {error}")
                 continue
-            over = seconds - class_s
+            # Floor 2 again, right after the stage: a shared machine's load drifts within a run.
+            _, floor_here = best_time(["--probe-floor", klass], project, options.repeats)
+            over = seconds - min(floor_here, class_s)
             worst = max(worst, over)
             verdict = "met" if over <= TARGET_S else "NOT met"
             print(

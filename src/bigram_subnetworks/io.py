@@ -124,8 +124,8 @@ def read_parquet(path: Path | str, columns: list[str] | None = None) -> pa.Table
             f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(schema.names)}); "
             "rerun the stage that makes it"
         )
-    # ParquetFile rather than pq.read_table: read_table goes through pyarrow.dataset, whose
-    # import pulls in pandas (over a second of a torch job's start-up); same table, same metadata.
+    # ParquetFile rather than pq.read_table: read_table imports pyarrow.dataset first (part of a
+    # torch job's start-up); the same table, the same metadata.
     with pq.ParquetFile(path) as parquet:
         return parquet.read(columns=columns)
 
