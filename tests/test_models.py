@@ -367,20 +367,16 @@ def test_checkpoint_masks_are_mask_jobs_and_the_checkpoints_stage_scores_them(
         str(data_dirs[0] / "tokens_eval.parquet"),
     ]
     argv += ["--bigram-stats", str(data_dirs[0]), "--checkpoints", str(output)]
+    argv += ["--checkpoint-replicates", str(tmp_path / "checkpoints_replicates.parquet")]
     assert main(argv) == 0
     rows = pq.read_table(output).to_pylist()
-    assert {r["step"] for r in rows} == {0, 30}
+    # The full model and the empty mask are scored at every saved checkpoint, the masks at theirs.
+    saved = {int(d.name.removeprefix("step-")) for d in pretrained.glob("step-*")} | {30}
+    assert {0, 30} < saved and {r["step"] for r in rows} == saved
     scored = {(r["step"], r["target"], r["lambda"]) for r in rows if r["metric"] == "bigram_r"}
-    assert scored == {
-        (step, target, label)
-        for step in (0, 30)
-        for target, label in [
-            ("reference", "neginf"),
-            ("reference", "inf"),
-            ("bigram", "0"),
-            ("bigram", "1"),
-        ]
-    }
+    references = {(s, "reference", label) for s in saved for label in ("neginf", "inf")}
+    masks = {(s, "bigram", label) for s in (0, 30) for label in ("0", "1")}
+    assert scored == references | masks
     shares = [r for r in rows if r["metric"] == "first_mlp_share" and r["target"] == "bigram"]
     assert len(shares) == 4 and all(0 <= r["value"] <= 1 or np.isnan(r["value"]) for r in shares)
     fits = [r for r in rows if r["metric"] == "r_at_budget"]
