@@ -109,6 +109,7 @@ def test_a_real_shaped_local_model_trains_and_evaluates(
     argv = ["evaluate", *common, "--models", str(model_dir), "--masks", *masks, *data]
     argv += ["--tokens-eval", str(tokens / "tokens_eval.parquet")]
     argv += ["--mask-metrics", str(metrics / "masks.parquet")]
+    argv += ["--mask-replicates", str(metrics / "masks_replicates.parquet")]
     assert main([*argv, "--blocks", str(metrics / "blocks.parquet")]) == 0
     rows = pq.read_table(metrics / "masks.parquet").to_pylist()
     kept = {(r["target"], r["lambda"]): r["value"] for r in rows if r["metric"] == "kept"}
