@@ -212,6 +212,8 @@ def _dvc_stage(stage: Stage, cfg: Config, fields: dict[str, str], source: str) -
     metrics: list[str] = []
     plots: list[dict[str, Any]] = []
     for port in stage.outputs.values():
+        if not port.when(cfg):  # an output this config does not have (no reference masks)
+            continue
         paths = port.tracked(cfg, fields, dvc=True)
         if port.artifact is A.RUN_METRICS:
             metrics += paths
