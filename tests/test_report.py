@@ -29,6 +29,7 @@ from bigram_subnetworks.analysis.ablate import sweep_condition
 from bigram_subnetworks.cli import main
 from bigram_subnetworks.config import Config, lambda_value, validate_config
 from bigram_subnetworks.io import write_json, write_parquet
+from bigram_subnetworks.report.build import run_subtitle
 from bigram_subnetworks.report.claims import (
     DESCRIPTIVE,
     FAILS,
@@ -95,6 +96,7 @@ class Spec:
     first_mlp_share: float = 0.6
     checkpoint_plurality: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)  # per checkpoint step
     overlap_ratio: float = 8.0
+    bigram_tokens: int = 3200  # what the bigram statistics counted (the train sequences: 100 x 32)
     overlap_p: float = 1 / 10_001
     overlap_draws: int = 10_000
     half_width: float = 0.005  # of every r's bootstrap interval
@@ -415,9 +417,11 @@ def write_run(root: Path, cfg: Config, spec: Spec) -> tuple[Path, Path]:
         _parquet(metrics / "controls_replicates.parquet", [], A.CONTROL_REPLICATES.schema)
     write_json(selection, run_dir / "selection.json")
     data_dir.mkdir(parents=True, exist_ok=True)
-    bigram_info = {"vocab_size": 512, "n_sequences": 100, "n_tokens": 3200, "seq_len": 32}
-    write_json(bigram_info, data_dir / "bigrams.json")
-    write_json({"splits": {"eval": {"sequences": 20}}}, data_dir / "tokens.json")
+    counted = spec.bigram_tokens
+    bigram_info = {"vocab_size": 512, "n_sequences": counted // 32, "n_tokens": counted}
+    write_json({**bigram_info, "seq_len": 32}, data_dir / "bigrams.json")
+    splits = {"train": {"sequences": 100}, "eval": {"sequences": 20}}
+    write_json({"seq_len": 32, "splits": splits}, data_dir / "tokens.json")
     return run_dir, data_dir
 
 
@@ -561,6 +565,23 @@ def built(cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bui
 
 
 # ------------------------------------------------------------------------- outputs
+
+
+def test_the_subtitle_counts_train_sequences_apart_from_the_bigram_statistics(
+    cfg: Config, tmp_path: Path
+) -> None:
+    for counted, expected in [
+        (3200, "100 train sequences of 32 tokens (3,200 tokens), 20 eval sequences"),
+        (
+            320_000,
+            "100 train sequences of 32 tokens (3,200 tokens), bigram statistics over 320,000 "
+            "tokens, 20 eval sequences",
+        ),
+    ]:
+        root = tmp_path / str(counted)
+        write_run(root, cfg, Spec(bigram_tokens=counted))
+        tables = load_run(cfg, report_inputs(cfg, root))
+        assert expected in run_subtitle(cfg, tables, 2)
 
 
 def test_every_figure_is_a_png_embedded_once_with_its_caption(cfg: Config, built: Built) -> None:

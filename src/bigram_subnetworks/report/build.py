@@ -540,6 +540,26 @@ def headline_metrics(
 # ------------------------------------------------------------------------ the stage
 
 
+def run_subtitle(cfg: Config, tables: RunTables, n_models: int) -> str:
+    """What the run is: corpus, tokenizer, its train and eval sequences (tokens.json) and, when
+    the bigram statistics were counted over other tokens (data.bigram_tokens), their count."""
+    bigrams, tokens = tables.data_info["bigrams"], tables.data_info["tokens"]
+    splits, seq_len = tokens.get("splits", {}), tokens.get("seq_len")
+    train = splits.get("train", {}).get("sequences")
+    train_tokens = train * seq_len if isinstance(train, int) and isinstance(seq_len, int) else None
+    counted = bigrams.get("n_tokens")
+    statistics = (
+        f"bigram statistics over {_count(counted)} tokens, " if counted != train_tokens else ""
+    )
+    return (
+        f"Run '{cfg.run}': corpus {cfg.corpus.name}, tokenizer {cfg.tokenizer.name} "
+        f"(vocabulary {_count(bigrams.get('vocab_size'))}), {_count(train)} train sequences of "
+        f"{_count(seq_len)} tokens ({_count(train_tokens)} tokens), {statistics}"
+        f"{_count(splits.get('eval', {}).get('sequences'))} eval sequences; {n_models} model(s): "
+        f"{', '.join(tables.models)}."
+    )
+
+
 def build_document(
     cfg: Config,
     tables: RunTables,
@@ -551,16 +571,7 @@ def build_document(
 ) -> Document:
     """The report's content, rendered by `render_html` and `render_markdown`; `reference`: the
     section comparing this run's masks with the authors' (report.reference)."""
-    bigrams, tokens = tables.data_info["bigrams"], tables.data_info["tokens"]
-    eval_split = tokens.get("splits", {}).get("eval", {})
-    subtitle = (
-        f"Run '{cfg.run}': corpus {cfg.corpus.name}, tokenizer {cfg.tokenizer.name} "
-        f"(vocabulary {_count(bigrams.get('vocab_size'))}), "
-        f"{_count(bigrams.get('n_sequences'))} train sequences of "
-        f"{_count(bigrams.get('seq_len'))} tokens ({_count(bigrams.get('n_tokens'))} tokens), "
-        f"{_count(eval_split.get('sequences'))} eval sequences; {len(models)} model(s): "
-        f"{', '.join(tables.models)}."
-    )
+    subtitle = run_subtitle(cfg, tables, len(models))
     paper_table = claims_section(found)
     numbers = Table(
         "Key numbers: paper vs this run",
