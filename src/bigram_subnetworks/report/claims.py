@@ -934,7 +934,7 @@ def _left_out(c: CheckpointSummary, budget: int) -> str:
     flags = c.extrapolated.get(budget, {})
     extrapolated = [step for step, flag in flags.items() if flag]
     weak = [
-        f"{step} (r² {c.fit_r2[step]:.2f})"
+        f"{step} (r² {c.fit_r2[step]:.3f})"
         for step in c.r_at_budget.get(budget, {})
         if not fit_decides(c, step)
     ]
