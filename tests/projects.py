@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bigram_subnetworks.config import load_config
 from bigram_subnetworks.frontends import dvc_yaml
 
@@ -52,3 +54,11 @@ def blocked(command: list[str]) -> list[str]:
     if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"]).returncode == 0:
         return ["unshare", "-n", *command]
     return ["env", "HTTPS_PROXY=http://127.0.0.1:9", "HTTP_PROXY=http://127.0.0.1:9", *command]
+
+
+def chromium() -> str:
+    """The headless browser of the report tests (the test skips, saying why, without one)."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if found := shutil.which(name):
+            return found
+    pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
 import subprocess
 from html import escape, unescape
 from pathlib import Path
@@ -25,6 +24,7 @@ import yaml
 from bigram_subnetworks.cli import main
 from bigram_subnetworks.config import validate_config
 from bigram_subnetworks.report.html import BADGES
+from projects import chromium
 from test_report import RAW_CONFIG, Spec, report_argv, write_run
 
 pytestmark = pytest.mark.slow
@@ -70,20 +70,6 @@ OPEN_CLAIMS = (
     "<script>addEventListener('load', () => "
     "document.querySelectorAll('details').forEach(d => { d.open = true; }));</script>"
 )
-
-
-def chromium() -> str:
-    found = next(
-        (
-            shutil.which(n)
-            for n in ("chromium", "chromium-browser", "google-chrome")
-            if shutil.which(n)
-        ),
-        None,
-    )
-    if found is None:
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
-    return found
 
 
 def browse(page: Path, profile: Path, size: tuple[int, int], *args: str) -> str:

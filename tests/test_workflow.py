@@ -32,7 +32,7 @@ from bigram_subnetworks.stages import (
     run_config_path,
     stages_for,
 )
-from projects import make_project, run
+from projects import chromium, make_project, run
 
 pytestmark = pytest.mark.workflow
 ROOT = Path(__file__).resolve().parents[1]
@@ -382,16 +382,7 @@ def test_a_finished_run_schedules_nothing(smoke_run: Path) -> None:
 
 def rendered_images(page: Path, profile: Path) -> tuple[int, int]:
     """(images loaded, images) of an HTML page rendered by headless Chromium."""
-    browser = next(
-        (
-            shutil.which(n)
-            for n in ("chromium", "chromium-browser", "google-chrome")
-            if shutil.which(n)
-        ),
-        None,
-    )
-    if browser is None:
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    browser = chromium()
     probe = page.with_name("image-probe.html")
     counter = (
         "<script>addEventListener('load', () => { const all = [...document.images];"
