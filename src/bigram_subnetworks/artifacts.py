@@ -105,6 +105,29 @@ BIGRAM_STATS = Artifact(
 )
 BIGRAMS_SCHEMA = _schema(("prev", pa.uint32()), ("next", pa.uint32()), ("count", pa.uint64()))
 UNIGRAMS_SCHEMA = _schema(("token", pa.uint32()), ("count", pa.uint64()))
+# Mask targets that are n-gram models, by their order n; "full" (distillation) has none. Orders 1
+# and 2 are read from BIGRAM_STATS, orders of 3 and more from NGRAM_STATS.
+NGRAM_ORDERS: dict[str, int] = {"unigram": 1, "bigram": 2, "trigram": 3}
+NGRAM_STATS = Artifact(
+    "data/{data}/ngrams-{order}.parquet",
+    "(context, next) counts of order n >= 3: context_0 .. context_{n-2}, next, count",
+)
+NGRAM_META = Artifact("data/{data}/ngrams-{order}.json", "n-gram table facts (order, sizes)")
+
+
+def ngram_order(target: str) -> int | None:
+    """The n-gram order of a mask target (None for "full"); ValueError for an unknown target."""
+    if target == "full":
+        return None
+    if target not in NGRAM_ORDERS:
+        raise ValueError(f"unknown mask target {target!r}; expected one of full, {NGRAM_ORDERS}")
+    return NGRAM_ORDERS[target]
+
+
+def ngram_schema(order: int) -> pa.Schema:
+    """The NGRAM_STATS columns of an order-n table (oldest context token first)."""
+    contexts = [(f"context_{i}", pa.uint32()) for i in range(order - 1)]
+    return _schema(*contexts, ("next", pa.uint32()), ("count", pa.uint64()))
 
 # ----------------------------------------------------------------------------- models, masks
 

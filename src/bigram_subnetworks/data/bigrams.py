@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,8 @@ def _pair_keys(tokens: np.ndarray, vocab_size: int, dtype: type) -> np.ndarray:
     return (prev * dtype(vocab_size) + tokens.astype(dtype, copy=False)).ravel()
 
 
-def count_bigrams(tokens: np.ndarray, vocab_size: int, progress: bool = False) -> BigramCounts:
-    """Count bigrams in a (n_sequences, seq_len) array of token ids."""
+def check_tokens(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+    """`tokens` as a 2-D (sequences, positions) array of ids in [0, vocab_size); ValueError else."""
     tokens = np.asarray(tokens)
     if tokens.ndim != 2 or tokens.shape[1] < 1:
         raise ValueError(f"expected a 2-D (sequences, positions) array, got shape {tokens.shape}")
@@ -94,21 +95,43 @@ def count_bigrams(tokens: np.ndarray, vocab_size: int, progress: bool = False) -
         raise ValueError(
             f"token ids must lie in [0, {vocab_size}); found {tokens.min()}..{tokens.max()}"
         )
-    dtype = key_dtype(vocab_size)
+    return tokens
+
+
+def count_packed(
+    tokens: np.ndarray,
+    pack: Callable[[np.ndarray], np.ndarray],
+    dtype: type,
+    desc: str,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique packed keys of all sequences and their counts: `pack` turns a chunk of
+    sequences into one key per counted position; chunks are sort + run-length counted and merged
+    (the one counting path of bigrams and n-grams)."""
     rows_per_chunk = max(1, CHUNK_TOKENS // tokens.shape[1])
     parts: list[tuple[np.ndarray, np.ndarray]] = []
-    unigram = np.zeros(vocab_size, dtype=np.uint64)
     starts = range(0, tokens.shape[0], rows_per_chunk)
-    for start in tqdm(starts, desc="count bigrams", unit="chunk", disable=not progress):
-        chunk = tokens[start : start + rows_per_chunk]
-        parts.append(count_keys(_pair_keys(chunk, vocab_size, dtype)))
-        unigram += np.bincount(chunk.ravel(), minlength=vocab_size).astype(np.uint64)
+    for start in tqdm(starts, desc=desc, unit="chunk", disable=not progress):
+        parts.append(count_keys(pack(tokens[start : start + rows_per_chunk])))
     if len(parts) == 1:
-        keys, counts = parts[0]
-    elif parts:
-        keys, counts = _merge_counts(parts)
-    else:
-        keys, counts = np.empty(0, dtype=dtype), np.empty(0, dtype=np.uint64)
+        return parts[0]
+    if parts:
+        return _merge_counts(parts)
+    return np.empty(0, dtype=dtype), np.empty(0, dtype=np.uint64)
+
+
+def count_bigrams(tokens: np.ndarray, vocab_size: int, progress: bool = False) -> BigramCounts:
+    """Count bigrams in a (n_sequences, seq_len) array of token ids."""
+    tokens = check_tokens(tokens, vocab_size)
+    dtype = key_dtype(vocab_size)
+    keys, counts = count_packed(
+        tokens, lambda chunk: _pair_keys(chunk, vocab_size, dtype), dtype, "count bigrams", progress
+    )
+    unigram = np.zeros(vocab_size, dtype=np.uint64)
+    rows_per_chunk = max(1, CHUNK_TOKENS // tokens.shape[1])  # bounds bincount's int64 copy
+    for start in range(0, tokens.shape[0], rows_per_chunk):
+        chunk = tokens[start : start + rows_per_chunk].ravel()
+        unigram += np.bincount(chunk, minlength=vocab_size).astype(np.uint64)
     return counts_from_keys(keys, counts, unigram, vocab_size, int(tokens.shape[0]))
 
 
