@@ -104,7 +104,7 @@ test-fast: setup ## Unit tests only: no end-to-end pipeline runs (about a minute
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not workflow and not cluster and not slow"
 
 # A single-node SLURM cluster with accounting on loopback (Debian packages, root), the smoke
-# pipeline submitted through workflow/profiles/slurm, then the cluster is stopped again.
+# pipeline submitted through profiles/slurm, then the cluster is stopped again.
 test-cluster: setup ## The smoke pipeline on a throwaway SLURM cluster (root, Debian)
 	bash tests/cluster/slurm.sh install
 	bash tests/cluster/slurm.sh start
@@ -114,7 +114,7 @@ test-cluster: setup ## The smoke pipeline on a throwaway SLURM cluster (root, De
 lint: setup ## ruff, snakefmt and snakemake --lint
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/snakefmt --check workflow/Snakefile workflow/rules
+	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint > /dev/null
 
 check: lint test ## lint, then test
@@ -122,5 +122,5 @@ check: lint test ## lint, then test
 format: setup ## Format the code
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/snakefmt workflow/Snakefile workflow/rules
+	$(BIN)/snakefmt Snakefile workflow/rules
 

@@ -100,7 +100,7 @@ UNNEEDED = (
     "snakemake",
     "bigram_subnetworks.report",
 )
-PROJECT_FILES = ["workflow", "config", ".dvcignore", "environment.yml"]
+PROJECT_FILES = ["Snakefile", "profiles", "workflow", "config", ".dvcignore", "environment.yml"]
 
 
 class ChildFailed(Exception):

@@ -15,7 +15,7 @@ from bigram_subnetworks.frontends import dvc_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PROJECT_FILES = ["workflow", "config", ".dvcignore", "environment.yml"]
+PROJECT_FILES = ["Snakefile", "profiles", "workflow", "config", ".dvcignore", "environment.yml"]
 
 
 def run(

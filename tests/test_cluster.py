@@ -54,7 +54,7 @@ def cluster() -> None:
 def site_profile(where: Path) -> Path:
     """The project's SLURM profile with this test cluster's site settings: one partition, no GPU,
     small limits and fast status checks. Every other key is the profile's own."""
-    profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text("utf-8"))
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text("utf-8"))
     profile["default-resources"] = {**profile["default-resources"], **SITE}
     profile["set-resources"] = {rule: dict(SITE) for rule in profile["set-resources"]}
     profile["set-threads"] = {rule: 1 for rule in profile["set-threads"]}

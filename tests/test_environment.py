@@ -198,9 +198,9 @@ def copy_checkout(where: Path) -> Path:
     """The files `pip install -e` and the workflow need, without build leftovers."""
     where.mkdir(parents=True)
     ignore = shutil.ignore_patterns("*.egg-info", "__pycache__")
-    for name in ("src", "workflow", "config", "requirements"):
+    for name in ("src", "workflow", "profiles", "config", "requirements"):
         shutil.copytree(ROOT / name, where / name, ignore=ignore)
-    for name in ("pyproject.toml", "README.md", "environment.yml"):
+    for name in ("Snakefile", "pyproject.toml", "README.md", "environment.yml"):
         shutil.copy2(ROOT / name, where / name)
     return where
 

@@ -209,7 +209,7 @@ def test_paths_parse_back_into_their_fields() -> None:
 
 
 def test_the_slurm_profile_gives_gpus_to_exactly_the_torch_stages() -> None:
-    profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     rules = profile["set-resources"]
     assert set(rules) | set(profile["set-threads"]) <= set(STAGES)  # no rule that does not exist
     with_gpu = {name for name, resources in rules.items() if resources.get("gpu")}

@@ -32,7 +32,7 @@ from bigram_subnetworks.stages import (
     run_config_path,
     stages_for,
 )
-from projects import chromium, make_project, run
+from projects import PROJECT_FILES, chromium, make_project, run
 
 pytestmark = pytest.mark.workflow
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,6 +152,54 @@ def test_snakemake_takes_the_configfile_and_overrides_given(tmp_path: Path) -> N
     effective = yaml.safe_load((project / run_config_path(default)).read_text())
     assert effective["masks"]["lr"] == 0.02
     assert effective["masks"]["temp_increase"] == default.masks.temp_increase
+
+
+SETTINGS = """
+import json, sys
+from snakemake.cli import parse_args
+_, args = parse_args(sys.argv[1:])
+keys = ("cores", "rerun_incomplete", "max_checksum_file_size", "executor", "jobs")
+print(json.dumps({key: getattr(args, key) for key in keys}))
+"""
+
+
+def snakemake_settings(project: Path, *args: str) -> dict[str, object]:
+    """Settings of `snakemake <args>` in `project` once Snakemake has applied its profiles."""
+    return json.loads(run([sys.executable, "-c", SETTINGS, *args], project).stdout)
+
+
+def test_snakemake_alone_in_the_repository_root_reads_the_default_profile(tmp_path: Path) -> None:
+    """The top-level Snakefile finds profiles/default without --profile: every core, continue an
+    interrupted run, content checksums of inputs up to the profile's size; the SLURM profile keeps
+    them. Snakemake's own defaults (`--workflow-profile none`) differ in each."""
+    project = make_project(tmp_path / "p")
+    profile = yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())
+    assert profile["cores"] == "all" and profile["rerun-incomplete"] is True
+    cores = os.cpu_count()
+    local = {
+        "cores": cores,
+        "rerun_incomplete": True,
+        "max_checksum_file_size": profile["max-checksum-file-size"],
+        "executor": None,
+        "jobs": None,
+    }
+    assert snakemake_settings(project) == local
+    bare = snakemake_settings(project, "--workflow-profile", "none")
+    assert bare["cores"] is None and bare["rerun_incomplete"] is False
+    assert bare["max_checksum_file_size"] < profile["max-checksum-file-size"]
+    cluster = snakemake_settings(project, "--profile", "profiles/slurm")
+    assert cluster == {**local, "executor": "slurm", "jobs": 100}
+
+    dry = run(["snakemake", "-n", "data"], project)
+    assert "workflow specific profile profiles/default" in dry.stderr
+    tokenize = next(block for block in dry.stdout.split("\n\n") if "rule tokenize:" in block)
+    assert cores == 1 or f"threads: {cores}" in tokenize  # a dry run leaves out "threads: 1"
+
+
+def test_snakemake_lint_finds_nothing_to_improve(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p")
+    lint = run(["snakemake", "--lint"], project, check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 @dataclass
@@ -508,8 +556,7 @@ def test_dvc_and_snakemake_keep_each_other_current(smoke_copy: Path) -> None:
     # A DVC experiment on one parameter reruns exactly the stages that read it.
     for setting in (["user.name", "test"], ["user.email", "test@example.org"]):
         run(["git", "config", *setting], smoke_copy)
-    tracked = ["workflow", "config", "dvc.yaml", "dvc.lock", "params.yaml", ".dvc"]
-    run(["git", "add", *tracked, ".dvcignore", "environment.yml"], smoke_copy)
+    run(["git", "add", *PROJECT_FILES, "dvc.yaml", "dvc.lock", "params.yaml", ".dvc"], smoke_copy)
     run(["git", "commit", "-qm", "smoke run"], smoke_copy)
     result = run(
         ["dvc", "exp", "run", "-S", "analysis.overlap_draws=500", "-n", "draws"], smoke_copy
@@ -528,8 +575,7 @@ def test_a_fresh_clone_pulls_the_run_from_a_dvc_remote(smoke_copy: Path, tmp_pat
     run(["dvc", "commit", "--force"], smoke_copy)  # record what Snakemake built in dvc.lock
     run(["dvc", "remote", "add", "--default", "shared", str(remote)], smoke_copy)
     run(["dvc", "push"], smoke_copy)
-    tracked = ["workflow", "config", "dvc.yaml", "dvc.lock", "params.yaml", ".dvc"]
-    run(["git", "add", *tracked, ".dvcignore", "environment.yml"], smoke_copy)
+    run(["git", "add", *PROJECT_FILES, "dvc.yaml", "dvc.lock", "params.yaml", ".dvc"], smoke_copy)
     identity = ["-c", "user.name=test", "-c", "user.email=test@example.org"]
     run(["git", *identity, "commit", "-qm", "smoke run", "--allow-empty"], smoke_copy)
 
@@ -620,7 +666,7 @@ def test_the_workflow_runs_as_a_module_of_another_workflow(tmp_path: Path) -> No
     (outer / "Snakefile").write_text(
         'configfile: "config.yaml"\n\n'
         "module bsn:\n"
-        f'    snakefile: "{ROOT / "workflow" / "Snakefile"}"\n'
+        f'    snakefile: "{ROOT / "Snakefile"}"\n'
         '    config: config["bigram_subnetworks"]\n\n'
         "use rule * from bsn as bsn_*\n"
     )

@@ -1,9 +1,10 @@
-# bigram-subnetworks: the whole DAG. Every rule comes from the stage registry
-# (src/bigram_subnetworks/stages.py) and calls one `bsn` command.
+# bigram-subnetworks: the entry point of the whole DAG (the rules are in workflow/rules/). Every
+# rule comes from the stage registry (src/bigram_subnetworks/stages.py) and calls one `bsn` command.
 #   snakemake                                   the embedded default (params.yaml), all cores
 #   snakemake --configfile config/smoke.yaml    another config
 #   snakemake --config 'masks={"lr": 0.02}'     overrides, merged into the config
-# The local settings (all cores, resume interrupted runs) are in workflow/profiles/default.
+# Snakemake reads profiles/default for every run from here (all cores, continue interrupted runs,
+# content checksums); --profile profiles/slurm submits the jobs to a SLURM cluster.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -15,9 +16,9 @@ if not workflow.overwrite_configfiles:
     configfile: "params.yaml"
 
 
-include: "rules/common.smk"
-include: "rules/stages.smk"
-include: "rules/targets.smk"
+include: "workflow/rules/common.smk"
+include: "workflow/rules/stages.smk"
+include: "workflow/rules/targets.smk"
 
 
 rule all:
