@@ -22,11 +22,14 @@ from bigram_subnetworks.frontends import dvc_yaml, rule_specs
 from bigram_subnetworks.stages import (
     STAGES,
     all_masks,
+    arguments,
     checkpoint_masks,
+    config_fields,
     control_masks,
     data_keys,
     dvc_params,
     job_fields,
+    job_id,
     key_parts,
     main_masks,
     settings,
@@ -56,7 +59,9 @@ def test_every_shipped_config_gets_a_dvc_yaml_and_rules_for_every_job(path: Path
     assert set(stages) == expected
     assert ("checkpoints" in stages) == (cfg.checkpoints is not None)
     if cfg.lambdas is not None:
-        assert len(stages["train_mask"]["foreach"]) == len(all_masks(cfg))
+        trained = {**stages["train_mask"]["foreach"]}
+        trained |= stages.get("train_ngram_mask", {}).get("foreach", {})
+        assert len(trained) == len(all_masks(cfg))
     specs = {spec.name: spec for spec in rule_specs(cfg)}
     assert set(specs) == {s.name for s in stages_for(cfg, "snakemake")}
     assert "config" not in specs  # Snakemake writes the effective config when it reads the file
@@ -216,3 +221,107 @@ def test_the_slurm_profile_gives_gpus_to_exactly_the_torch_stages() -> None:
     assert with_gpu == {s.name for s in STAGES.values() if s.torch}
     assert all(rules[name]["slurm_partition"] == "gpu" for name in with_gpu)
     assert "fetch" not in rules  # a local rule: it runs where the network is
+
+
+# ------------------------------------------------------------------------- n-gram targets
+
+
+def ngram_config(**grids: list[str]) -> Config:
+    raw = raw_default()
+    raw["lambdas"] |= grids
+    return validate_config(raw)
+
+
+def test_ngram_grids_are_optional_and_each_needs_lambda_zero() -> None:
+    default = load_config(ROOT / "params.yaml")
+    assert default.lambdas is not None and list(default.lambdas.grids()) == ["bigram", "full"]
+    cfg = ngram_config(trigram=["0", "1e1"], unigram=["0"])
+    assert cfg.lambdas is not None
+    assert list(cfg.lambdas.grids()) == ["unigram", "bigram", "trigram", "full"]
+    for target in ("unigram", "trigram"):
+        with pytest.raises(Exception, match=rf"lambdas\.{target}: add '0'"):
+            ngram_config(**{target: ["1e1"]})
+        with pytest.raises(Exception, match="each λ label may appear once"):
+            ngram_config(**{target: ["0", "0"]})
+    with pytest.raises(Exception, match=r"lambdas\.fourgram"):
+        ngram_config(fourgram=["0"])
+
+
+def test_the_default_has_no_ngram_stages_and_its_mask_jobs_keep_their_inputs() -> None:
+    cfg = load_config(ROOT / "params.yaml")
+    names = {stage.name for stage in stages_for(cfg, "dvc")}
+    assert not {"ngram_stats", "train_ngram_mask"} & names
+    assert set(STAGES["train_mask"].ports(cfg)) == {
+        "model_dir",
+        "tokens_train",
+        "bigram_stats",
+        "mask",
+        "mask_log",
+        "mask_curve",
+    }
+    assert "ngram_stats" not in STAGES["evaluate"].ports(cfg)
+
+
+def test_ngram_targets_get_their_orders_tables_and_only_the_evaluation_reads_them() -> None:
+    cfg = ngram_config(unigram=["0", "1e1"], trigram=["0", "1e1"])
+    names = [stage.name for stage in stages_for(cfg, "snakemake")]
+    assert names.index("ngram_stats") < names.index("train_ngram_mask")
+    (counting,) = STAGES["ngram_stats"].jobs(cfg)
+    assert counting == {"order": "3"}
+    fields = job_fields(cfg, counting)
+    outputs = {
+        name: port.paths(cfg, fields) for name, port in STAGES["ngram_stats"].outputs.items()
+    }
+    data = fields["data"]
+    assert outputs == {
+        "ngram_stats": [f"data/{data}/ngrams-3.parquet"],
+        "ngram_meta": [f"data/{data}/ngrams-3.json"],
+    }
+    assert STAGES["ngram_stats"].log(cfg).format(**fields) == f"data/{data}/logs/ngram_stats-3.log"
+
+    # Trigram masks: their own stage, with the order-3 counts; every other mask: train_mask's
+    # inputs, so a change of the trigram counts reruns no bigram mask.
+    trigram = STAGES["train_ngram_mask"].jobs(cfg)
+    assert {job["target"] for job in trigram} == {"trigram"}
+    assert len(trigram) == 2 * len(cfg.models)
+    others = STAGES["train_mask"].jobs(cfg)
+    assert {job["target"] for job in others} == {"unigram", "bigram", "full"}
+    assert {job_id(j) for j in trigram} | {job_id(j) for j in others} == {
+        job_id(j) for j in all_masks(cfg)
+    }
+    job = job_fields(cfg, trigram[0])
+    inputs = {
+        name: port.paths(cfg, job)
+        for name, port in STAGES["train_ngram_mask"].ports(cfg).items()
+        if name in STAGES["train_ngram_mask"].inputs
+    }
+    assert inputs["ngram_stats"] == outputs["ngram_stats"]
+    assert inputs["ngram_meta"] == outputs["ngram_meta"]
+    assert set(STAGES["train_mask"].ports(cfg)) == {
+        "model_dir",
+        "tokens_train",
+        "bigram_stats",
+        "mask",
+        "mask_log",
+        "mask_curve",
+    }
+    # Checkpoints and controls stay bigram-only; the paper's analyses read bigram and full masks.
+    assert {j["target"] for j in checkpoint_masks(cfg) + control_masks(cfg)} == {"bigram"}
+    evaluated = STAGES["evaluate"].inputs["masks"].paths(cfg, config_fields(cfg))
+    assert len(evaluated) == len(main_masks(cfg))
+    for name in ("overlap", "ablate", "residual"):
+        masks = STAGES[name].inputs["masks"].paths(cfg, config_fields(cfg))
+        assert masks and all("/bigram/" in m or "/full/" in m for m in masks), name
+    assert set(STAGES["evaluate"].ports(cfg)) >= {"ngram_stats", "ngram_meta"}
+
+
+def test_the_cli_parses_an_order_as_a_number() -> None:
+    from bigram_subnetworks.cli import build_parser
+
+    cfg = ngram_config(trigram=["0"])
+    stage = STAGES["ngram_stats"]
+    fields = job_fields(cfg, stage.jobs(cfg)[0])
+    args = build_parser().parse_args(
+        [stage.command, "--config", "c.yaml", *arguments(stage, cfg, fields)]
+    )
+    assert args.order == 3

@@ -238,7 +238,7 @@ def _add_stage(sub: argparse._SubParsersAction, stage: Stage) -> None:
             option(name),
             dest=name,
             required=True,
-            type=_lambda_label if name == "lam" else str,
+            type=_lambda_label if name == "lam" else int if name == "order" else str,
             help=WILDCARD_HELP[name],
         )
     for name, port in {**stage.inputs, **stage.outputs}.items():
@@ -277,7 +277,8 @@ LOG_HELP = (
 
 WILDCARD_HELP = {
     "model": "Model key: a model name of the config, or name+step-<N> / name+random-body.",
-    "target": "Mask target: bigram or full.",
+    "target": "Mask target: an n-gram model (unigram, bigram, trigram) or full.",
+    "order": "N-gram order n (3 or more; orders 1 and 2 are the bigram statistics).",
     "lam": "λ label: 0, 1, 1e1, 5e2, inf, neginf (quoted in YAML).",
 }
 

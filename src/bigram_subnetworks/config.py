@@ -348,6 +348,21 @@ class LambdaSettings(_Section):
         description="λ labels for 'optimal pruning' masks trained towards the full model "
         "(the paper leaves out 0)."
     )
+    unigram: LambdaGrid | None = Field(
+        None,
+        description="λ labels for masks trained towards the unigram distribution P(next) (the "
+        "n = 1 subnetwork; must include '0'). null: none.",
+    )
+    trigram: LambdaGrid | None = Field(
+        None,
+        description="λ labels for masks trained towards trigram outputs P(next | previous two) "
+        "(n = 3; must include '0'; needs the ngram_stats stage's counts). null: none.",
+    )
+
+    def grids(self) -> dict[str, list[str]]:
+        """Every configured target's λ labels, the n-gram targets in order of n, then `full`."""
+        grids = {"unigram": self.unigram, "bigram": self.bigram, "trigram": self.trigram}
+        return {t: g for t, g in grids.items() if g is not None} | {"full": self.full}
 
 
 def _finite_labels(labels: list[str]) -> list[str]:
@@ -553,10 +568,14 @@ class Config(_Section):
             raise ValueError("corpus and tokenizer names must not contain '__'")
         if self.models and self.lambdas is None:
             raise ValueError("lambdas: required when models are configured")
-        if self.models and self.lambdas is not None and "0" not in self.lambdas.bigram:
-            raise ValueError(
-                "lambdas.bigram: add '0': λ selection compares every bigram mask with λ = 0's"
-            )
+        for target, labels in (
+            self.lambdas.grids() if self.models and self.lambdas else {}
+        ).items():
+            if target != "full" and "0" not in labels:
+                raise ValueError(
+                    f"lambdas.{target}: add '0': λ selection compares every {target} mask with "
+                    "λ = 0's"
+                )
         if self.tokenizer.source == "train":
             others = [name for name, spec in self.models.items() if spec.source != "embedded"]
             if others:
@@ -799,7 +818,9 @@ def typed_overrides(overrides: Any) -> Any:
     whole and decimal numbers among them become numbers again (λ labels stay strings)."""
     if isinstance(overrides, dict):
         return {
-            key: value if key in ("lambdas", "bigram", "full") else typed_overrides(value)
+            key: value
+            if key in ("lambdas", *LambdaSettings.model_fields)
+            else typed_overrides(value)
             for key, value in overrides.items()
         }
     if isinstance(overrides, list):

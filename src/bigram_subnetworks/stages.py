@@ -39,15 +39,36 @@ def checkpoint_key(cfg: Config, model: str, step: int) -> str:
 
 
 def main_masks(cfg: Config) -> list[Wildcards]:
-    """Every mask of the main grid: model × target × λ label."""
+    """Every mask of the main grid: model × target × λ label (the n-gram targets in order of n,
+    then `full`)."""
     if cfg.lambdas is None:
         return []
     return [
         {"model": model, "target": target, "lam": label}
         for model in cfg.models
-        for target in ("bigram", "full")
-        for label in getattr(cfg.lambdas, target)
+        for target, labels in cfg.lambdas.grids().items()
+        for label in labels
     ]
+
+
+def paper_masks(cfg: Config) -> list[Wildcards]:
+    """The main grid's bigram and full-model masks: the paper's analyses (overlap, ablations,
+    residual stream, the report's figures) read these and no other order's."""
+    return [job for job in main_masks(cfg) if job["target"] in ("bigram", "full")]
+
+
+def high_orders(cfg: Config) -> list[Wildcards]:
+    """The configured n-gram orders whose counts the ngram_stats stage makes (n >= 3; orders 1
+    and 2 come from the bigram statistics)."""
+    grids = cfg.lambdas.grids() if cfg.lambdas is not None else {}
+    orders = [A.ngram_order(target) for target in grids]
+    return [{"order": str(n)} for n in sorted(n for n in orders if n is not None and n >= 3)]
+
+
+def _counted_elsewhere(job: Wildcards) -> bool:
+    """A mask job whose target needs the ngram_stats stage's counts (an n-gram order >= 3)."""
+    order = A.ngram_order(job["target"])
+    return order is not None and order >= 3
 
 
 def checkpoint_masks(cfg: Config) -> list[Wildcards]:
@@ -93,6 +114,29 @@ def all_masks(cfg: Config) -> list[Wildcards]:
     for job in main_masks(cfg) + checkpoint_masks(cfg) + control_masks(cfg):
         seen.setdefault(job_id(job), job)
     return list(seen.values())
+
+
+def mask_jobs(cfg: Config) -> list[Wildcards]:
+    """The train_mask stage's jobs: every mask whose target the bigram statistics describe
+    (unigram, bigram, full)."""
+    return [job for job in all_masks(cfg) if not _counted_elsewhere(job)]
+
+
+def ngram_mask_jobs(cfg: Config) -> list[Wildcards]:
+    """The train_ngram_mask stage's jobs: the masks of n-gram targets of order >= 3."""
+    return [job for job in all_masks(cfg) if _counted_elsewhere(job)]
+
+
+def ngram_masks(cfg: Config) -> list[Wildcards]:
+    """The main grid's masks of every n-gram target (the ngrams stage reads each order's
+    selected one)."""
+    return [job for job in main_masks(cfg) if A.ngram_order(job["target"]) is not None]
+
+
+def _has_ngram_orders(cfg: Config) -> bool:
+    """Two or more n-gram targets are configured (the ngrams stage compares their masks)."""
+    grids = cfg.lambdas.grids() if cfg.lambdas is not None else {}
+    return sum(A.ngram_order(target) is not None for target in grids) >= 2
 
 
 def models_grid(cfg: Config) -> list[Wildcards]:
@@ -214,11 +258,11 @@ class Stage:
 
     def log(self, cfg: Config) -> str:
         """The log path template (wildcards left as `{name}` placeholders)."""
+        names = self.wildcards
         if self.shared:
             first = next(iter(self.outputs.values())).artifact
             folder = first.path if first.is_folder else first.path.rsplit("/", 1)[0]
-            return f"{folder}/logs/{self.name}.log"
-        names = self.wildcards
+            return f"{folder}/logs/{'-'.join([self.name, *(f'{{{n}}}' for n in names)])}.log"
         if not names:
             return f"results/{{run}}/logs/{self.name}.log"
         return f"results/{{run}}/logs/{self.name}/{'-'.join(f'{{{n}}}' for n in names)}.log"
@@ -269,6 +313,10 @@ def _streamed_hub(cfg: Config) -> bool:
     return _streamed_bigrams(cfg) and _hub_corpus(cfg)
 
 
+def _has_high_orders(cfg: Config) -> bool:
+    return bool(high_orders(cfg))
+
+
 def _has_embedded(cfg: Config) -> bool:
     return bool(embedded_models(cfg))
 
@@ -293,7 +341,8 @@ def _hub_models(cfg: Config) -> bool:
 
 
 def _figures(cfg: Config) -> list[Wildcards]:
-    return [{"figure": name} for name in A.figure_names(cfg.checkpoints is not None)]
+    names = A.figure_names(cfg.checkpoints is not None, _has_ngram_orders(cfg))
+    return [{"figure": name} for name in names]
 
 
 def _plots(cfg: Config) -> list[Wildcards]:
@@ -315,6 +364,22 @@ DATA = {
 }
 RUN_MODELS = _each(A.MODEL, models_grid)
 MAIN_MASKS = _each(A.MASK, main_masks)
+PAPER_MASKS = _each(A.MASK, paper_masks)
+NGRAM_TABLES = {  # the counts of every configured order >= 3, for the stages that score them
+    "ngram_stats": _each(A.NGRAM_STATS, high_orders, when=_has_high_orders),
+    "ngram_meta": _each(A.NGRAM_META, high_orders, when=_has_high_orders),
+}
+MASK_INPUTS = {
+    "model_dir": _one(A.MODEL, rename=MASK_OF_BASE),
+    "tokens_train": _one(A.TOKENS_TRAIN),
+    "bigram_stats": _one(A.BIGRAM_STATS),
+}
+MASK_OUTPUTS = {
+    "mask": _one(A.MASK),
+    "mask_log": _one(A.MASK_LOG),
+    "mask_curve": _one(A.MASK_CURVE),
+}
+MASK_READS = ("seed", *TORCH, "masks", "models.{base}")
 
 _STAGES = [
     Stage(
@@ -381,6 +446,24 @@ _STAGES = [
         network=_streamed_hub,
     ),
     Stage(
+        "ngram_stats",
+        "Count the n-grams of one order n >= 3 of the train sequences (the contexts of the "
+        "trigram target; orders 1 and 2 are the bigram statistics).",
+        "bigram_subnetworks.data.ngrams:run_stage",
+        inputs={
+            "tokens_train": _one(A.TOKENS_TRAIN),
+            "tokens_meta": _one(A.TOKENS_META),
+            "bigram_stats": _one(A.BIGRAM_STATS),
+        },
+        outputs={"ngram_stats": _one(A.NGRAM_STATS), "ngram_meta": _one(A.NGRAM_META)},
+        reads=("data.bigram_tokens",),
+        wildcards=("order",),
+        grid=high_orders,
+        enabled=_has_high_orders,
+        threads=True,
+        shared=True,
+    ),
+    Stage(
         "fetch",
         "Download a Hub model and its checkpoint revisions into the Hub cache, recording their "
         "commits (or check a local model folder).",
@@ -420,26 +503,31 @@ _STAGES = [
         "train_mask",
         "Train one mask: model key (a model, a checkpoint or a control) × target × λ.",
         "bigram_subnetworks.masks.stage:run_stage",
-        inputs={
-            "model_dir": _one(A.MODEL, rename=MASK_OF_BASE),
-            "tokens_train": _one(A.TOKENS_TRAIN),
-            "bigram_stats": _one(A.BIGRAM_STATS),
-        },
-        outputs={
-            "mask": _one(A.MASK),
-            "mask_log": _one(A.MASK_LOG),
-            "mask_curve": _one(A.MASK_CURVE),
-        },
-        reads=("seed", *TORCH, "masks", "models.{base}"),
+        inputs=MASK_INPUTS,
+        outputs=MASK_OUTPUTS,
+        reads=MASK_READS,
         wildcards=("model", "target", "lam"),
-        grid=all_masks,
+        grid=mask_jobs,
+        torch=True,
+    ),
+    Stage(
+        "train_ngram_mask",
+        "Train one mask of an n-gram target of order >= 3: train_mask's job with the order's "
+        "counts as a further input (so the other masks never wait for or rerun on them).",
+        "bigram_subnetworks.masks.stage:run_stage",
+        inputs={**MASK_INPUTS, **NGRAM_TABLES},
+        outputs=MASK_OUTPUTS,
+        reads=MASK_READS,
+        wildcards=("model", "target", "lam"),
+        grid=ngram_mask_jobs,
+        enabled=_has_high_orders,
         torch=True,
     ),
     Stage(
         "evaluate",
         "Score every mask of the main grid (and each full model) on held-out sequences.",
         "bigram_subnetworks.analysis.evaluate:run_stage",
-        inputs={"models": RUN_MODELS, "masks": MAIN_MASKS, **DATA},
+        inputs={"models": RUN_MODELS, "masks": MAIN_MASKS, **DATA, **NGRAM_TABLES},
         outputs={
             "mask_metrics": _one(A.MASK_METRICS),
             "blocks": _one(A.BLOCKS),
@@ -474,7 +562,7 @@ _STAGES = [
         "bigram_subnetworks.analysis.overlap:run_stage",
         inputs={
             "models": RUN_MODELS,
-            "masks": MAIN_MASKS,
+            "masks": PAPER_MASKS,
             "selection": _one(A.SELECTION),
             "references": _each(A.REFERENCE_MASK, reference_grid, when=_has_references),
         },
@@ -486,12 +574,26 @@ _STAGES = [
         reads=("seed", "analysis.overlap_draws"),
     ),
     Stage(
+        "ngrams",
+        "Compare the selected masks of every n-gram order: sparsity, nesting against both "
+        "overlap nulls, per-layer × block location.",
+        "bigram_subnetworks.analysis.ngrams:run_stage",
+        inputs={
+            "models": RUN_MODELS,
+            "masks": _each(A.MASK, ngram_masks),
+            "selection": _one(A.SELECTION),
+        },
+        outputs={"ngrams": _one(A.NGRAMS)},
+        reads=("seed", "analysis.overlap_draws"),
+        enabled=_has_ngram_orders,
+    ),
+    Stage(
         "ablate",
         "Ablations and generations of each model's selected masks.",
         "bigram_subnetworks.analysis.ablate:run_stage",
         inputs={
             "models": RUN_MODELS,
-            "masks": MAIN_MASKS,
+            "masks": PAPER_MASKS,
             "selection": _one(A.SELECTION),
             **DATA,
             "tokenizer": _one(A.TOKENIZER),
@@ -511,7 +613,7 @@ _STAGES = [
         "bigram_subnetworks.analysis.residual:run_stage",
         inputs={
             "models": RUN_MODELS,
-            "masks": MAIN_MASKS,
+            "masks": PAPER_MASKS,
             "selection": _one(A.SELECTION),
             **DATA,
         },
@@ -568,7 +670,7 @@ _STAGES = [
         "bigram_subnetworks.report.build:run_stage",
         inputs={
             "models": RUN_MODELS,
-            "mask_logs": _each(A.MASK_LOG, main_masks),
+            "mask_logs": _each(A.MASK_LOG, paper_masks),
             "tokens_meta": _one(A.TOKENS_META),
             "bigram_stats": _one(A.BIGRAM_STATS),
             "mask_metrics": _one(A.MASK_METRICS),
@@ -577,6 +679,7 @@ _STAGES = [
             "overlap": _one(A.OVERLAP),
             "overlap_null": _one(A.OVERLAP_NULL),
             "reference_overlap": _one(A.REFERENCE_OVERLAP, when=_has_references),
+            "ngrams": _one(A.NGRAMS, when=_has_ngram_orders),
             "ablations": _one(A.ABLATIONS),
             "generations": _one(A.GENERATIONS),
             "residual": _one(A.RESIDUAL),
