@@ -223,6 +223,29 @@ OVERLAP_NULL = Artifact(
         ("row_overlap", pa.float64()),
     ),
 )
+NGRAMS = Artifact(
+    "results/{run}/metrics/ngrams.parquet",
+    "the selected masks of every n-gram order compared (analysis.ngrams), one row per model x "
+    "analysis x subject x metric: sparsity (kept weights, kept_fraction, kept_ratio_to_bigram, "
+    "r) per order; nesting per ordered pair of orders (both, kept, other_kept, share of the "
+    "order's mask inside the other's, expected_share and ratio under the uniform null with its "
+    "exact p, row_expected_share, row_ratio and row_p_value under the row shuffle, draws); "
+    "location per order x layer x block kind (kept, size, share of the mask, fraction)",
+    schema=_schema(
+        ("model", pa.string()),
+        ("analysis", pa.string()),
+        ("target", pa.string()),
+        ("order", pa.int32()),
+        ("lambda", pa.string()),
+        ("other_target", pa.string()),
+        ("other_order", pa.int32()),
+        ("other_lambda", pa.string()),
+        ("layer", pa.int32()),
+        ("kind", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+    ),
+)
 REFERENCE_MASK = Artifact(
     "results/{run}/reference_masks/{model}/lambda-{lam}.safetensors",
     "one of the paper authors' released masks of a model (reference_masks), as a bsn mask file "
@@ -388,9 +411,11 @@ REPORT_FIGURES: dict[str, str] = {
 }
 
 
-def figure_names(has_checkpoints: bool) -> list[str]:
-    """The figures a run produces (`checkpoints` only for a config with a checkpoints section)."""
-    return [name for name in REPORT_FIGURES if name != "checkpoints" or has_checkpoints]
+def figure_names(has_checkpoints: bool, has_ngrams: bool = False) -> list[str]:
+    """The figures a run produces (`checkpoints` only for a config with a checkpoints section,
+    `ngrams` only for one with two or more n-gram targets)."""
+    present = {"checkpoints": has_checkpoints, "ngrams": has_ngrams}
+    return [name for name in REPORT_FIGURES if present.get(name, True)]
 
 
 REPORT_HTML = Artifact("results/{run}/report/index.html", "the self-contained HTML report")
