@@ -16,15 +16,21 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bigram_subnetworks.data.bigrams import BigramCounts, count_bigrams
+from bigram_subnetworks.data.bigrams import BigramCounts, context_totals, count_bigrams
+from bigram_subnetworks.data.ngrams import count_ngrams, from_bigram_counts, unigram_counts
 from bigram_subnetworks.masks.losses import (
     BigramTarget,
+    NgramTarget,
     bigram_cross_entropy,
     bigram_matrix,
     dense_bigram_cross_entropy,
     dense_bigram_matrix,
+    dense_ngram_cross_entropy,
+    dense_ngram_targets,
     distillation_cross_entropy,
     logits_from_hidden,
+    ngram_cross_entropy,
+    softcap_logits,
     unigram_distribution,
 )
 from tiny_models import tiny_lm
@@ -366,3 +372,160 @@ def test_bf16_autocast_distillation_head_is_float32(
     )
     assert float(half) == pytest.approx(float(reference), abs=1e-5)
     assert half.dtype == logits_dtype == torch.float32
+
+
+# --- n-gram targets -----------------------------------------------------------------------------
+
+
+def reference_ngram_targets(tokens: np.ndarray, vocab: int, order: int,
+                            queries: np.ndarray) -> np.ndarray:  # fmt: skip
+    """P(· | longest seen suffix context) of every query position, from dict counts in a loop."""
+    counts: dict[tuple[int, ...], np.ndarray] = {}
+    for seq in tokens.tolist():
+        padded = [vocab] * (order - 1) + seq
+        for t, token in enumerate(seq):
+            for n in range(1, order + 1):
+                context = tuple(padded[t + order - n : t + order - 1])
+                counts.setdefault(context, np.zeros(vocab))[token] += 1
+    uniform = np.full(vocab, 1.0 / vocab)
+    out = np.empty((*queries.shape, vocab))
+    for b, seq in enumerate(queries.tolist()):
+        padded = [vocab] * (order - 1) + seq
+        for t in range(len(seq)):
+            row = counts.get((), np.zeros(vocab))
+            out[b, t] = row / row.sum() if row.sum() else uniform
+            for n in range(2, order + 1):
+                context = tuple(padded[t + order - n + 1 : t + order])
+                if context in counts:
+                    out[b, t] = counts[context] / counts[context].sum()
+    return out
+
+
+def ngram_tables(tokens: np.ndarray, vocab: int, order: int) -> list:
+    return [count_ngrams(tokens, vocab, n) for n in range(1, order + 1)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    order=st.integers(1, 4),
+    vocab=st.integers(2, 9),
+    d=st.integers(1, 5),
+    seq_len=st.integers(1, 7),
+    with_bias=st.booleans(),
+    softcap=st.sampled_from([None, 2.0]),
+)
+def test_ngram_loss_equals_dense_reference(
+    seed: int, order: int, vocab: int, d: int, seq_len: int, with_bias: bool, softcap: float | None
+) -> None:
+    """Fast CE = dense CE = loop reference (float64) for every order, with a bias, a soft-cap and
+    contexts never seen (queries are random: most long contexts back off)."""
+    rng = np.random.default_rng(seed)
+    tokens = random_tokens(rng, vocab, 3, seq_len)
+    tables = ngram_tables(tokens, vocab, order)
+    unembed = torch.from_numpy(rng.normal(size=(vocab, d)))
+    bias = torch.from_numpy(rng.normal(size=vocab)) if with_bias else None
+    width = min(seq_len, 5)
+    seen_part = tokens[:1, :width].astype(np.int64)
+    queries = torch.from_numpy(np.concatenate([seen_part, rng.integers(0, vocab, (1, width))]))
+    hidden = torch.from_numpy(2 * rng.normal(size=(*queries.shape, d))).requires_grad_(True)
+    target = NgramTarget.build(tables, unembed, bias, softcap)
+    fast = ngram_cross_entropy(hidden, queries, unembed, target, bias)
+    fast.backward()
+    logits = logits_from_hidden(hidden, unembed, bias)
+    if softcap is not None:
+        logits = softcap_logits(logits, softcap)
+    want = torch.from_numpy(reference_ngram_targets(tokens, vocab, order, queries.numpy()))
+    expected = -(want * torch.log_softmax(logits, -1)).sum(-1).mean()
+    dense = dense_ngram_cross_entropy(logits, queries, tables)
+    assert fast.dtype == torch.float64
+    torch.testing.assert_close(fast, expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(dense, expected, rtol=1e-9, atol=1e-9)
+    assert torch.allclose(dense_ngram_targets(tables, queries), want, rtol=0, atol=1e-15)
+    grad_fast = hidden.grad.clone()
+    hidden.grad = None
+    expected.backward()
+    torch.testing.assert_close(grad_fast, hidden.grad, rtol=1e-8, atol=1e-10)
+
+
+def todays_bigram_loss(
+    counts: BigramCounts,
+    hidden: torch.Tensor,
+    current: torch.Tensor,
+    unembed: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """The bigram loss as it was computed before n-gram targets (M = P W_U from the bigram
+    fields, unseen contexts set to the unigram row), to check n = 2 still gives it bit for bit."""
+    vocab = counts.vocab_size
+    real = counts.prev < vocab
+    prev = counts.prev[real].astype(np.int64)
+    totals = context_totals(counts)
+    values = counts.count[real].astype(np.float64) / totals[prev]
+    crow = np.zeros(vocab + 1, dtype=np.int64)
+    np.cumsum(np.bincount(prev, minlength=vocab), out=crow[1:])
+    col = torch.from_numpy(counts.next[real].astype(np.int64))
+    p = torch.sparse_csr_tensor(
+        torch.from_numpy(crow), col, torch.from_numpy(values), size=(vocab, vocab)
+    )
+    unseen = torch.from_numpy(totals == 0)
+    unigram = torch.from_numpy(counts.unigram.astype(np.float64))
+    unigram = unigram / unigram.sum()
+    weight = unembed.detach().double()
+    m = torch.sparse.mm(p, weight)
+    m[unseen] = unigram @ weight
+    m = m.to(unembed.dtype)
+    logits = hidden.float() @ unembed.float().T
+    expected = (hidden.float() * m[current]).sum(-1)
+    if bias is not None:
+        b = bias.detach().double()
+        bias_term = torch.sparse.mm(p, b[:, None]).squeeze(1)
+        bias_term[unseen] = unigram @ b
+        logits = logits + bias.float()
+        expected = expected + bias_term.to(bias.dtype)[current]
+    return (torch.logsumexp(logits, dim=-1) - expected).mean()
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_order_two_is_todays_bigram_loss_bit_for_bit(with_bias: bool) -> None:
+    rng = np.random.default_rng(3)
+    vocab, d = 50, 8
+    tokens = random_tokens(rng, vocab, 10, 20)
+    counts = count_bigrams(tokens, vocab)
+    unembed = torch.from_numpy(rng.normal(size=(vocab, d)).astype(np.float32))
+    bias = torch.from_numpy(rng.normal(size=vocab).astype(np.float32)) if with_bias else None
+    hidden = torch.from_numpy(rng.normal(size=(4, 16, d)).astype(np.float32))
+    ids = torch.from_numpy(rng.integers(0, vocab, size=(4, 16)))
+    ids[0, :3] = torch.tensor(unseen_contexts(tokens, vocab)[:3])
+    tables = [unigram_counts(counts), from_bigram_counts(counts)]
+    assert tables[1].order == 2 and np.array_equal(
+        ngram_tables(tokens, vocab, 2)[1].count, tables[1].count
+    )
+    new = ngram_cross_entropy(hidden, ids, unembed, NgramTarget.build(tables, unembed, bias), bias)
+    old = todays_bigram_loss(counts, hidden, ids, unembed, bias)
+    assert torch.equal(new, old)
+    via_counts = BigramTarget.build(counts, unembed, bias)
+    assert torch.equal(bigram_cross_entropy(hidden, ids, unembed, via_counts, bias), old)
+
+
+def test_float32_trigram_target_is_accurate_and_moves() -> None:
+    """A float32 unembedding gives a float32 trigram loss within 1e-5 of the float64 reference;
+    `.to` keeps every part."""
+    rng = np.random.default_rng(8)
+    vocab, d = 40, 16
+    tokens = random_tokens(rng, vocab, 20, 30)
+    tables = ngram_tables(tokens, vocab, 3)
+    unembed = torch.from_numpy(rng.normal(size=(vocab, d)).astype(np.float32))
+    bias = torch.from_numpy(rng.normal(size=vocab).astype(np.float32))
+    hidden = torch.from_numpy(3 * rng.normal(size=(4, 25, d)).astype(np.float32))
+    ids = torch.from_numpy(np.concatenate([tokens[:2, :25], rng.integers(0, vocab, (2, 25))]))
+    target = NgramTarget.build(tables, unembed, bias).to(torch.device("cpu"))
+    assert target.sparse is not None and target.capped is None and target.m is not None
+    assert target.sparse.value.dtype == torch.float32
+    loss = ngram_cross_entropy(hidden, ids, unembed, target, bias)
+    logits = logits_from_hidden(hidden.double(), unembed.double(), bias.double())
+    expected = dense_ngram_cross_entropy(logits, ids, tables)
+    assert loss.dtype == torch.float32
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    per_position = torch.logsumexp(logits, -1) - target.expected_logit(hidden, ids).double()
+    assert float(per_position.mean()) == pytest.approx(float(expected), rel=1e-5)

@@ -1,12 +1,18 @@
-"""Mask-training losses: the exact bigram cross-entropy without a dense target, and distillation.
+"""Mask-training losses: the exact n-gram cross-entropy without a dense target, and distillation.
 
-For a position with current token c and final hidden state h (after the final norm), the logits
-are z = W_U h (+ b), cut to the tokenizer's vocabulary. The soft-target cross-entropy against the
-bigram row P[c] is
+For a position with context c (its last n − 1 tokens: the current token for the paper's bigram
+target) and final hidden state h (after the final norm), the logits are z = W_U h (+ b), cut to
+the tokenizer's vocabulary. The soft-target cross-entropy against the n-gram row P(· | c) is
 
-    CE(P[c], softmax(z)) = logsumexp(z) − Σ_j P[c, j] z_j = logsumexp(z) − h · M[c] − (P b)[c]
+    CE(P(·|c), softmax(z)) = logsumexp(z) − Σ_j P(j|c) z_j.
 
-with M = P W_U, computed once because W_U is frozen. No (batch, seq, vocab) target is ever built.
+For orders 1 and 2 the sum is h · M[c] + (P b)[c] with M = P W_U, computed once because W_U is
+frozen (one row for the unigram, V for the bigram). Beyond order 2 a dense M would have a row per
+context seen, so P is kept as CSR rows over the contexts instead, and the sum gathers the logits of
+this batch at each position's support (one gather and one segment sum per batch); soft-capped
+logits z = c·tanh((W_U h + b) / c) take that gather at every order, since they are not linear in h.
+A context never seen backs off to the longest suffix context that was (for the bigram: the
+unigram). No (batch, seq, vocab) target is ever built.
 
 Every loss here runs in float32 (or wider) with autocast switched off, also inside a bf16 autocast
 region: bf16 logits are rounded by up to 2^-9 of their size, an error that logsumexp(z) picks up
@@ -23,42 +29,72 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bigram_subnetworks.data.bigrams import BigramCounts, context_totals
+from bigram_subnetworks.artifacts import NGRAM_ORDERS
+from bigram_subnetworks.data.bigrams import BigramCounts
+from bigram_subnetworks.data.ngrams import (
+    NgramCounts,
+    NgramIndex,
+    check_chain,
+    context_rows,
+    from_bigram_counts,
+    unigram_counts,
+)
 
 
-def bigram_matrix(counts: BigramCounts) -> torch.Tensor:
-    """P(next | current) as a sparse CSR (V × V) matrix of the contexts seen in training.
-
-    Rows of contexts never seen are empty here; `BigramTarget` backs them off to the unigram.
-    """
-    vocab = counts.vocab_size
-    real = counts.prev < vocab
-    prev = counts.prev[real].astype(np.int64)
-    nxt = counts.next[real].astype(np.int64)
-    totals = context_totals(counts)
-    values = counts.count[real].astype(np.float64) / totals[prev]
+def _token_rows(table: NgramCounts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR (crow over contexts 0..V-1, col, P) of an order-2 table; the start row is left out."""
+    vocab = table.vocab_size
+    prev = np.repeat(table.context[:, 0].astype(np.int64), np.diff(table.crow))
+    real = prev < vocab
+    values = (
+        table.count[real].astype(np.float64) / np.repeat(table.row_total, np.diff(table.crow))[real]
+    )
     crow = np.zeros(vocab + 1, dtype=np.int64)
-    np.cumsum(np.bincount(prev, minlength=vocab), out=crow[1:])
+    np.cumsum(np.bincount(prev[real], minlength=vocab), out=crow[1:])
+    return crow, table.next[real].astype(np.int64), values
+
+
+def _sparse_csr(
+    crow: np.ndarray, col: np.ndarray, values: np.ndarray, size: tuple[int, int]
+) -> torch.Tensor:
     # The indices are sorted and in range by construction, so the (costly) invariant check is
     # off explicitly; torch warns about beta CSR support once per process otherwise.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return torch.sparse_csr_tensor(
             torch.from_numpy(crow),
-            torch.from_numpy(nxt),
+            torch.from_numpy(col),
             torch.from_numpy(values),
-            size=(vocab, vocab),
+            size=size,
             dtype=torch.float64,
             check_invariants=False,
         )
 
 
+def bigram_matrix(counts: BigramCounts) -> torch.Tensor:
+    """P(next | current) as a sparse CSR (V × V) matrix of the contexts seen in training.
+
+    Rows of contexts never seen are empty here; `NgramTarget` backs them off to the unigram.
+    """
+    vocab = counts.vocab_size
+    return _sparse_csr(*_token_rows(from_bigram_counts(counts)), size=(vocab, vocab))
+
+
+def _unigram_probabilities(table: NgramCounts) -> torch.Tensor:
+    """The order-1 distribution, dense (V,) float64; uniform when there are no tokens at all."""
+    vocab = table.vocab_size
+    dense = torch.zeros(vocab, dtype=torch.float64)
+    dense[torch.from_numpy(table.next.astype(np.int64))] = torch.from_numpy(
+        table.count.astype(np.float64)
+    )
+    if dense.sum() == 0:
+        return torch.full((vocab,), 1.0 / vocab, dtype=torch.float64)
+    return dense / dense.sum()
+
+
 def unigram_distribution(counts: BigramCounts) -> torch.Tensor:
     """Token frequencies; uniform when there are no tokens at all (the last back-off)."""
-    unigram = torch.from_numpy(counts.unigram.astype(np.float64))
-    if unigram.sum() == 0:
-        return torch.full((counts.vocab_size,), 1.0 / counts.vocab_size, dtype=torch.float64)
-    return unigram / unigram.sum()
+    return _unigram_probabilities(unigram_counts(counts))
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -75,10 +111,28 @@ def full_precision(device: torch.device) -> AbstractContextManager[object]:
 
 def dense_bigram_matrix(counts: BigramCounts) -> torch.Tensor:
     """The full (V × V) bigram distribution with unigram back-off: the slow reference."""
-    dense = bigram_matrix(counts).to_dense()
-    unseen = torch.from_numpy(context_totals(counts) == 0)
-    dense[unseen] = unigram_distribution(counts)
+    sparse = bigram_matrix(counts)
+    dense = sparse.to_dense()
+    dense[torch.diff(sparse.crow_indices()) == 0] = unigram_distribution(counts)
     return dense
+
+
+def dense_ngram_targets(tables: list[NgramCounts], input_ids: torch.Tensor) -> torch.Tensor:
+    """The reference: P(· | longest seen suffix context) of every position, dense (..., V)."""
+    check_chain(tables)
+    vocab = tables[0].vocab_size
+    target = _unigram_probabilities(tables[0]).expand(*input_ids.shape, vocab).clone()
+    for table in tables[1:]:
+        dense = torch.zeros(table.n_contexts, vocab, dtype=torch.float64)
+        rows = np.repeat(np.arange(table.n_contexts), np.diff(table.crow))
+        probability = table.count.astype(np.float64) / table.row_total[rows]
+        dense[torch.from_numpy(rows), torch.from_numpy(table.next.astype(np.int64))] = (
+            torch.from_numpy(probability)
+        )
+        found = context_rows(table, input_ids.cpu())
+        seen = found >= 0
+        target[seen] = dense[found[seen]]
+    return target
 
 
 def softcap_logits(logits: torch.Tensor, cap: float) -> torch.Tensor:
@@ -87,32 +141,26 @@ def softcap_logits(logits: torch.Tensor, cap: float) -> torch.Tensor:
 
 
 # The attribute by which an unembedding tensor (MaskedLM.unembed) carries its model's final-logit
-# soft-cap to `BigramTarget.build` when the caller passes none.
+# soft-cap to `NgramTarget.build` when the caller passes none.
 SOFTCAP_ATTRIBUTE = "logit_softcap"
 
 
 @dataclass
-class SoftcappedBigram:
-    """P as sparse rows, for soft-capped logits z = c·tanh((W_U h + b) / c)."""
+class SparseRows:
+    """Rows of P as CSR over contexts (of one or several orders, stacked): Σ_v P[row, v] z_v by
+    gathering the logits at each row's support."""
 
-    unembed: torch.Tensor  # (V, d)
-    bias: torch.Tensor | None  # (V,)
-    cap: float
-    crow: torch.Tensor  # (V + 1,) int64: row r of P is entries crow[r] .. crow[r + 1]
+    crow: torch.Tensor  # (rows + 1,) int64: row r of P is entries crow[r] .. crow[r + 1]
     col: torch.Tensor  # (nnz,) int64
     value: torch.Tensor  # (nnz,) P entries, float32 (float64 for a float64 unembedding)
-    unigram: torch.Tensor  # (V,) the back-off of contexts never seen
-    unseen: torch.Tensor  # (V,) bool
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return softcap_logits(logits_from_hidden(hidden, self.unembed, self.bias), self.cap)
-
-    def expected_from_logits(self, logits: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        """Σ_v P[current, v] · logits_v for every position (shape of `current`), float32+."""
-        flat = current.reshape(-1)
+    def expected_from_logits(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Σ_v P[row, v] · logits_v for every position (shape of `rows`; 0 where row < 0)."""
+        flat = rows.reshape(-1)
         z = logits.reshape(-1, logits.shape[-1])
-        start = self.crow[flat]
-        count = self.crow[flat + 1] - start
+        safe = flat.clamp(min=0)
+        start = self.crow[safe]
+        count = torch.where(flat >= 0, self.crow[safe + 1] - start, 0)
         total = int(count.sum())
         positions = torch.arange(flat.numel(), device=z.device)
         row = torch.repeat_interleave(positions, count, output_size=total)
@@ -120,106 +168,201 @@ class SoftcappedBigram:
         entry = start[row] + offset
         contribution = self.value[entry] * z[row, self.col[entry]].to(self.value.dtype)
         expected = torch.zeros(flat.numel(), dtype=self.value.dtype, device=z.device)
-        expected = expected.index_add(0, row, contribution)
-        backoff = torch.nonzero(self.unseen[flat]).squeeze(1)  # their sparse rows are empty
-        if backoff.numel():  # (a product and a sum, not a matmul: autocast leaves them alone)
-            unigram_term = (z[backoff].to(self.unigram.dtype) * self.unigram).sum(-1)
-            expected = expected.index_add(0, backoff, unigram_term)
-        return expected.reshape(current.shape)
+        return expected.index_add(0, row, contribution).reshape(rows.shape)
 
-    def cross_entropy(self, linear: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        """Mean CE(P[current], softmax(capped logits)) from the uncapped logits W_U h + b."""
-        logits = softcap_logits(linear.to(self.value.dtype), self.cap)
-        expected = self.expected_from_logits(logits, current)
-        return (torch.logsumexp(logits, dim=-1) - expected).mean()
-
-    def to(self, device: torch.device) -> SoftcappedBigram:
-        return SoftcappedBigram(
-            self.unembed.to(device),
-            None if self.bias is None else self.bias.to(device),
-            self.cap,
-            *(t.to(device) for t in (self.crow, self.col, self.value, self.unigram, self.unseen)),
-        )
+    def to(self, device: torch.device) -> SparseRows:
+        return SparseRows(self.crow.to(device), self.col.to(device), self.value.to(device))
 
 
 @dataclass
-class BigramTarget:
-    """Precomputed M = P W_U (and P b) for one frozen unembedding; for soft-capped logits, the
-    sparse rows of P instead (`capped`, with `m` None)."""
+class ContextLookup:
+    """Each position's row in the stacked `SparseRows`: its longest context seen (−1: none)."""
 
-    m: torch.Tensor | None  # (V, d); None when `capped` is set
-    bias_term: torch.Tensor | None  # (V,) = P b, when the unembedding has a bias
-    capped: SoftcappedBigram | None = None
+    indexes: tuple[NgramIndex, ...]  # highest order first
+    offsets: tuple[int, ...]  # each order's first row in the stack
+
+    def rows(self, input_ids: torch.Tensor) -> torch.Tensor:
+        found = torch.full(input_ids.shape, -1, dtype=torch.int64, device=input_ids.device)
+        for index, offset in zip(self.indexes, self.offsets, strict=True):
+            rows = index.rows(input_ids)
+            found = torch.where((found < 0) & (rows >= 0), rows + offset, found)
+        return found
+
+    def to(self, device: torch.device) -> ContextLookup:
+        return ContextLookup(tuple(i.to(device) for i in self.indexes), self.offsets)
+
+
+def _stacked_rows(
+    tables: list[NgramCounts], unigram: torch.Tensor, dtype: torch.dtype, device: torch.device
+) -> tuple[SparseRows, ContextLookup]:
+    """The CSR rows of `tables` (highest order first; order 1 is the one unigram row)."""
+    crows, cols, values, indexes, offsets = [np.zeros(1, dtype=np.int64)], [], [], [], []
+    n_rows, n_entries = 0, 0
+    for table in reversed(tables):
+        if table.order == 1:
+            col = torch.nonzero(unigram).squeeze(1).numpy()
+            value = unigram[col].numpy()
+            crow = np.array([0, col.size], dtype=np.int64)
+        else:
+            col = table.next.astype(np.int64)
+            value = table.count.astype(np.float64) / np.repeat(table.row_total, np.diff(table.crow))
+            crow = table.crow
+        indexes.append(NgramIndex.of(table).to(device))
+        offsets.append(n_rows)
+        crows.append(crow[1:] + n_entries)
+        cols.append(col)
+        values.append(value)
+        n_rows += crow.size - 1
+        n_entries += col.size
+    sparse = SparseRows(
+        torch.from_numpy(np.concatenate(crows)).to(device),
+        torch.from_numpy(np.concatenate(cols)).to(device),
+        torch.from_numpy(np.concatenate(values)).to(device, dtype),
+    )
+    return sparse, ContextLookup(tuple(indexes), tuple(offsets))
+
+
+@dataclass
+class NgramTarget:
+    """The n-gram target of one frozen unembedding: M = P W_U (and P b) of orders <= 2, and for
+    orders >= 3 (or soft-capped logits: every order) the CSR rows of P gathered at the logits."""
+
+    order: int
+    m: torch.Tensor | None  # (V, d), (1, d) for the unigram; None when soft-capped
+    bias_term: torch.Tensor | None  # (V,) or (1,) = P b, when the unembedding has a bias
+    sparse: SparseRows | None = None  # orders >= 3, or all orders when soft-capped
+    lookup: ContextLookup | None = None  # positions to rows of `sparse`
+    unembed: torch.Tensor | None = None  # (V, d), to form the logits where `sparse` needs them
+    bias: torch.Tensor | None = None
+    softcap: float | None = None
 
     @classmethod
     def build(
         cls,
-        counts: BigramCounts,
+        tables: list[NgramCounts] | BigramCounts,
         unembed: torch.Tensor,
         bias: torch.Tensor | None = None,
         softcap: float | None = None,
-    ) -> BigramTarget:
-        """`unembed` is the LM head weight cut to the tokenizer's vocabulary, shape (V, d).
+    ) -> NgramTarget:
+        """`tables` are the counts of orders 1..n (a BigramCounts: the bigram target, n = 2);
+        `unembed` is the LM head weight cut to the tokenizer's vocabulary, shape (V, d).
 
         `softcap` is the model's final-logit soft-cap (`layout.logit_softcap`); when None it is
         read from `unembed`'s `logit_softcap` attribute if present (MaskedLM.unembed carries it),
         so a target built from a MaskedLM always matches that model's logits."""
-        vocab = counts.vocab_size
+        if isinstance(tables, BigramCounts):
+            tables = [unigram_counts(tables), from_bigram_counts(tables)]
+        check_chain(tables)
+        vocab = tables[0].vocab_size
         if unembed.shape[0] != vocab:
-            raise ValueError(f"unembedding has {unembed.shape[0]} rows, bigram table {vocab}")
+            name = {n: target for target, n in NGRAM_ORDERS.items()}.get(len(tables), "n-gram")
+            raise ValueError(f"unembedding has {unembed.shape[0]} rows, {name} table {vocab}")
         if softcap is None:
             softcap = getattr(unembed, SOFTCAP_ATTRIBUTE, None)
-        if softcap is not None:
-            return cls(None, None, cls._capped(counts, unembed, bias, float(softcap)))
-        weight = unembed.detach().to("cpu", torch.float64)
-        p = bigram_matrix(counts)
-        unseen = torch.from_numpy(context_totals(counts) == 0)
-        unigram = unigram_distribution(counts)
+        unigram = _unigram_probabilities(tables[0])
+        dtype, device = unembed.dtype, unembed.device
+        m = bias_term = None
+        if softcap is None:
+            m, bias_term = _matrix_terms(tables[:2], unigram, unembed, bias)
+        sparse_tables = tables if softcap is not None else tables[2:]
+        if not sparse_tables:
+            return cls(len(tables), m, bias_term)
+        sparse, lookup = _stacked_rows(sparse_tables, unigram, _accumulation_dtype(dtype), device)
+        return cls(
+            len(tables),
+            m,
+            bias_term,
+            sparse,
+            lookup,
+            unembed.detach(),
+            None if bias is None else bias.detach(),
+            None if softcap is None else float(softcap),
+        )
+
+    @property
+    def capped(self) -> SparseRows | None:
+        """The CSR rows when the logits are soft-capped (then every order goes through them)."""
+        return self.sparse if self.softcap is not None else None
+
+    def to(self, device: torch.device) -> NgramTarget:
+        def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.to(device)
+
+        return NgramTarget(
+            self.order,
+            move(self.m),
+            move(self.bias_term),
+            None if self.sparse is None else self.sparse.to(device),
+            None if self.lookup is None else self.lookup.to(device),
+            move(self.unembed),
+            move(self.bias),
+            self.softcap,
+        )
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The logits the sparse rows are gathered at (soft-capped if the model's are)."""
+        assert self.unembed is not None
+        logits = logits_from_hidden(hidden, self.unembed, self.bias)
+        return logits if self.softcap is None else softcap_logits(logits, self.softcap)
+
+    def expected_logit(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Σ_v P(v | context) · logit_v for every position of `input_ids` (the tokens at the
+        hidden states' positions, whose last n − 1 give each context), without forming the
+        logits for orders <= 2; beyond, or soft-capped, through the logits of these positions."""
+        if self.sparse is None:
+            return self._matrix_term(hidden, input_ids)
+        return self.expected_from_logits(hidden, self.logits(hidden), input_ids)
+
+    def expected_from_logits(
+        self, hidden: torch.Tensor, logits: torch.Tensor, input_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """`expected_logit` given the logits of these positions already."""
+        if self.sparse is None:
+            return self._matrix_term(hidden, input_ids)
+        assert self.lookup is not None
+        rows = self.lookup.rows(input_ids)
+        expected = self.sparse.expected_from_logits(logits, rows)
+        if self.m is None:
+            return expected
+        fallback = self._matrix_term(hidden, input_ids).to(expected.dtype)  # orders <= 2
+        return torch.where(rows >= 0, expected, fallback)
+
+    def _matrix_term(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        assert self.m is not None
+        context = input_ids if self.order >= 2 else torch.zeros_like(input_ids)
+        expected = (hidden * self.m[context]).sum(-1)
+        return expected if self.bias_term is None else expected + self.bias_term[context]
+
+
+def _matrix_terms(
+    tables: list[NgramCounts],
+    unigram: torch.Tensor,
+    unembed: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """M = P W_U and P b of the unigram (one row) or bigram (V rows, unigram back-off)."""
+    weight = unembed.detach().to("cpu", torch.float64)
+    b = None if bias is None else bias.detach().to("cpu", torch.float64)
+    if len(tables) == 1:
+        m = (unigram @ weight)[None]
+        bias_term = None if b is None else (unigram @ b)[None]
+    else:
+        vocab = tables[1].vocab_size
+        crow, col, values = _token_rows(tables[1])
+        p = _sparse_csr(crow, col, values, size=(vocab, vocab))
+        unseen = torch.from_numpy(np.diff(crow) == 0)
         m = torch.sparse.mm(p, weight)
         m[unseen] = unigram @ weight
         bias_term = None
-        if bias is not None:
-            b = bias.detach().to("cpu", torch.float64)
+        if b is not None:
             bias_term = torch.sparse.mm(p, b[:, None]).squeeze(1)
             bias_term[unseen] = unigram @ b
-        dtype, device = unembed.dtype, unembed.device
-        return cls(
-            m=m.to(device, dtype),
-            bias_term=None if bias_term is None else bias_term.to(device, dtype),
-        )
+    dtype, device = unembed.dtype, unembed.device
+    return m.to(device, dtype), None if bias_term is None else bias_term.to(device, dtype)
 
-    @staticmethod
-    def _capped(
-        counts: BigramCounts, unembed: torch.Tensor, bias: torch.Tensor | None, cap: float
-    ) -> SoftcappedBigram:
-        p = bigram_matrix(counts)
-        device, dtype = unembed.device, _accumulation_dtype(unembed.dtype)
-        return SoftcappedBigram(
-            unembed=unembed.detach(),
-            bias=None if bias is None else bias.detach(),
-            cap=cap,
-            crow=p.crow_indices().to(device),
-            col=p.col_indices().to(device),
-            value=p.values().to(device, dtype),
-            unigram=unigram_distribution(counts).to(device, dtype),
-            unseen=torch.from_numpy(context_totals(counts) == 0).to(device),
-        )
 
-    def to(self, device: torch.device) -> BigramTarget:
-        if self.capped is not None:
-            return BigramTarget(None, None, self.capped.to(device))
-        assert self.m is not None
-        bias = None if self.bias_term is None else self.bias_term.to(device)
-        return BigramTarget(self.m.to(device), bias)
-
-    def expected_logit(self, hidden: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        """Σ_v P[current, v] · logit_v for every position, without forming the logits (for
-        soft-capped logits, through the logits of these positions)."""
-        if self.capped is not None:
-            return self.capped.expected_from_logits(self.capped.logits(hidden), current)
-        assert self.m is not None
-        expected = (hidden * self.m[current]).sum(-1)
-        return expected if self.bias_term is None else expected + self.bias_term[current]
+# The bigram target and loss are the n = 2 case; these names stay for their callers.
+BigramTarget = NgramTarget
 
 
 def logits_from_hidden(
@@ -232,23 +375,38 @@ def logits_from_hidden(
         return logits if bias is None else logits + bias.to(acc)
 
 
-def bigram_cross_entropy(
+def ngram_cross_entropy(
     hidden: torch.Tensor,
-    current: torch.Tensor,
+    input_ids: torch.Tensor,
     unembed: torch.Tensor,
-    target: BigramTarget,
+    target: NgramTarget,
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean over positions of CE(P[current], softmax(W_U h + b)), in nats.
+    """Mean over positions of CE(P(· | context), softmax(W_U h + b)), in nats; `input_ids` are
+    the tokens at the hidden states' positions (for the bigram, the current tokens).
 
     Both terms see the same hidden states at the same (float32 or wider) precision."""
     logits = logits_from_hidden(hidden, unembed, bias)
-    if target.capped is not None:  # soft-capped logits: the expectation goes through them
-        return target.capped.cross_entropy(logits, current)
+    if target.softcap is not None:  # soft-capped logits: the expectation goes through them
+        assert target.sparse is not None
+        capped = softcap_logits(logits.to(target.sparse.value.dtype), target.softcap)
+        expected = target.expected_from_logits(hidden, capped, input_ids)
+        return (torch.logsumexp(capped, dim=-1) - expected).mean()
     acc = logits.dtype
     with full_precision(hidden.device):
-        expected = target.expected_logit(hidden.to(acc), current)
+        expected = target.expected_from_logits(hidden.to(acc), logits, input_ids)
         return (torch.logsumexp(logits, dim=-1) - expected.to(acc)).mean()
+
+
+bigram_cross_entropy = ngram_cross_entropy
+
+
+def dense_ngram_cross_entropy(
+    logits: torch.Tensor, input_ids: torch.Tensor, tables: list[NgramCounts]
+) -> torch.Tensor:
+    """The reference: soft-target cross-entropy with the dense target rows of every position."""
+    target = dense_ngram_targets(tables, input_ids).to(logits.device, logits.dtype)
+    return -(target * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
 
 
 def dense_bigram_cross_entropy(
