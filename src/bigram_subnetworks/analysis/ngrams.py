@@ -298,12 +298,6 @@ def model_rows(
 # --------------------------------------------------------------------------------- the stage
 
 
-def configured_targets(cfg: Config) -> list[str]:
-    """The config's n-gram targets, in order of n."""
-    grids = cfg.lambdas.grids() if cfg.lambdas is not None else {}
-    return sorted((t for t in grids if t in NGRAM_ORDERS), key=NGRAM_ORDERS.__getitem__)
-
-
 def selected_orders(selection: Path, model: str, targets: list[str]) -> dict[str, dict]:
     """selection.json's entry of every target for one model (one-line error when missing)."""
     from bigram_subnetworks.analysis.select import read_selection
@@ -321,7 +315,8 @@ def selected_orders(selection: Path, model: str, targets: list[str]) -> dict[str
 def run_stage(
     cfg: Config, *, models: list[Path], masks: list[Path], selection: Path, ngrams: Path
 ) -> None:
-    """The ngrams stage: `ngrams.parquet` from every model's selected mask of each order."""
+    """The ngrams stage: `ngrams.parquet` from every model's selected mask of each n-gram order
+    among `masks` (every configured order's masks, each order's selected one read)."""
     import pyarrow as pa
 
     from bigram_subnetworks.analysis.scoring import find_mask, index_masks
@@ -330,18 +325,19 @@ def run_stage(
     from bigram_subnetworks.models.layout import layout_of
     from bigram_subnetworks.models.loading import load_model, model_identity
 
-    targets = configured_targets(cfg)
-    if len(targets) < 2:
-        raise UserError(
-            f"ngrams: the config has {len(targets)} n-gram target(s) ({', '.join(targets)}); "
-            "configure lambdas.unigram or lambdas.trigram beside lambdas.bigram"
-        )
     index = index_masks(masks)
     rows: list[dict[str, Any]] = []
     for model_dir in models:
         model = model_dir.name
         network, info = load_model(model_dir)
         layout, identity = layout_of(network), model_identity(model_dir, info)
+        given = {m.target for m in index.get(model, []) if m.target in NGRAM_ORDERS}
+        targets = sorted(given, key=NGRAM_ORDERS.__getitem__)
+        if len(targets) < 2:
+            raise UserError(
+                f"ngrams: masks of {len(targets)} n-gram target(s) of {model} given; the stage "
+                "compares two or more (configure lambdas.unigram or lambdas.trigram)"
+            )
         chosen = []
         for target, entry in selected_orders(selection, model, targets).items():
             path = find_mask(index, model, target, entry["lambda"])
