@@ -75,10 +75,12 @@ class OrderMask:
 @dataclass(frozen=True, eq=False)
 class _Supports:
     """Every block's possible intersections x (concatenated, int64), their log pmf under the
-    uniform null, and where each block starts in the concatenation."""
+    uniform null, the block of each, and where each block starts in the concatenation. Memory:
+    three numbers per possible intersection, Σ_b (min(k_A, k_B) − max(0, k_A + k_B − n_b) + 1)."""
 
     x: np.ndarray
     log_pmf: np.ndarray
+    block: np.ndarray
     starts: np.ndarray
 
     @classmethod
@@ -94,15 +96,14 @@ class _Supports:
         log_pmf = stats.hypergeom.logpmf(
             x, counts.size[block], counts.kept_a[block], counts.kept_b[block]
         )
-        return cls(x, log_pmf, starts)
+        return cls(x, log_pmf, block, starts)
 
     def tilted(self, theta: float) -> tuple[np.ndarray, np.ndarray]:
         """Per entry, log(pmf · e^{θx}) minus its block's largest; per block, that largest plus
         the log of its sum (ln M_b(θ))."""
         weights = self.log_pmf + theta * self.x
         top = np.maximum.reduceat(weights, self.starts)
-        block = np.repeat(np.arange(self.starts.size), np.diff(self.starts, append=self.x.size))
-        weights = weights - top[block]
+        weights = weights - top[self.block]
         return weights, top + np.log(np.add.reduceat(np.exp(weights), self.starts))
 
     def tilted_mean(self, theta: float) -> float:
