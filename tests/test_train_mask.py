@@ -322,7 +322,7 @@ def test_gpt2_models_train_too(tmp_path: Path, sequences: np.ndarray, counts: Bi
 @pytest.mark.parametrize(
     ("target", "lam", "message"),
     [
-        ("trigram", "1", "target 'trigram': unknown"),
+        ("fourgram", "1", "target 'fourgram': unknown"),
         ("bigram", "-1", "must be >= 0"),
         ("bigram", "nan", "must be >= 0"),
     ],
@@ -531,3 +531,53 @@ def test_the_baselines_write_an_empty_training_curve(
     assert train_module.curve_path(output).read_text(encoding="utf-8") == (
         "step,loss,kept,undecided,temperature\n"
     )
+
+
+# ---------------------------------------------------------------------------- n-gram targets
+
+
+def test_ngram_targets_train_on_the_exact_loss_of_their_order(
+    tmp_path: Path, sequences: np.ndarray, counts: BigramCounts
+) -> None:
+    """The first step's recorded loss (every soft mask at σ(0) = 1/2, on the first batch) equals
+    the dense reference cross-entropy against the order's P(next | context), with back-off; the
+    trigram target needs its order-3 counts and refuses to train without them."""
+    from bigram_subnetworks.data.ngrams import count_ngrams
+    from bigram_subnetworks.data.tokenize import batch_order
+    from bigram_subnetworks.masks.losses import dense_ngram_cross_entropy
+    from bigram_subnetworks.masks.train import target_tables, training_rows
+
+    trigrams = count_ngrams(sequences, VOCAB, 3)
+    with pytest.raises(UserError, match=r"needs the n-gram counts of orders 3\.\.3"):
+        train_mask(small_neox(), make_run("trigram", "0"), sequences, counts, tmp_path / "x", CPU)
+    for target, order in (("unigram", 1), ("bigram", 2), ("trigram", 3)):
+        run = make_run(target, "0", max_steps=4)
+        output = tmp_path / target / "lambda-0.safetensors"
+        _, meta = train_mask(small_neox(), run, sequences, counts, output, CPU, [trigrams])
+        assert meta["target"] == target
+        first = json.loads(output.with_suffix(".json").read_text())["history"][0]["loss"][0]
+        tables = target_tables(target, counts, [trigrams])
+        assert [t.order for t in tables] == list(range(1, order + 1))
+        rows = training_rows(len(sequences), run.settings.max_sequences, run.seed)
+        tokens = torch.from_numpy(sequences[rows].astype(np.int64))
+        batch = tokens[batch_order(len(tokens), 4, 8, [0, 0])[0]]
+        lm = MaskedLM(small_neox(), VOCAB)
+        half = {name: 0.5 * lm.allowed[name] for name in lm.layout.masked}
+        with torch.no_grad():
+            logits = lm.logits(lm.hidden(batch, half))
+        expected = float(dense_ngram_cross_entropy(logits, batch, tables))
+        assert first == pytest.approx(expected, rel=1e-5), target
+
+
+def test_the_unigram_and_trigram_losses_fall_with_training(
+    tmp_path: Path, sequences: np.ndarray, counts: BigramCounts
+) -> None:
+    from bigram_subnetworks.data.ngrams import count_ngrams
+
+    trigrams = count_ngrams(sequences, VOCAB, 3)
+    for target in ("unigram", "trigram"):
+        output = tmp_path / f"{target}.safetensors"
+        run = make_run(target, "0")
+        train_mask(small_neox(), run, sequences, counts, output, CPU, [trigrams])
+        losses = json.loads(output.with_suffix(".json").read_text())["history"][-1]["loss"]
+        assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.05, target

@@ -1,7 +1,7 @@
 # Targets: `snakemake <target>` runs the pipeline up to it (the Makefile has one target each).
 rule data:
     input:
-        outputs_of("tokenize", "bigram_stats"),
+        outputs_of("tokenize", "bigram_stats", "ngram_stats"),
 
 
 rule models:
@@ -11,7 +11,7 @@ rule models:
 
 rule masks:
     input:
-        outputs_of("train_mask"),
+        outputs_of("train_mask", "train_ngram_mask"),
 
 
 rule analysis:

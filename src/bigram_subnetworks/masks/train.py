@@ -10,8 +10,9 @@ entries above 0.9, or at `max_steps`; the mask is s > 0. A loss spike that is no
 With `max_sequences` below the number of train sequences, a run trains on a uniform sample of them
 drawn with its seed (the same seed gives the same sample); every attempt reshuffles that sample.
 
-Targets: `bigram` (the exact soft-target cross-entropy against P(next | current), via M = P·W_U,
-see losses.py) and `full` (the unmasked model's own output distribution: "optimal pruning").
+Targets: the n-gram models `unigram`, `bigram` and `trigram` (the exact soft-target cross-entropy
+against P(next | the previous n − 1 tokens), via M = P·W_U per context, see losses.py; for `bigram`
+the paper's target) and `full` (the unmasked model's own output distribution: "optimal pruning").
 
 Training is resumable: every `save_every` steps the mask logits, the AdamW state and the loss log
 are written (safetensors + JSON, atomically) next to the output; a restarted run continues from
@@ -45,17 +46,19 @@ from safetensors.torch import load_file, save_file
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from bigram_subnetworks.artifacts import NGRAM_ORDERS, ngram_order
 from bigram_subnetworks.config import MaskSettings, StabilitySettings, lambda_value
 from bigram_subnetworks.data.bigrams import BigramCounts
+from bigram_subnetworks.data.ngrams import NgramCounts, from_bigram_counts, unigram_counts
 from bigram_subnetworks.data.tokenize import batch_order, sample_rows
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import atomic_outputs, write_json
 from bigram_subnetworks.masks.losses import (
     SOFTCAP_ATTRIBUTE,
-    BigramTarget,
-    bigram_cross_entropy,
+    NgramTarget,
     distillation_cross_entropy,
     logits_from_hidden,
+    ngram_cross_entropy,
     softcap_logits,
 )
 from bigram_subnetworks.masks.toolkit import Mask, keep_all, keep_none, save_mask
@@ -63,7 +66,7 @@ from bigram_subnetworks.models.layout import Layout, body, layout_of, logit_soft
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("bigram", "full")
+TARGETS = (*NGRAM_ORDERS, "full")
 UNDECIDED_LOW, UNDECIDED_HIGH = 0.1, 0.9
 # Part of every run's fingerprint: raise it whenever the trainer changes what a run produces, so
 # that a saved state of the old behaviour is never resumed. 2: float32 loss head under bf16
@@ -197,8 +200,8 @@ class MaskedLM:
     """A frozen causal LM whose block weights are multiplied by soft masks σ(T·s).
 
     Its logits are soft-capped as the family's own LM head does (Gemma-2: c·tanh(z / c)); `unembed`
-    then carries c as its `logit_softcap` attribute, so that a BigramTarget built from it takes
-    the exact soft-capped bigram loss."""
+    then carries c as its `logit_softcap` attribute, so that an NgramTarget built from it takes
+    the exact soft-capped n-gram loss."""
 
     def __init__(self, model: torch.nn.Module, vocab_size: int) -> None:
         self.model = model
@@ -257,14 +260,36 @@ class MaskedLM:
 
 
 def target_loss(
-    lm: MaskedLM, target: str, input_ids: torch.Tensor, masks: Mask, bigram: BigramTarget | None
+    lm: MaskedLM, target: str, input_ids: torch.Tensor, masks: Mask, ngram: NgramTarget | None
 ) -> torch.Tensor:
-    """Mean cross-entropy of the masked model against the target at every position (nats)."""
+    """Mean cross-entropy of the masked model against the target at every position (nats):
+    an n-gram target's (`ngram`, built for it) or the full model's."""
     hidden = lm.hidden(input_ids, masks)
-    if target == "bigram":
-        assert bigram is not None
-        return bigram_cross_entropy(hidden, input_ids, lm.unembed, bigram, lm.unembed_bias)
+    if ngram_order(target) is not None:
+        assert ngram is not None
+        return ngram_cross_entropy(hidden, input_ids, lm.unembed, ngram, lm.unembed_bias)
     return distillation_cross_entropy(lm.logits(hidden), lm.teacher_logits(input_ids))
+
+
+def target_tables(
+    target: str, counts: BigramCounts, higher_orders: list[NgramCounts]
+) -> list[NgramCounts]:
+    """The tables of orders 1..n an n-gram target's loss is built from: orders 1 and 2 from the
+    bigram statistics, 3 and up from `higher_orders` (the ngram_stats stage's, in order)."""
+    order = ngram_order(target)
+    assert order is not None
+    tables = [unigram_counts(counts), from_bigram_counts(counts), *higher_orders][:order]
+    if [t.order for t in tables] != list(range(1, order + 1)):
+        raise UserError(
+            f"the {target} target needs the n-gram counts of orders 3..{order} (the ngram_stats "
+            "stage's ngrams-<n>.parquet); pass them with --ngram-stats"
+        )
+    if any(t.vocab_size != counts.vocab_size for t in tables):
+        raise UserError(
+            f"the {target} target's n-gram counts have another vocabulary than the bigram "
+            "statistics; rerun the ngram_stats stage"
+        )
+    return tables
 
 
 # ------------------------------------------------------------------------- stopping, checks
@@ -447,7 +472,7 @@ def train_attempt(
     lm: MaskedLM,
     run: MaskRun,
     sequences: torch.Tensor,
-    bigram: BigramTarget | None,
+    ngram: NgramTarget | None,
     attempt: int,
     state_dir: Path,
     device: torch.device,
@@ -480,7 +505,7 @@ def train_attempt(
     autocast = step_autocast(settings.bf16, device)
 
     def loss_fn(micro: torch.Tensor, soft: Mask) -> torch.Tensor:
-        return target_loss(lm, run.target, micro, soft, bigram)
+        return target_loss(lm, run.target, micro, soft, ngram)
 
     began = time.perf_counter() - seconds
     label = f"{run.target} λ={run.lambda_label} attempt {attempt + 1}"
@@ -608,20 +633,22 @@ def train_mask(
     counts: BigramCounts | None,
     output: Path,
     device: torch.device,
+    higher_orders: list[NgramCounts] | None = None,
 ) -> tuple[Mask, dict[str, Any]]:
     """Train one mask and write `output` (.safetensors), its log (.json) and its training curve
     (.curve.csv, the kept attempt) atomically.
 
     λ = −inf keeps every entry and λ = +inf none: these baselines are written without training.
-    `counts` is required for the bigram target; its vocabulary cuts the unembedding. Returns the
-    mask and the metadata stored in the mask file (deterministic: no timings).
+    `counts` is required for the n-gram targets (with `higher_orders`, orders 3..n, for n >= 3);
+    its vocabulary cuts the unembedding. Returns the mask and the metadata stored in the mask file
+    (deterministic: no timings).
     """
     if run.target not in TARGETS:
         raise UserError(f"target {run.target!r}: unknown; use one of {', '.join(TARGETS)}")
     if math.isnan(run.lam) or (run.lam < 0 and math.isfinite(run.lam)):
         raise UserError(f"lambda {run.lambda_label!r}: must be >= 0, 'inf' or 'neginf'")
-    if run.target == "bigram" and counts is None:
-        raise UserError("the bigram target needs bigram statistics; pass the data folder")
+    if ngram_order(run.target) is not None and counts is None:
+        raise UserError(f"the {run.target} target needs bigram statistics; pass the data folder")
     model = model.to(device).eval()
     vocab_size = counts.vocab_size if counts is not None else unembedding(model).shape[0]
     lm = MaskedLM(model, vocab_size)
@@ -658,16 +685,17 @@ def train_mask(
     if len(rows) < len(sequences):
         log.info("training on a seeded sample of %d of %d sequences", len(rows), len(sequences))
     tokens = torch.from_numpy(sequences[rows].astype(np.int64))
-    bigram = None
-    if counts is not None and run.target == "bigram":
-        bigram = BigramTarget.build(counts, lm.unembed, lm.unembed_bias, lm.logit_softcap)
+    ngram = None
+    if counts is not None and ngram_order(run.target) is not None:
+        tables = target_tables(run.target, counts, higher_orders or [])
+        ngram = NgramTarget.build(tables, lm.unembed, lm.unembed_bias, lm.logit_softcap)
     log_memory_estimate(lm, run, tokens.shape[1], device)
     state_dir = _state_dir(output)
     saved = _peek_state(state_dir, run.fingerprint())
     attempts: list[dict[str, Any]] = saved["previous"] if saved else []
     stability = run.settings.stability
     for attempt in range(len(attempts), stability.attempts):
-        result = train_attempt(lm, run, tokens, bigram, attempt, state_dir, device, attempts)
+        result = train_attempt(lm, run, tokens, ngram, attempt, state_dir, device, attempts)
         attempts.append(
             {
                 "attempt": attempt,
