@@ -313,6 +313,8 @@ def test_stored_replicates_give_paired_differences_equal_to_brute_force(
     """Issue 20 item 3: the evaluate stage writes every r's bootstrap replicates; read back, the
     difference of two masks' r per resample equals brute-force Pearson r on the resampled whole
     sequences (the same resamples for both), and its percentile interval is the paired one."""
+    import polars as pl
+
     from bigram_subnetworks.analysis import evaluate
     from bigram_subnetworks.analysis.scoring import score_mask
     from bigram_subnetworks.config import load_config
@@ -356,7 +358,7 @@ def test_stored_replicates_give_paired_differences_equal_to_brute_force(
         blocks=out["blocks"],
         mask_replicates=out["replicates"],
     )
-    stored = Replicates.of(pa.parquet.read_table(out["replicates"]).to_pandas())
+    stored = Replicates.of(pl.from_arrow(pa.parquet.read_table(out["replicates"])))
     full = stored.get("m", "bigram_r", "reference", "neginf")
     masked = stored.get("m", "bigram_r", "bigram", "1")
     assert full is not None and masked is not None and len(full) == resamples
@@ -385,3 +387,140 @@ def test_stored_replicates_give_paired_differences_equal_to_brute_force(
     assert (difference.low, difference.high) == pytest.approx(
         tuple(np.quantile(brute, [0.025, 0.975]))
     )
+
+
+# ------------------------------------------------------------------------- n-gram orders
+
+
+def plain_ngram_surprisal(
+    train: np.ndarray, sequences: np.ndarray, order: int, backoff: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The slow reference: dict counts of start-padded contexts; an unseen context backs off to
+    the unigram, or (`backoff`) to its longest seen suffix. Also: whether the context was seen."""
+    start = int(max(train.max(), sequences.max())) + 1_000  # a padding id no token has
+    counts: Counter[tuple[int, ...]] = Counter()
+    for row in train.tolist():
+        padded = [start] * (order - 1) + row
+        for t in range(len(row)):
+            for n in range(1, order + 1):
+                counts[tuple(padded[t + order - n : t + order])] += 1
+    totals: Counter[tuple[int, ...]] = Counter()
+    for key, value in counts.items():
+        totals[key[:-1]] += value
+    bits = np.empty((len(sequences), sequences.shape[1] - 1))
+    seen = np.empty(bits.shape, dtype=bool)
+    for i, row in enumerate(sequences.tolist()):
+        padded = [start] * (order - 1) + row
+        for t in range(len(row) - 1):
+            context = tuple(padded[t + 1 : t + order])
+            seen[i, t] = totals[context] > 0
+            candidates = [context[k:] for k in range(order - 1)] if backoff else [context]
+            used = next((c for c in candidates if totals[c] > 0), ())
+            p = counts[(*used, row[t + 1])] / totals[used]
+            bits[i, t] = -math.log2(p) if p > 0 else math.inf
+    return bits, seen
+
+
+def full_model_bits(model: Any, held_out: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        logits = model(input_ids=torch.from_numpy(held_out)).logits[:, :-1]
+    nll = -torch.log_softmax(logits.double(), -1).gather(
+        -1, torch.from_numpy(held_out)[:, 1:, None]
+    )
+    return (nll.squeeze(-1) / math.log(2)).numpy()
+
+
+def test_every_ngram_order_is_scored_against_a_plain_count_with_and_without_backoff(
+    tmp_path: Path, model_and_data: tuple[Any, np.ndarray, np.ndarray]
+) -> None:
+    from bigram_subnetworks.data.ngrams import count_ngrams
+    from bigram_subnetworks.masks.train import target_tables
+
+    model, train, held_out = model_and_data
+    train = train.astype(np.uint32)
+    counts = count_bigrams(train, VOCAB)
+    trigrams = count_ngrams(train, VOCAB, 3)
+    tables = {t: target_tables(t, counts, [trigrams]) for t in ("unigram", "bigram", "trigram")}
+    layout = layout_of(model)
+    generator = torch.Generator().manual_seed(4)
+    half = {n: torch.rand(shape, generator=generator) < 0.5 for n, shape in layout.shapes.items()}
+    path = tmp_path / "m" / "trigram" / "lambda-1.safetensors"
+    save_mask(path, half, {"lambda": "1"})
+    masks = index_masks([path])["m"]
+    cpu = torch.device("cpu")
+    found = score_masks("m", model, masks, counts, held_out, 5, cpu, None, 50, 1, None, tables)
+    table = {(r["target"], r["lambda"], r["metric"]): r["value"] for r in found.metrics}
+    bits = full_model_bits(model, held_out)
+    for target, order in (("unigram", 1), ("bigram", 2), ("trigram", 3)):
+        plain, seen = plain_ngram_surprisal(train, held_out, order, backoff=False)
+        backed, _ = plain_ngram_surprisal(train, held_out, order, backoff=True)
+        finite = np.isfinite(plain)
+        expected = {
+            f"{target}_r": pearson(bits, clip_infinite(plain)),
+            f"{target}_r_dropinf": pearson(bits[finite], plain[finite]),
+            f"{target}_r_backoff": pearson(bits, clip_infinite(backed)),
+            f"{target}_unseen_context_fraction": 1 - seen.mean(),
+        }
+        for metric, value in expected.items():
+            assert table["reference", "neginf", metric] == pytest.approx(value, 1e-6), metric
+        for metric in (f"{target}_r", f"{target}_r_backoff"):
+            low = table["reference", "neginf", metric + "_low"]
+            high = table["reference", "neginf", metric + "_high"]
+            assert low <= table["reference", "neginf", metric] <= high
+            assert metric in found.replicate_names
+    assert table["reference", "neginf", "unigram_unseen_context_fraction"] == 0.0
+    trigram_unseen = table["reference", "neginf", "trigram_unseen_context_fraction"]
+    assert trigram_unseen > table["reference", "neginf", "bigram_unseen_context_fraction"]
+    assert ("trigram", "1", "trigram_r") in table
+    assert found.replicates["trigram", "1"].shape == (50, len(found.replicate_names))
+    # The bigram metrics are the same numbers with or without the other orders.
+    plain = score_masks("m", model, masks, counts, held_out, 5, cpu, None, 50, 1)
+    plain_rows = {(r["target"], r["lambda"], r["metric"]): r["value"] for r in plain.metrics}
+    assert all(table[key] == value for key, value in plain_rows.items())
+    assert plain.replicate_names == R_METRICS
+
+
+def test_each_ngram_order_gets_its_own_selection() -> None:
+    rows = [
+        ("bigram", "0", 500, 0.95),
+        ("bigram", "1e1", 50, 0.92),
+        ("full", "1e1", 60, 0.7),
+    ]
+    table = metric_table(rows)
+    extra = []
+    for target, label, value, kept, r in (
+        ("trigram", "0", 0.0, 800, 0.90),
+        ("trigram", "1e1", 10.0, 300, 0.88),  # within 0.04: selected
+        ("trigram", "1e2", 100.0, 30, 0.70),
+        ("unigram", "0", 0.0, 100, 0.99),
+        ("unigram", "1e1", 10.0, 5, 0.90),  # too far
+    ):
+        for metric, v in (("kept", kept), ("kept_fraction", kept / 1000), (f"{target}_r", r)):
+            extra.append(
+                {
+                    "model": "m",
+                    "target": target,
+                    "lambda": label,
+                    "lambda_value": value,
+                    "metric": metric,
+                    "value": v,
+                }
+            )
+    table = pa.concat_tables([table, pa.Table.from_pylist(extra, schema=METRIC_SCHEMA)])
+    chosen = select_masks(table, ["m"], 0.04)["models"]["m"]
+    orders = chosen["orders"]
+    assert list(orders) == ["unigram", "bigram", "trigram"]
+    assert orders["bigram"] == {
+        "lambda": chosen["bigram"]["lambda"],
+        "kept": chosen["bigram"]["kept"],
+        "kept_fraction": chosen["bigram"]["kept_fraction"],
+        "r": chosen["bigram"]["bigram_r"],
+    }
+    assert orders["trigram"]["lambda"] == "1e1" and orders["trigram"]["r"] == 0.88
+    assert orders["unigram"]["lambda"] == "0" and orders["unigram"]["kept"] == 100
+    kept_rows = [
+        row for row in table.to_pylist() if (row["target"], row["lambda"]) != ("trigram", "0")
+    ]
+    no_zero = pa.Table.from_pylist(kept_rows, schema=METRIC_SCHEMA)
+    with pytest.raises(UserError, match=r"add '0' to lambdas\.trigram"):
+        select_masks(no_zero, ["m"], 0.04)

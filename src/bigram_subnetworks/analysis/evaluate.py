@@ -13,6 +13,7 @@ import pyarrow as pa
 from bigram_subnetworks.analysis.scoring import (
     BLOCK_SCHEMA,
     METRIC_SCHEMA,
+    MaskFile,
     ReplicateSeries,
     eval_sample,
     index_masks,
@@ -20,6 +21,7 @@ from bigram_subnetworks.analysis.scoring import (
     replicate_table,
     score_masks,
 )
+from bigram_subnetworks.artifacts import NGRAM_ORDERS
 from bigram_subnetworks.config import Config
 from bigram_subnetworks.io import atomic_outputs, write_parquet
 
@@ -36,14 +38,27 @@ def run_stage(
     mask_metrics: Path,
     blocks: Path,
     mask_replicates: Path,
+    ngram_stats: list[Path] | None = None,
+    ngram_meta: list[Path] | None = None,
 ) -> None:
     """The evaluate stage: `masks.parquet`, `blocks.parquet` and the bootstrap replicates of every
-    r (`masks_replicates.parquet`) for the given models and masks."""
+    r (`masks_replicates.parquet`) for the given models and masks, with the r values of every
+    n-gram target among the masks (orders >= 3 from `ngram_stats`, each with its JSON in
+    `ngram_meta`)."""
     from bigram_subnetworks.data.bigrams import read_bigram_counts
     from bigram_subnetworks.data.tokenize import read_sequences
+    from bigram_subnetworks.masks.stage import read_higher_orders
+    from bigram_subnetworks.masks.train import target_tables
     from bigram_subnetworks.models.loading import load_model, model_identity, pick_device
 
     counts = read_bigram_counts(bigram_stats)
+    higher = read_higher_orders(ngram_stats or [], ngram_meta or [])
+    targets = {"bigram"} | {MaskFile.of(path).target for path in masks}
+    ngram_tables = {
+        target: target_tables(target, counts, higher)
+        for target in NGRAM_ORDERS
+        if target in targets
+    }
     sequences = eval_sample(read_sequences(tokens_eval), cfg.analysis.eval_sequences, cfg.seed)
     device = pick_device(cfg.device)
     index = index_masks(masks)
@@ -65,10 +80,11 @@ def run_stage(
             resamples=cfg.analysis.bootstrap_resamples,
             seed=cfg.seed,
             min_context_count=cfg.analysis.min_context_count,
+            ngram_tables=ngram_tables,
         )
         metrics += found.metrics
         block_rows += found.blocks
-        series += replicate_series(name, found.replicates)
+        series += replicate_series(name, found.replicates, names=found.replicate_names)
     with atomic_outputs(mask_metrics, blocks, mask_replicates) as (
         metric_file,
         block_file,

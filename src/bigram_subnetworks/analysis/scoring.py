@@ -10,6 +10,15 @@ of eval positions whose bigram was never counted (`unseen_fraction`: the positio
 clips and the drop-unseen r drops). Per block (layer × Q/K/V/O/MLP-in/
 MLP-out) and per head: kept fractions.
 
+With n-gram tables (`score_masks(ngram_tables=...)`: the evaluate stage passes every n-gram target
+of its masks), per order T also: `<T>_r` and `<T>_r_dropinf`, the r with the order-n model's
+surprisal as the bigram r is computed (contexts never seen in train back off to the unigram;
+zero-probability tokens clipped or dropped; for the bigram these are `bigram_r` and
+`bigram_r_dropinf` themselves), `<T>_r_backoff`, the r with the back-off model the authors' n-gram
+model is (an unseen context backs off to its longest suffix seen: the (n − 1)-gram, ...), and
+`<T>_unseen_context_fraction`, the share of positions whose n − 1 tokens of context never occurred
+in train (far more at n = 3). Every r has its interval and replicates.
+
 Every r comes with a seeded percentile bootstrap interval over eval *sequences* (`<metric>_low`,
 `<metric>_high`; 95%): each resample draws the n sequences with replacement, and because a Pearson
 r is a function of six sums (count, Σx, Σy, Σx², Σy², Σxy), each sequence is reduced to those six
@@ -43,6 +52,7 @@ from bigram_subnetworks.data.bigrams import (
     context_totals,
     pair_counts,
 )
+from bigram_subnetworks.data.ngrams import NgramCounts, ngram_surprisal
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.masks.losses import BigramTarget
 from bigram_subnetworks.masks.toolkit import (
@@ -315,12 +325,57 @@ def _block_rows(model: str, target: str, label: str, mask: Mask, lm: MaskedLM) -
 @dataclass(frozen=True)
 class Evaluation:
     """What `score_masks` gives: metric rows, block rows and, per (target, λ label), the
-    bootstrap replicates of its r values ((resamples, len(R_METRICS)), in R_METRICS order; no
-    rows without resamples)."""
+    bootstrap replicates of its r values ((resamples, len(replicate_names)), in that order:
+    R_METRICS, then each n-gram order's r; no rows without resamples)."""
 
     metrics: list[dict[str, Any]]
     blocks: list[dict[str, Any]]
     replicates: dict[tuple[str, str], np.ndarray]
+    replicate_names: tuple[str, ...] = R_METRICS
+
+
+@dataclass(frozen=True)
+class NgramReference:
+    """One n-gram order's surprisal on the eval positions (bits, (n, T-1)): as the bigram r takes
+    it (`bits`), and with back-off to the longest seen suffix context (`backoff_bits`)."""
+
+    target: str
+    bits: np.ndarray
+    backoff_bits: np.ndarray
+    seen_context: np.ndarray  # (n, T-1) bool: the n − 1 context tokens occurred in train
+
+    @classmethod
+    def of(cls, target: str, tables: list[NgramCounts], sequences: np.ndarray) -> NgramReference:
+        bits, seen = ngram_surprisal(tables, sequences)
+        backoff_bits, _ = ngram_surprisal(tables, sequences, backoff=True)
+        return cls(target, bits, backoff_bits, seen)
+
+    @property
+    def r_metrics(self) -> tuple[str, ...]:
+        """The r values it adds (the bigram's clipped and drop-unseen r are R_METRICS')."""
+        own = () if self.target == "bigram" else (f"{self.target}_r", f"{self.target}_r_dropinf")
+        return (*own, f"{self.target}_r_backoff")
+
+    def moments(self, bits: np.ndarray) -> list[np.ndarray]:
+        """`sequence_moments` of the masked model's `bits` against each of `r_metrics`."""
+        finite = np.isfinite(self.bits)
+        own = [
+            sequence_moments(bits, clip_infinite(self.bits)),
+            sequence_moments(bits, np.where(finite, self.bits, 0.0), finite),
+        ]
+        backoff = sequence_moments(bits, clip_infinite(self.backoff_bits))
+        return [*own, backoff] if self.target != "bigram" else [backoff]
+
+    def values(self, bits: np.ndarray) -> dict[str, float]:
+        """Its r values for the masked model's `bits`, and the unseen-context share."""
+        values: dict[str, float] = {}
+        if self.target != "bigram":  # bigram_r and bigram_r_dropinf are R_METRICS', as they were
+            finite = np.isfinite(self.bits)
+            values[f"{self.target}_r"] = pearson(bits, clip_infinite(self.bits))
+            values[f"{self.target}_r_dropinf"] = pearson(bits[finite], self.bits[finite])
+        values[f"{self.target}_r_backoff"] = pearson(bits, clip_infinite(self.backoff_bits))
+        values[f"{self.target}_unseen_context_fraction"] = float(1.0 - self.seen_context.mean())
+        return values
 
 
 def score_masks(
@@ -335,13 +390,16 @@ def score_masks(
     resamples: int = 0,
     seed: int = 0,
     min_context_count: int | None = None,
+    ngram_tables: dict[str, list[NgramCounts]] | None = None,
 ) -> Evaluation:
     """Metric rows and block rows for the full model, the empty mask and every mask file (with
     the model's `identity`, mask files trained on other weights are refused), with `resamples`
     seeded bootstrap resamples of the eval sequences behind every r's interval. With
     `min_context_count`, also a diagnostic r over the well-estimated positions only
     (`well_estimated`: `bigram_r_well_estimated` with its interval, the share of positions it
-    covers `well_estimated_fraction`, and the count `well_estimated_min_count`)."""
+    covers `well_estimated_fraction`, and the count `well_estimated_min_count`). With
+    `ngram_tables` (n-gram target -> its tables of orders 1..n), each order's r values (see the
+    module docstring)."""
     model = model.to(device).eval()
     lm = MaskedLM(model, counts.vocab_size)
     if int(sequences.max()) >= counts.vocab_size:
@@ -361,6 +419,8 @@ def score_masks(
     well = (
         None if min_context_count is None else well_estimated(counts, sequences, min_context_count)
     )
+    orders = [NgramReference.of(t, tables, sequences) for t, tables in (ngram_tables or {}).items()]
+    names = (*R_METRICS, *(name for order in orders for name in order.r_metrics))
 
     candidates: list[tuple[str, str, Mask]] = [
         (REFERENCE, "neginf", keep_all(lm.layout)),
@@ -396,24 +456,27 @@ def score_masks(
             values |= _well_estimated_values(
                 bits, reference_bits, well, min_context_count, resampling
             )
+        for order in orders:
+            values |= order.values(bits)
         if resampling.resamples:
             moments = np.stack(
                 [
                     sequence_moments(bits, clipped),
                     sequence_moments(bits, np.where(finite, reference_bits, 0.0), finite),
                     sequence_moments(bits, full_bits),
+                    *(m for order in orders for m in order.moments(bits)),
                 ],
                 axis=1,
             )
-            draws = resampling.replicates(moments)  # (resamples, 3), in R_METRICS order
+            draws = resampling.replicates(moments)  # (resamples, len(names)), in names' order
             replicates[(target, label)] = draws
-            for i, metric in enumerate(R_METRICS):
+            for i, metric in enumerate(names):
                 values[metric + LOW], values[metric + HIGH] = resampling.interval(draws[:, i])
         else:
-            replicates[(target, label)] = np.empty((0, len(R_METRICS)))
+            replicates[(target, label)] = np.empty((0, len(names)))
         metrics += _metric_rows(name, target, label, values)
         blocks += _block_rows(name, target, label, mask, lm)
-    return Evaluation(metrics, blocks, replicates)
+    return Evaluation(metrics, blocks, replicates, names)
 
 
 def _well_estimated_values(
@@ -468,13 +531,17 @@ ReplicateSeries = tuple[
 
 
 def replicate_series(
-    model: str, replicates: dict[tuple[str, str], np.ndarray], step: int | None = None
+    model: str,
+    replicates: dict[tuple[str, str], np.ndarray],
+    step: int | None = None,
+    names: tuple[str, ...] = R_METRICS,
 ) -> list[ReplicateSeries]:
-    """The replicate series of every mask's r values (`Evaluation.replicates`, R_METRICS order)."""
+    """The replicate series of every mask's r values (`Evaluation.replicates`, whose columns are
+    `names`: `Evaluation.replicate_names`)."""
     return [
         (model, step, target, label, None, metric, draws[:, i])
         for (target, label), draws in replicates.items()
-        for i, metric in enumerate(R_METRICS)
+        for i, metric in enumerate(names)
         if draws.size
     ]
 

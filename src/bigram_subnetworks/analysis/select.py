@@ -2,8 +2,10 @@
 
 Per model: the selected bigram mask is the sparsest trained bigram mask (finite λ) whose bigram r
 is within `tolerance` of the λ = 0 mask's; its pair is the sparsest `full`-target mask that keeps
-more weights than it. The result is one small JSON file, so every later stage has a static set of
-inputs (all masks) and reads the choice from it.
+more weights than it. Every n-gram target of the run (unigram, bigram, trigram) gets its own choice
+by the same rule on its own r (`<target>_r`, the r with the order-n model's surprisal), under
+`orders`. The result is one small JSON file, so every later stage has a static set of inputs (all
+masks) and reads the choice from it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from bigram_subnetworks.artifacts import MASK_METRICS
+from bigram_subnetworks.artifacts import MASK_METRICS, NGRAM_ORDERS
 from bigram_subnetworks.config import Config
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import atomic_outputs, read_json, read_parquet, write_json
@@ -49,20 +51,53 @@ def _summary(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def order_metric(target: str) -> str:
+    """The r an n-gram target's masks are selected by: `<target>_r` (bigram: `bigram_r`)."""
+    return f"{target}_r"
+
+
+def choose(masks: list[dict[str, Any]], metric: str, tolerance: float) -> tuple[dict, dict]:
+    """(the λ = 0 mask, the sparsest mask whose `metric` is within `tolerance` of its); `masks`
+    as `_masks_of` gives them, with a λ = 0 mask among them (ties: the larger λ)."""
+    reference = next(m for m in masks if m["lambda_value"] == 0)
+    floor = reference[metric] - tolerance
+    eligible = [m for m in masks if m[metric] >= floor]
+    return reference, min(eligible, key=lambda m: (m["kept"], -m["lambda_value"]))
+
+
+def _order_masks(table: pa.Table, model: str, target: str) -> list[dict[str, Any]]:
+    """The trained masks of one n-gram target, which must include λ = 0 (one-line error)."""
+    masks = _masks_of(table, model, target)
+    if not any(m["lambda_value"] == 0 for m in masks):
+        raise UserError(
+            f"model {model}: no {target} mask with λ = 0, which λ selection compares against; "
+            f"add '0' to lambdas.{target}"
+        )
+    return masks
+
+
+def select_orders(table: pa.Table, model: str, tolerance: float) -> dict[str, Any]:
+    """Per n-gram target with masks in `table` (in order of n): the chosen λ, its kept count and
+    fraction and its r with that order's model."""
+    present = set(table.column("target").to_pylist())
+    orders: dict[str, Any] = {}
+    for target in (t for t in NGRAM_ORDERS if t in present):
+        metric = order_metric(target)
+        _, chosen = choose(_order_masks(table, model, target), metric, tolerance)
+        orders[target] = {
+            "lambda": chosen["lambda"],
+            "kept": int(chosen["kept"]),
+            "kept_fraction": chosen["kept_fraction"],
+            "r": chosen[metric],
+        }
+    return orders
+
+
 def select_masks(table: pa.Table, models: list[str], tolerance: float) -> dict[str, Any]:
     """The selection for every model (see the module docstring)."""
     selection: dict[str, Any] = {"tolerance": tolerance, "metric": R_METRIC, "models": {}}
     for model in models:
-        bigram = _masks_of(table, model, "bigram")
-        reference = next((m for m in bigram if m["lambda_value"] == 0), None)
-        if reference is None:
-            raise UserError(
-                f"model {model}: no bigram mask with λ = 0, which λ selection compares against; "
-                "add '0' to lambdas.bigram"
-            )
-        floor = reference[R_METRIC] - tolerance
-        eligible = [m for m in bigram if m[R_METRIC] >= floor]
-        chosen = min(eligible, key=lambda m: (m["kept"], -m["lambda_value"]))
+        reference, chosen = choose(_order_masks(table, model, "bigram"), R_METRIC, tolerance)
         optimal = [m for m in _masks_of(table, model, "full") if m["kept"] > chosen["kept"]]
         paired = min(optimal, key=lambda m: (m["kept"], -m["lambda_value"])) if optimal else None
         if paired is None:
@@ -76,6 +111,7 @@ def select_masks(table: pa.Table, models: list[str], tolerance: float) -> dict[s
             "reference": _summary(reference),
             "bigram": _summary(chosen),
             "optimal": _summary(paired) if paired else None,
+            "orders": select_orders(table, model, tolerance),
         }
         log.info(
             "%s: bigram λ=%s (%.4f kept, r=%.3f vs %.3f at λ=0); optimal λ=%s",
