@@ -55,20 +55,13 @@ def _token_rows(table: NgramCounts) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _sparse_csr(
-    crow: np.ndarray, col: np.ndarray, values: np.ndarray, size: tuple[int, int]
+    crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, int]
 ) -> torch.Tensor:
     # The indices are sorted and in range by construction, so the (costly) invariant check is
     # off explicitly; torch warns about beta CSR support once per process otherwise.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(crow),
-            torch.from_numpy(col),
-            torch.from_numpy(values),
-            size=size,
-            dtype=torch.float64,
-            check_invariants=False,
-        )
+        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
 
 
 def bigram_matrix(counts: BigramCounts) -> torch.Tensor:
@@ -77,7 +70,8 @@ def bigram_matrix(counts: BigramCounts) -> torch.Tensor:
     Rows of contexts never seen are empty here; `NgramTarget` backs them off to the unigram.
     """
     vocab = counts.vocab_size
-    return _sparse_csr(*_token_rows(from_bigram_counts(counts)), size=(vocab, vocab))
+    rows = map(torch.from_numpy, _token_rows(from_bigram_counts(counts)))
+    return _sparse_csr(*rows, size=(vocab, vocab))
 
 
 def _unigram_probabilities(table: NgramCounts) -> torch.Tensor:
@@ -118,21 +112,28 @@ def dense_bigram_matrix(counts: BigramCounts) -> torch.Tensor:
 
 
 def dense_ngram_targets(tables: list[NgramCounts], input_ids: torch.Tensor) -> torch.Tensor:
-    """The reference: P(· | longest seen suffix context) of every position, dense (..., V)."""
+    """The reference: P(· | longest seen suffix context) of every position, dense (..., V)
+    float64, each position's row written out from the tables."""
     check_chain(tables)
     vocab = tables[0].vocab_size
-    target = _unigram_probabilities(tables[0]).expand(*input_ids.shape, vocab).clone()
+    ids = input_ids.cpu()
+    target = _unigram_probabilities(tables[0]).expand(ids.numel(), vocab).clone()
     for table in tables[1:]:
-        dense = torch.zeros(table.n_contexts, vocab, dtype=torch.float64)
-        rows = np.repeat(np.arange(table.n_contexts), np.diff(table.crow))
-        probability = table.count.astype(np.float64) / table.row_total[rows]
-        dense[torch.from_numpy(rows), torch.from_numpy(table.next.astype(np.int64))] = (
-            torch.from_numpy(probability)
+        found = context_rows(table, ids).reshape(-1).numpy()
+        positions = np.flatnonzero(found >= 0)
+        rows = found[positions]
+        sizes = np.diff(table.crow)[rows]
+        entry = np.repeat(table.crow[rows] - np.cumsum(sizes) + sizes, sizes)
+        entry += np.arange(entry.size)
+        at = torch.from_numpy(np.repeat(positions, sizes))
+        probability = (
+            table.count[entry].astype(np.float64) / table.row_total[np.repeat(rows, sizes)]
         )
-        found = context_rows(table, input_ids.cpu())
-        seen = found >= 0
-        target[seen] = dense[found[seen]]
-    return target
+        target[torch.from_numpy(positions)] = 0.0
+        target[at, torch.from_numpy(table.next[entry].astype(np.int64))] = torch.from_numpy(
+            probability
+        )
+    return target.reshape(*ids.shape, vocab)
 
 
 def softcap_logits(logits: torch.Tensor, cap: float) -> torch.Tensor:
@@ -154,21 +155,42 @@ class SparseRows:
     col: torch.Tensor  # (nnz,) int64
     value: torch.Tensor  # (nnz,) P entries, float32 (float64 for a float64 unembedding)
 
-    def expected_from_logits(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Σ_v P[row, v] · logits_v for every position (shape of `rows`; 0 where row < 0)."""
+    def support(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For every entry of the positions' rows (flattened; none where row < 0): its position
+        and its index into `col`/`value`; and each position's number of entries."""
         flat = rows.reshape(-1)
-        z = logits.reshape(-1, logits.shape[-1])
         safe = flat.clamp(min=0)
         start = self.crow[safe]
         count = torch.where(flat >= 0, self.crow[safe + 1] - start, 0)
         total = int(count.sum())
-        positions = torch.arange(flat.numel(), device=z.device)
+        positions = torch.arange(flat.numel(), device=flat.device)
         row = torch.repeat_interleave(positions, count, output_size=total)
-        offset = torch.arange(total, device=z.device) - (torch.cumsum(count, 0) - count)[row]
-        entry = start[row] + offset
+        offset = torch.arange(total, device=flat.device) - (torch.cumsum(count, 0) - count)[row]
+        return row, start[row] + offset, count
+
+    def expected_from_logits(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Σ_v P[row, v] · logits_v for every position (shape of `rows`; 0 where row < 0)."""
+        z = logits.reshape(-1, logits.shape[-1])
+        row, entry, _ = self.support(rows)
         contribution = self.value[entry] * z[row, self.col[entry]].to(self.value.dtype)
-        expected = torch.zeros(flat.numel(), dtype=self.value.dtype, device=z.device)
+        expected = torch.zeros(rows.numel(), dtype=self.value.dtype, device=z.device)
         return expected.index_add(0, row, contribution).reshape(rows.shape)
+
+    def batch_matrix(
+        self, rows: torch.Tensor, unembed: torch.Tensor, bias: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Σ_v P[row, v] · W_U[v] (shape of `rows` + (d,)) and Σ_v P[row, v] · b_v for every
+        position: the rows of M = P W_U this batch needs, as one sparse (positions × V) product
+        with the frozen unembedding (so the gradient to the hidden states is the bigram path's:
+        no (positions, V) scatter)."""
+        _, entry, count = self.support(rows)
+        crow = torch.cat([count.new_zeros(1), torch.cumsum(count, 0)])
+        p = _sparse_csr(crow, self.col[entry], self.value[entry], (rows.numel(), unembed.shape[0]))
+        m = p @ unembed.detach().to(self.value.dtype)
+        bias_term = None
+        if bias is not None:
+            bias_term = (p @ bias.detach().to(self.value.dtype)[:, None]).reshape(rows.shape)
+        return m.reshape(*rows.shape, -1), bias_term
 
     def to(self, device: torch.device) -> SparseRows:
         return SparseRows(self.crow.to(device), self.col.to(device), self.value.to(device))
@@ -308,30 +330,38 @@ class NgramTarget:
     def expected_logit(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """Σ_v P(v | context) · logit_v for every position of `input_ids` (the tokens at the
         hidden states' positions, whose last n − 1 give each context), without forming the
-        logits for orders <= 2; beyond, or soft-capped, through the logits of these positions."""
-        if self.sparse is None:
-            return self._matrix_term(hidden, input_ids)
-        return self.expected_from_logits(hidden, self.logits(hidden), input_ids)
+        logits; for soft-capped logits, through the logits of these positions."""
+        if self.softcap is not None:
+            return self.expected_from_logits(hidden, self.logits(hidden), input_ids)
+        return self._matrix_term(hidden, input_ids)
 
     def expected_from_logits(
         self, hidden: torch.Tensor, logits: torch.Tensor, input_ids: torch.Tensor
     ) -> torch.Tensor:
-        """`expected_logit` given the logits of these positions already."""
-        if self.sparse is None:
+        """`expected_logit` given the logits of these positions already (used when soft-capped:
+        the logits are then not linear in the hidden states)."""
+        if self.softcap is None:
             return self._matrix_term(hidden, input_ids)
-        assert self.lookup is not None
-        rows = self.lookup.rows(input_ids)
-        expected = self.sparse.expected_from_logits(logits, rows)
-        if self.m is None:
-            return expected
-        fallback = self._matrix_term(hidden, input_ids).to(expected.dtype)  # orders <= 2
-        return torch.where(rows >= 0, expected, fallback)
+        assert self.sparse is not None and self.lookup is not None
+        return self.sparse.expected_from_logits(logits, self.lookup.rows(input_ids))
 
     def _matrix_term(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """h · M[context] (+ (P b)[context]): M's rows of orders <= 2 precomputed, those of
+        orders >= 3 gathered from the CSR rows for this batch; a position whose longest
+        context has order <= 2 takes the precomputed row."""
         assert self.m is not None
         context = input_ids if self.order >= 2 else torch.zeros_like(input_ids)
-        expected = (hidden * self.m[context]).sum(-1)
-        return expected if self.bias_term is None else expected + self.bias_term[context]
+        m, bias_term = self.m[context], None if self.bias_term is None else self.bias_term[context]
+        if self.sparse is not None:
+            assert self.lookup is not None and self.unembed is not None
+            rows = self.lookup.rows(input_ids)
+            batch_m, batch_bias = self.sparse.batch_matrix(rows, self.unembed, self.bias)
+            seen = rows >= 0
+            m = torch.where(seen[..., None], batch_m.to(m.dtype), m)
+            if bias_term is not None and batch_bias is not None:
+                bias_term = torch.where(seen, batch_bias.to(bias_term.dtype), bias_term)
+        expected = (hidden * m).sum(-1)
+        return expected if bias_term is None else expected + bias_term
 
 
 def _matrix_terms(
@@ -349,7 +379,7 @@ def _matrix_terms(
     else:
         vocab = tables[1].vocab_size
         crow, col, values = _token_rows(tables[1])
-        p = _sparse_csr(crow, col, values, size=(vocab, vocab))
+        p = _sparse_csr(*map(torch.from_numpy, (crow, col, values)), size=(vocab, vocab))
         unseen = torch.from_numpy(np.diff(crow) == 0)
         m = torch.sparse.mm(p, weight)
         m[unseen] = unigram @ weight
