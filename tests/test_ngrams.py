@@ -259,6 +259,7 @@ def test_stage_writes_the_table(tmp_path: Path, caplog: pytest.LogCaptureFixture
     write_bigram_stats(count_bigrams(tokens, 6), tmp_path)
     paths = {
         "tokens_train": tmp_path / "tokens_train.parquet",
+        "tokens_meta": tmp_path / "tokens.json",
         "bigram_stats": tmp_path,
         "ngram_stats": tmp_path / "ngrams-3.parquet",
         "ngram_meta": tmp_path / "ngrams-3.json",

@@ -29,7 +29,6 @@ from bigram_subnetworks.artifacts import (
     BIGRAM_STATS,
     NGRAM_META,
     NGRAM_STATS,
-    TOKENS_META,
     ngram_schema,
 )
 from bigram_subnetworks.config import Config
@@ -378,6 +377,7 @@ def run_stage(
     cfg: Config,
     *,
     tokens_train: Path,
+    tokens_meta: Path,
     bigram_stats: Path,
     ngram_stats: Path,
     ngram_meta: Path,
@@ -393,11 +393,11 @@ def run_stage(
             "n-gram counting does not do yet; unset data.bigram_tokens for n-gram targets"
         )
     bigram_meta = read_json(Path(bigram_stats) / BIGRAM_STATS.files[2])
-    tokens_meta = read_json(Path(tokens_train).parent / Path(TOKENS_META.path).name)
+    token_facts = read_json(tokens_meta)
     vocab_size = int(bigram_meta["vocab_size"])
-    if int(tokens_meta["vocab_size"]) != vocab_size:
+    if int(token_facts["vocab_size"]) != vocab_size:
         raise ArtifactError(
-            f"{tokens_train}: vocabulary {tokens_meta['vocab_size']}, bigram statistics "
+            f"{tokens_meta}: vocabulary {token_facts['vocab_size']}, bigram statistics "
             f"{vocab_size}; rerun the bigram_stats stage"
         )
     tokens = read_sequences(tokens_train)
