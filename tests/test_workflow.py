@@ -113,8 +113,10 @@ def test_both_front_ends_run_exactly_the_registrys_jobs(tmp_path: Path) -> None:
             unused = [d for d in stage[key] if not any(within(p, d) for p in job[key])]
             assert uncovered == [] and unused == [], (job["cmd"], key)
     rules = [job["rule"] for job in snake]
-    # smoke: 4 bigram + 1 full λ, step 0 × 2 λ (step 60 reuses the main grid), 1 control
-    assert rules.count("train_mask") == 8
+    # smoke: 4 bigram + 1 full + 2 unigram λ, step 0 × 2 λ (step 60 reuses the main grid), 1
+    # control; the 2 trigram λ in their own stage, after the trigram counts
+    assert rules.count("train_mask") == 10
+    assert rules.count("train_ngram_mask") == 2 and rules.count("ngram_stats") == 1
     assert "checkpoint_masks" not in rules
 
 
@@ -384,14 +386,16 @@ def test_smoke_run_trains_its_models_and_every_mask(smoke_run: Path) -> None:
         *(f"neox-2x16+step-0/bigram/lambda-{lam}.safetensors" for lam in ("0", "1e1")),
         *(f"neox-2x16/bigram/lambda-{lam}.safetensors" for lam in ("0", "1e1", "inf", "neginf")),
         "neox-2x16/full/lambda-1e1.safetensors",
+        *(f"neox-2x16/trigram/lambda-{lam}.safetensors" for lam in ("0", "1e1")),
+        *(f"neox-2x16/unigram/lambda-{lam}.safetensors" for lam in ("0", "1e1")),
     ]
     for mask in masks:
         log = json.loads((masks_dir / mask).with_suffix(".json").read_text())
         assert log["model"] == "neox-2x16" and log["weights_sha256"]
         assert len(log["history"]) == log["attempts"]
     benchmarks = list((project / "results" / "smoke" / "benchmarks").rglob("*.tsv"))
-    # pretrain, eight masks, seven analysis stages and the report
-    assert len(benchmarks) == 17
+    # pretrain, twelve masks, eight analysis stages (ngrams among them) and the report
+    assert len(benchmarks) == 22
 
 
 def test_smoke_run_writes_every_analysis_table(smoke_run: Path) -> None:
@@ -405,6 +409,16 @@ def test_smoke_run_writes_every_analysis_table(smoke_run: Path) -> None:
     selection = json.loads((smoke_run / "results" / "smoke" / "selection.json").read_text())
     chosen = selection["models"]["neox-2x16"]
     assert chosen["bigram"]["lambda"] in ("0", "1e1")
+    # n = 1, 2, 3: each order's r (and its back-off variant) for every mask, and its selection
+    assert list(chosen["orders"]) == ["unigram", "bigram", "trigram"]
+    assert chosen["orders"]["bigram"]["lambda"] == chosen["bigram"]["lambda"]
+    scored = pq.read_table(metrics / "masks.parquet").to_pylist()
+    for target in chosen["orders"]:
+        for metric in ("r", "r_dropinf", "r_backoff", "unseen_context_fraction"):
+            found = [row for row in scored if row["metric"] == f"{target}_{metric}"]
+            assert len(found) == 11, (target, metric)  # 9 masks, the full model, the empty mask
+    unseen = {row["metric"]: row["value"] for row in scored if row["target"] == "reference"}
+    assert unseen["trigram_unseen_context_fraction"] > unseen["bigram_unseen_context_fraction"]
     # The null draws are kept for the selected pair, which exists only if an optimal mask keeps
     # more weights than the selected bigram mask.
     null_rows = pq.read_metadata(metrics / "overlap_null.parquet").num_rows
