@@ -278,3 +278,81 @@ def test_every_option_with_a_default_shows_it(
     with pytest.raises(SystemExit):
         main(["schema", "--help"])
     assert "(default: config/schema.json)" in capsys.readouterr().out
+
+
+# What a torch job must not import: the report's and the front-ends' libraries. (scipy is not
+# listed: transformers imports it with any model class, so it is part of the model's own import.)
+UNNEEDED_IN_TORCH_JOBS = (
+    "seaborn",
+    "matplotlib",
+    "pandas",
+    "dvc",
+    "snakemake",
+    "bigram_subnetworks.report",
+)
+
+
+def test_a_torch_job_imports_none_of_the_report_or_front_ends_libraries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pretrain job of the smoke config, run as the front-ends run it, up to its first forward
+    pass (it has read its Parquet inputs and built its model by then): pyarrow, which imports
+    pandas whenever pandas is installed, runs without it, and nothing else pulls it in."""
+    monkeypatch.chdir(tmp_path)
+    config = str(ROOT / "config" / "smoke.yaml")
+    cfg = load_config(config)
+    for stage in ("corpus", "tokenizer", "tokenize", "bigram_stats"):
+        assert main(registry_argv(stage, cfg, config)) == 0, stage
+    pretrain = STAGES["pretrain"]
+    argv = [
+        pretrain.command,
+        "--config",
+        config,
+        *arguments(pretrain, cfg, job_fields(cfg, pretrain.jobs(cfg)[0])),
+    ]
+    code = (
+        "import os, sys\n"
+        "import torch\n"
+        "from bigram_subnetworks.cli import main\n"
+        "def first_forward(module, inputs):\n"
+        f"    loaded = {{m for m in sys.modules if m.startswith({UNNEEDED_IN_TORCH_JOBS!r})}}\n"
+        "    print('at first forward:', sorted(loaded), flush=True)\n"
+        "    os._exit(0)\n"
+        "torch.nn.modules.module.register_module_forward_pre_hook(first_forward)\n"
+        f"main({argv!r})\n"
+        "os._exit(3)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "at first forward: []"
+
+
+def test_without_pandas_hides_pandas_from_pyarrow_and_only_inside_the_block() -> None:
+    code = (
+        "import importlib.util, sys\n"
+        "import numpy as np, pyarrow as pa\n"
+        "from bigram_subnetworks.io import without_pandas\n"
+        "with without_pandas():\n"
+        "    table = pa.table({'x': pa.array(np.arange(3))})\n"
+        "    assert table.column('x').to_numpy().tolist() == [0, 1, 2]\n"
+        "    assert pa.scalar(1).as_py() == 1 and table.to_pylist()[2] == {'x': 2}\n"
+        "    assert 'pandas' not in sys.modules, 'pyarrow imported pandas'\n"
+        "    assert importlib.util.find_spec('pandas') is not None  # 'is it installed' works\n"
+        "    try:\n"
+        "        import pandas\n"
+        "    except ImportError:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise AssertionError('pandas imported inside the block')\n"
+        "import pandas as pd\n"
+        "frame = table.to_pandas()\n"  # pyarrow's pandas integration works again afterwards
+        "assert isinstance(frame, pd.DataFrame) and frame['x'].tolist() == [0, 1, 2]\n"
+        "categories = pa.Table.from_pandas(pd.DataFrame({'c': pd.Categorical(['a', 'b'])}))\n"
+        "assert pa.types.is_dictionary(categories.schema.field('c').type)\n"
+        "with without_pandas():\n"  # pandas already imported: the block changes nothing
+        "    assert sys.modules['pandas'] is pd\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ok"

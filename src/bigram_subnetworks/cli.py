@@ -7,6 +7,7 @@ and tested on its own. Every command validates the whole config before doing any
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib
 import logging
@@ -162,6 +163,7 @@ def run_stage(stage: Stage, args: argparse.Namespace, cfg: Config) -> None:
     """Run one registry stage: its function gets the config, restricted to the keys the stage
     declares, and one keyword per wildcard, input and output."""
     from bigram_subnetworks.config import restrict
+    from bigram_subnetworks.io import without_pandas
     from bigram_subnetworks.models.hub import use_hub_cache
     from bigram_subnetworks.stages import job_fields, key_parts
 
@@ -189,7 +191,9 @@ def run_stage(stage: Stage, args: argparse.Namespace, cfg: Config) -> None:
         tune_cpu(threads)
     module, function = stage.run.split(":")
     paths = {name: getattr(args, name) for name in {**stage.inputs, **stage.outputs}}
-    getattr(importlib.import_module(module), function)(view, **wildcards, **paths)
+    # A torch job needs no pandas; pyarrow would import it (about 0.5 s) only because it is there.
+    with without_pandas() if stage.torch else contextlib.nullcontext():
+        getattr(importlib.import_module(module), function)(view, **wildcards, **paths)
 
 
 def _trusts_remote_code(cfg: Config, model: str) -> bool:

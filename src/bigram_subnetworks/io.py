@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import importlib.abc
+import importlib.machinery
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,6 +131,43 @@ def read_parquet(path: Path | str, columns: list[str] | None = None) -> pa.Table
     # torch job's start-up); the same table, the same metadata.
     with pq.ParquetFile(path) as parquet:
         return parquet.read(columns=columns)
+
+
+class _PandasHidden(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """A finder that makes `import pandas` fail while it is on sys.meta_path. It still answers
+    `importlib.util.find_spec` (with a spec that has no origin), so code that only asks whether
+    pandas is installed keeps working."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name.partition(".")[0] != "pandas":
+            return None
+        return importlib.machinery.ModuleSpec(name, self)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
+        raise ModuleNotFoundError(f"No module named {spec.name!r} (hidden)", name=spec.name)
+
+    def exec_module(self, module: Any) -> None:  # never reached: create_module raises
+        raise ModuleNotFoundError(f"No module named {module.__name__!r} (hidden)")
+
+
+@contextlib.contextmanager
+def without_pandas() -> Iterator[None]:
+    """Run the block as if pandas were not installed, unless it is already imported.
+
+    pyarrow imports its optional pandas integration on its first conversion of any array (about
+    0.5 s of a torch job's start-up) when pandas is installed, as it is for the report's plots.
+    No bsn job hands pandas objects to pyarrow, so a job's tables are the same without it. After
+    the block pandas imports again; pyarrow then loads its integration on the first call that
+    needs it (`to_pandas`, `from_pandas`)."""
+    if "pandas" in sys.modules:
+        yield
+        return
+    finder = _PandasHidden()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
 
 
 def canonical_safetensors(data: bytes) -> bytes:

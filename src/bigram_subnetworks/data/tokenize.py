@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from bigram_subnetworks.artifacts import TOKENS_EVAL, TOKENS_META, TOKENS_TRAIN
@@ -93,9 +92,10 @@ def read_sequences(path: Path | str) -> np.ndarray:
     column = table.column("input_ids").combine_chunks()
     if table.num_rows == 0:
         raise ArtifactError(f"{path}: no sequences; rerun the tokenize stage")
-    lengths = pc.list_value_length(column)
-    seq_len = lengths[0].as_py()
-    if pc.any(pc.not_equal(lengths, seq_len)).as_py():
+    # Lengths from the list offsets in numpy: pyarrow.compute is slow to import (torch jobs).
+    lengths = np.diff(column.offsets.to_numpy())
+    seq_len = int(lengths[0])
+    if (lengths != seq_len).any():
         raise ArtifactError(f"{path}: sequences differ in length; rerun the tokenize stage")
     values = column.flatten().to_numpy(zero_copy_only=False)
     return values.astype(np.uint32, copy=False).reshape(-1, seq_len)
@@ -122,6 +122,8 @@ def tokenize_corpus(
         "tokenizer_sha256": sha256_file(tokenizer_path) if tokenizer_path else None,
         "splits": {},
     }
+    import pyarrow.compute as pc
+
     for offset, split in enumerate(SPLITS):
         texts = table.filter(pc.equal(table["split"], split)).column("text").to_pylist()
         stream = token_stream(texts, loaded, desc=f"encode {split}")

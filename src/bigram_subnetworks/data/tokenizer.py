@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.compute as pc
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from bigram_subnetworks.artifacts import TOKENIZER
@@ -70,6 +69,8 @@ def train_bpe(
 
 
 def train_split_texts(documents_path: Path) -> list[str]:
+    import pyarrow.compute as pc
+
     table = read_parquet(documents_path, columns=["split", "text"])
     train = table.filter(pc.equal(table["split"], "train"))
     if train.num_rows == 0:
