@@ -325,3 +325,21 @@ def test_the_cli_parses_an_order_as_a_number() -> None:
         [stage.command, "--config", "c.yaml", *arguments(stage, cfg, fields)]
     )
     assert args.order == 3
+
+
+def test_the_ngram_config_is_the_defaults_study_at_three_orders() -> None:
+    """config/ngram.yaml shares the default's data folders and model settings (so the same
+    weights), writes under its own run name, and trains every order without the bigram-only
+    checkpoint trajectories."""
+    default = load_config(ROOT / "params.yaml")
+    ngram = load_config(ROOT / "config" / "ngram.yaml")
+    assert ngram.run != default.run
+    assert data_keys(ngram) == data_keys(default)
+    assert ngram.models == default.models and ngram.masks == default.masks
+    assert ngram.analysis == default.analysis and ngram.seed == default.seed
+    assert ngram.lambdas is not None
+    assert list(ngram.lambdas.grids()) == ["unigram", "bigram", "trigram", "full"]
+    assert ngram.checkpoints is None
+    names = {stage.name for stage in stages_for(ngram, "snakemake")}
+    assert {"ngram_stats", "train_ngram_mask", "ngrams"} <= names
+    assert not {"checkpoints", "controls"} & names
