@@ -394,7 +394,7 @@ def test_table_2_controls_decide_on_the_r_of_the_paper_regime() -> None:
     drop-unseen r (the old controls always used the clipped r). Replicates pair a control with
     the r it was scored as (the evaluate stage's masks, the controls stage's variants under their
     model keys), and only where their interval is the control's."""
-    import pandas as pd
+    import polars as pl
 
     from bigram_subnetworks.analysis.scoring import percentile_interval
     from bigram_subnetworks.report.summary import control_values
@@ -435,7 +435,7 @@ def test_table_2_controls_decide_on_the_r_of_the_paper_regime() -> None:
                     "value": value,
                 }
             )
-    replicates = pd.DataFrame(
+    replicates = pl.DataFrame(
         [
             {
                 "model": key,
@@ -451,7 +451,7 @@ def test_table_2_controls_decide_on_the_r_of_the_paper_regime() -> None:
             for i, value in enumerate(series)
         ]
     )
-    empty = pd.DataFrame()
+    empty = pl.DataFrame()
     tables = RunTables(
         models=["m"],
         mask_metrics=empty,
@@ -462,7 +462,7 @@ def test_table_2_controls_decide_on_the_r_of_the_paper_regime() -> None:
         generations=empty,
         residual=empty,
         checkpoints=None,
-        controls=pd.DataFrame(rows),
+        controls=pl.DataFrame(rows),
         selection={},
         model_info={},
         histories=empty,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pytest
 import torch
 import yaml
@@ -245,16 +245,14 @@ def test_the_ablate_stage_removes_every_optimal_mask_of_the_sweep(
     conditions = ablation_masks(layout, bigram, sweep["1e1"], seed=0) | sweep_masks(sweep)
     assert set(conditions) >= {"optimal removed, λ=1e1", "optimal removed, λ=1e2"}
     rows = surprisal_rows("m", lm, conditions, counts, held_out, 4, CPU)
-    table = pd.DataFrame(rows).set_index("condition")
-    found = dict(_optimal_removal_sweep(table, lm.n_masked))
-    full = table.loc["full model", "mean_surprisal_bits"]
+    found = dict(_optimal_removal_sweep(pl.DataFrame(rows), lm.n_masked))
+    surprisal = {row["condition"]: row["mean_surprisal_bits"] for row in rows}
+    full = surprisal["full model"]
     for label, mask in sweep.items():  # (the removed mask's kept count, its increase)
-        increase = table.loc[sweep_condition(label), "mean_surprisal_bits"] - full
+        increase = surprisal[sweep_condition(label)] - full
         assert found[float(kept(mask))] == pytest.approx(increase)
     # the paired removal is the sweep's λ = 1e1 removal
-    assert table.loc["optimal removed", "mean_surprisal_bits"] == pytest.approx(
-        table.loc[sweep_condition("1e1"), "mean_surprisal_bits"]
-    )
+    assert surprisal["optimal removed"] == pytest.approx(surprisal[sweep_condition("1e1")])
 
 
 @pytest.fixture(scope="module")

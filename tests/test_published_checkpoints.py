@@ -517,7 +517,7 @@ def test_the_report_lists_the_dropped_steps_and_why(cache: Path, tmp_path: Path)
     info = fetch(config(cache, [0, 10, 30], duplicate_steps="drop"), tmp_path / "tiny")
     table = dropped_steps_table(SimpleNamespace(model_info={"tiny": info}))
     assert table is not None and table.title == "Checkpoint steps dropped"
-    row = table.frame.to_dict("records")
+    row = table.frame.to_dicts()
     digest = info["checkpoints"]["30"]["weights"]["files"]["model.safetensors"]
     assert row == [
         {

@@ -395,7 +395,7 @@ def test_the_overlap_stage_compares_the_run_with_the_authors(
         assert row.orig_model_name == "EleutherAI/pythia-160m"
     section = reference_table(metrics / "reference_overlap.parquet")
     assert section is not None and len(section.frame) == 6
-    assert "1.000" in section.frame["share of the authors' in this run's"].tolist()
+    assert "1.000" in section.frame["share of the authors' in this run's"].to_list()
     assert reference_table(None) is None
 
 

@@ -391,7 +391,7 @@ def write_run(root: Path, cfg: Config, spec: Spec) -> tuple[Path, Path]:
             model_dir / "model.json",
         )
         for target, labels in cfg.lambdas.model_dump().items():
-            for label in labels:
+            for label in labels or []:  # None: a target not configured
                 kept = {**spec.sweep, **spec.optimal}.get(label, (0.1,))[0]
                 trained = label not in ("neginf", "inf")
                 attempts = (
@@ -937,9 +937,9 @@ def test_benchmark_files_name_their_stage(cfg: Config, tmp_path: Path) -> None:
         stage.name for stage in stages_for(cfg, "snakemake")
     }
     files.append(run_dir / "benchmarks" / "broken.tsv")
-    costs = stage_costs(cfg, read_benchmarks(files)).set_index("stage")
-    assert costs.loc["pretrain", "seconds"] == 10.0 and costs.loc["tokenize", "jobs"] == 1
-    assert costs.loc["evaluate", "jobs"] == 0 and math.isnan(costs.loc["evaluate", "seconds"])
+    costs = {row["stage"]: row for row in stage_costs(cfg, read_benchmarks(files)).to_dicts()}
+    assert costs["pretrain"]["seconds"] == 10.0 and costs["tokenize"]["jobs"] == 1
+    assert costs["evaluate"]["jobs"] == 0 and math.isnan(costs["evaluate"]["seconds"])
     assert stage_costs(cfg, read_benchmarks(None))["jobs"].sum() == 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import math
 import numbers
@@ -11,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import polars as pl
 import yaml
 
 from bigram_subnetworks.artifacts import REPORT_FIGURES
@@ -59,7 +61,17 @@ from bigram_subnetworks.report.tables import RunTables, load_run, stage_costs, w
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("torch", "transformers", "snakemake", "dvc", "numpy", "pandas", "matplotlib", "seaborn")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "snakemake",
+    "dvc",
+    "numpy",
+    "polars",
+    "pandas",
+    "matplotlib",
+    "seaborn",
+)
 CITATION = (
     "Chang, T. A. & Bergen, B. K. (2025). Bigram Subnetworks: Mapping to Next Tokens in "
     "Transformer Language Models. NeurIPS 2025. arXiv:2504.15471."
@@ -75,6 +87,17 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 
 def _count(value: object) -> str:
     return f"{value:,}" if isinstance(value, int) else "–"
+
+
+def _text_frame(rows: list[dict[str, str]], missing: str = "–") -> pl.DataFrame:
+    """Preformatted table rows as a frame of strings: the columns in order of first appearance,
+    `missing` where a row has no cell."""
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    return pl.DataFrame(
+        [[str(row.get(column, missing)) for column in columns] for row in rows],
+        schema=dict.fromkeys(columns, pl.String),
+        orient="row",
+    )
 
 
 # ---------------------------------------------------------------------------- tables
@@ -117,9 +140,10 @@ def summary_table(models: list[ModelSummary]) -> Table:
             }
         )
     # laid out per model (a column each), so that the page stays as wide as the screen
-    wide = pd.DataFrame(rows).set_index("model")
-    frame = wide.T.rename_axis("quantity").reset_index()
-    frame.columns = ["quantity", *wide.index]
+    quantities = [column for column in rows[0] if column != "model"] if rows else []
+    frame = pl.DataFrame(
+        {"quantity": quantities, **{row["model"]: [row[q] for q in quantities] for row in rows}}
+    )
     return Table(
         "Summary per model",
         frame,
@@ -132,7 +156,7 @@ def summary_table(models: list[ModelSummary]) -> Table:
         "1/(draws + 1). Rotation: median eigenvalue angle of the ridge map from layer 1 to the "
         "input embeddings; rotations are read off maps fitted on three quarters of the residual "
         "sequences, while token recall and the linear-map r are scored on the held-out quarter.",
-        tuple(wide.index),
+        tuple(s.model for s in models),
     )
 
 
@@ -151,10 +175,9 @@ def ablation_table(models: list[ModelSummary]) -> Table:
         }
         for s in models
     ]
-    frame = pd.DataFrame(rows)
     return Table(
         "Ablations: mean surprisal (bits) ± sd",
-        frame,
+        _text_frame(rows),
         "'alone': only the mask's weights are kept; 'removed': the mask's weights are zeroed.",
         tuple(ABLATION_CONDITIONS),
     )
@@ -207,7 +230,7 @@ def controls_table(controls: dict[str, dict[str, Estimate]]) -> Table | None:
     if not controls:
         return None
     names = list(dict.fromkeys(name for values in controls.values() for name in values))
-    frame = pd.DataFrame(
+    frame = _text_frame(
         [{"model": m, **{n: _estimates_text(v, n) for n in names}} for m, v in controls.items()]
     )
     return Table(
@@ -251,7 +274,7 @@ def checkpoint_table(checkpoints: list[CheckpointSummary]) -> Table | None:
             rows.append(row)
     if not rows:
         return None
-    frame = pd.DataFrame(rows).fillna("–")
+    frame = _text_frame(rows)
     numeric = tuple(c for c in frame.columns if c != "model")
     unseen = [c.unseen_fraction for c in checkpoints if math.isfinite(c.unseen_fraction)]
     note = (
@@ -288,34 +311,39 @@ def dropped_steps_table(tables: RunTables) -> Table | None:
         "another step's, so they are not the checkpoints they claim to be; the checkpoint "
         "analysis leaves them out (checkpoints.duplicate_steps: drop)."
     )
-    return Table("Checkpoint steps dropped", pd.DataFrame(rows), note)
+    return Table("Checkpoint steps dropped", _text_frame(rows), note)
 
 
 def block_names_table(tables: RunTables) -> Table:
     """Each model's blocks in its own terms: the parameters (layer 0's names, with the layer
     number as <l>) that Q, K, V, O, MLP-in and MLP-out are parts of."""
     blocks = tables.blocks
-    if "param" not in blocks or blocks.empty:
-        return Table("Blocks in each model's terms", pd.DataFrame(), "Not recorded.")
-    first = blocks[(blocks["layer"] == 0) & blocks["head"].isna()].drop_duplicates(
-        ["model", "kind", "param"]
+    if "param" not in blocks.columns or blocks.is_empty():
+        return Table("Blocks in each model's terms", pl.DataFrame(), "Not recorded.")
+    names = (
+        blocks.filter((pl.col("layer") == 0) & pl.col("head").is_null())
+        .unique(["model", "kind", "param"], keep="first", maintain_order=True)
+        .group_by("model", "kind", maintain_order=True)
+        .agg(pl.col("param").cast(pl.String).str.replace(".0.", ".<l>.", literal=True))
     )
-    rows = []
-    for model, group in first.groupby("model", sort=False):
-        row = {"model": model}
-        for kind, names in group.groupby("kind", sort=False)["param"]:
-            row[kind] = ", ".join(str(n).replace(".0.", ".<l>.", 1) for n in dict.fromkeys(names))
-        rows.append(row)
+    rows: dict[str, dict[str, str]] = {}
+    for model, kind, params in names.iter_rows():
+        rows.setdefault(model, {"model": model})[kind] = ", ".join(params)
     note = (
         "Fused Q/K/V weights (GPT-NeoX interleaves them per head, GPT-2 concatenates them) are "
         "split into their Q, K and V rows or columns; gated MLPs count gate and up as MLP-in."
     )
-    return Table("Blocks in each model's terms", pd.DataFrame(rows), note)
+    return Table("Blocks in each model's terms", _text_frame(list(rows.values())), note)
 
 
 def generations_table(tables: RunTables) -> Table:
-    frame = tables.generations[["model", "condition", "prompt", "decoding", "text"]].copy()
-    frame["text"] = frame["text"].map(lambda t: str(t).replace("\n", "\\n"))
+    frame = tables.generations.select(
+        "model",
+        "condition",
+        "prompt",
+        "decoding",
+        pl.col("text").str.replace_all("\n", "\\n", literal=True),
+    )
     return Table("Generations", frame, "Newlines are shown as \\n.")
 
 
@@ -323,28 +351,27 @@ def cost_table(cfg: Config, tables: RunTables) -> Table:
     costs = stage_costs(cfg, tables.benchmarks)
     rows = [
         {
-            "stage": r.stage,
-            "jobs measured": str(r.jobs),
-            "wall time (s)": _fmt(r.seconds, ",.1f") if r.jobs else NOT_MEASURED,
-            "peak memory (MB)": _fmt(r.max_rss_mb, ",.0f") if r.jobs else NOT_MEASURED,
+            "stage": r["stage"],
+            "jobs measured": str(r["jobs"]),
+            "wall time (s)": _fmt(r["seconds"], ",.1f") if r["jobs"] else NOT_MEASURED,
+            "peak memory (MB)": _fmt(r["max_rss_mb"], ",.0f") if r["jobs"] else NOT_MEASURED,
         }
-        for r in costs.itertuples()
+        for r in costs.iter_rows(named=True)
     ]
-    measured = costs[costs["jobs"] > 0]
-    total = f"{measured['seconds'].sum():,.1f}" if len(measured) else NOT_MEASURED
+    measured = costs.filter(pl.col("jobs") > 0)
     rows.append(
         {
             "stage": "total",
             "jobs measured": str(int(costs["jobs"].sum())),
-            "wall time (s)": total,
-            "peak memory (MB)": _fmt(measured["max_rss_mb"].max(), ",.0f")
+            "wall time (s)": f"{measured['seconds'].sum():,.1f}" if len(measured) else NOT_MEASURED,
+            "peak memory (MB)": _fmt(measured["max_rss_mb"].max(), ",.0f")  # type: ignore[arg-type]
             if len(measured)
             else NOT_MEASURED,
         }
     )
     return Table(
         "Cost per stage",
-        pd.DataFrame(rows),
+        _text_frame(rows),
         "From Snakemake's benchmark files (sum of wall-clock seconds over a stage's jobs); "
         "stages run without them (e.g. through DVC) are not measured.",
         ("jobs measured", "wall time (s)", "peak memory (MB)"),
@@ -363,7 +390,7 @@ def versions() -> dict[str, str]:
 
 
 def versions_table() -> Table:
-    frame = pd.DataFrame(
+    frame = _text_frame(
         [{"package": name, "version": version} for name, version in versions().items()]
     )
     return Table("Versions", frame)
@@ -604,28 +631,40 @@ def build_document(
     )
 
 
+def _csv_cell(value: object) -> object:
+    """A CSV cell: floats to 6 significant digits, missing values (None, NaN) empty."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return format(value, ".6g") if isinstance(value, float) else value
+
+
+def csv_text(frame: pl.DataFrame) -> str:
+    """A frame as CSV text for DVC (`_csv_cell` values, minimal quoting, one line per row)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(frame.columns)
+    writer.writerows(map(_csv_cell, row) for row in frame.iter_rows())
+    return buffer.getvalue()
+
+
 def plot_tables(tables: RunTables) -> dict[str, str]:
     """CSV tables for `dvc plots` (DVC reads CSV, not Parquet): bigram r against active
     parameters for every mask, and (when configured) per checkpoint."""
     wide = tables.metric_table()
-    sweep = wide[wide["target"].isin(["bigram", "full"])].sort_values(
-        ["model", "target", "lambda_value"]
+    sweep = wide.filter(pl.col("target").is_in(["bigram", "full"])).sort(
+        ["model", "target", "lambda_value"], maintain_order=True
     )
     columns = ["model", "target", "lambda", "kept", "kept_fraction", "bigram_r"]
-    columns += [c for c in ("bigram_r_low", "bigram_r_high") if c in sweep]
-    out = {
-        "sparsity": sweep[columns]
-        .rename(columns={"kept": "active_parameters"})
-        .to_csv(index=False, float_format="%.6g")
-    }
+    columns += [c for c in ("bigram_r_low", "bigram_r_high") if c in sweep.columns]
+    out = {"sparsity": csv_text(sweep.select(columns).rename({"kept": "active_parameters"}))}
     if tables.checkpoints is not None:
-        trained = tables.checkpoints[tables.checkpoints["target"] == "bigram"]
+        trained = tables.checkpoints.filter(pl.col("target") == "bigram")
         steps = wide_metrics(trained, ["model", "step", "lambda", "lambda_value"])
         columns = ["model", "step", "lambda", "kept", "bigram_r", "first_mlp_share"]
-        out["checkpoints"] = (
-            steps.sort_values(["model", "lambda_value", "step"])[columns]
-            .rename(columns={"kept": "active_parameters"})
-            .to_csv(index=False, float_format="%.6g")
+        out["checkpoints"] = csv_text(
+            steps.sort(["model", "lambda_value", "step"], maintain_order=True)
+            .select(columns)
+            .rename({"kept": "active_parameters"})
         )
     return out
 

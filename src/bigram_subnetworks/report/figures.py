@@ -17,6 +17,7 @@ from typing import Any
 
 import matplotlib as mpl
 import numpy as np
+import polars as pl
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -102,13 +103,18 @@ def png_bytes(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _yerr(rows: Any, metric: str) -> np.ndarray | None:
+def _floats(rows: pl.DataFrame, column: str) -> np.ndarray:
+    """A column as float64 values, NaN where missing."""
+    return rows[column].cast(pl.Float64).fill_null(math.nan).to_numpy()
+
+
+def _yerr(rows: pl.DataFrame, metric: str) -> np.ndarray | None:
     """Asymmetric error bars (2, n) from the `<metric>_low`/`_high` columns (None if absent)."""
     low, high = f"{metric}_low", f"{metric}_high"
-    if low not in rows or high not in rows:
+    if low not in rows.columns or high not in rows.columns:
         return None
-    value = rows[metric].to_numpy(dtype=float)
-    bars = np.vstack([value - rows[low].to_numpy(dtype=float), rows[high].to_numpy(dtype=float)])
+    value = _floats(rows, metric)
+    bars = np.vstack([value - _floats(rows, low), _floats(rows, high)])
     bars[1] -= value
     return np.where(np.isfinite(bars), np.clip(bars, 0, None), 0.0)
 
@@ -118,6 +124,17 @@ def _estimate_bars(estimates: list[Any]) -> np.ndarray:
     bars = np.array([[e.value - e.low, e.high - e.value] for e in estimates], dtype=float).T
     bars = bars.reshape(2, len(estimates))
     return np.where(np.isfinite(bars), np.clip(bars, 0, None), 0.0)
+
+
+def _grid_of(rows: pl.DataFrame, index: str, columns: str, values: str) -> pl.DataFrame:
+    """The mean of `values` per (`index`, `columns`) as one row per index value (ascending) and
+    one column per `columns` value (named by its text); null where there is none."""
+    return rows.pivot(on=columns, index=index, values=values, aggregate_function="mean").sort(index)
+
+
+def _floats_grid(grid: pl.DataFrame, columns: list[str]) -> np.ndarray:
+    """The named columns of a grid as a float64 array, NaN where missing."""
+    return np.column_stack([_floats(grid, c) for c in columns]).reshape(len(grid), len(columns))
 
 
 def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
@@ -130,24 +147,26 @@ def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
 
 def sparsity_r(data: FigureData) -> Figure:
     metrics = data.tables.metric_table()
-    trained = metrics[metrics["lambda_value"].map(math.isfinite) & (metrics["kept"] > 0)]
+    trained = metrics.filter(pl.col("lambda_value").is_finite() & (pl.col("kept") > 0))
     has_optimal = bool((trained["target"] == "full").any())
     figure, axes = _figure(1, 2 if has_optimal else 1, (5.0, 3.8))
     ax = axes[0, 0]
-    bigram = trained[trained["target"] == "bigram"].sort_values("kept")
+    bigram = trained.filter(pl.col("target") == "bigram").sort("kept", maintain_order=True)
     for s in data.models:
         colour = data.colour(s.model)
-        rows = bigram[bigram["model"] == s.model]
+        rows = bigram.filter(pl.col("model") == s.model)
         ax.errorbar(
-            rows["kept"],
-            rows["bigram_r"],
+            _floats(rows, "kept"),
+            _floats(rows, "bigram_r"),
             yerr=_yerr(rows, "bigram_r"),
             fmt="o-",
             color=colour,
             capsize=2,
             label=s.model,
         )
-        for label, kept, r in zip(rows["lambda"], rows["kept"], rows["bigram_r"], strict=True):
+        for label, kept, r in zip(
+            rows["lambda"], _floats(rows, "kept"), _floats(rows, "bigram_r"), strict=True
+        ):
             ax.annotate(
                 f"λ={label}",
                 (kept, r),
@@ -158,7 +177,7 @@ def sparsity_r(data: FigureData) -> Figure:
             )
         if math.isfinite(s.full_model_r):
             ax.axhline(s.full_model_r, color=colour, linestyle="--", linewidth=1)
-    if bigram.empty:
+    if bigram.is_empty():
         _empty(ax, "no trained bigram mask keeps any weight")
     else:
         ax.set_xscale("log")
@@ -170,12 +189,13 @@ def sparsity_r(data: FigureData) -> Figure:
         ax.legend(title="model")
     if has_optimal:
         ax = axes[0, 1]
-        optimal = trained[trained["target"] == "full"].sort_values("kept")
+        optimal = trained.filter(pl.col("target") == "full").sort("kept", maintain_order=True)
         for s in data.models:
-            rows = optimal[optimal["model"] == s.model]
+            rows = optimal.filter(pl.col("model") == s.model)
             colour = data.colour(s.model)
-            ax.plot(rows["kept"], rows["bigram_r"], "o-", color=colour, label=s.model)
-            ax.plot(rows["kept"], rows["full_model_r"], "s:", color=colour)
+            kept = _floats(rows, "kept")
+            ax.plot(kept, _floats(rows, "bigram_r"), "o-", color=colour, label=s.model)
+            ax.plot(kept, _floats(rows, "full_model_r"), "s:", color=colour)
         ax.set_xscale("log")
         ax.set(
             xlabel="active parameters",
@@ -191,19 +211,22 @@ def block_heatmaps(data: FigureData) -> Figure:
     layers = int(blocks["layer"].max()) + 1 if len(blocks) else 1
     figure, axes = _figure(rows, cols, (4.2, 1.2 + 0.42 * layers))
     for ax, s in zip(axes.ravel(), data.models, strict=False):
-        selected = blocks[
-            (blocks["model"] == s.model)
-            & (blocks["target"] == "bigram")
-            & (blocks["lambda"] == s.selected_lambda)
-            & blocks["head"].isna()
-        ]
-        if selected.empty:
+        selected = blocks.filter(
+            (pl.col("model") == s.model)
+            & (pl.col("target") == "bigram")
+            & (pl.col("lambda") == s.selected_lambda)
+            & pl.col("head").is_null()
+        )
+        if selected.is_empty():
             _empty(ax, f"{s.model}: no block counts for λ = {s.selected_lambda}")
             continue
-        grid = selected.pivot_table(index="layer", columns="kind", values="fraction")
-        grid = grid.reindex(columns=[k for k in BLOCK_KINDS if k in grid.columns])
+        grid = _grid_of(selected, "layer", "kind", "fraction")
+        kinds = [k for k in BLOCK_KINDS if k in grid.columns]
+        # seaborn takes the cells as an array and the labels as lists (no frame needed)
         sns.heatmap(
-            grid,
+            _floats_grid(grid, kinds),
+            xticklabels=kinds,
+            yticklabels=grid["layer"].to_list(),
             ax=ax,
             cmap="rocket_r",
             vmin=0,
@@ -260,15 +283,20 @@ def overlap(data: FigureData) -> Figure:
         ("row_overlap", "row-shuffle null (paper)", "tab:blue", "overlap_row_expected", ":"),
     )
     for ax, s in zip(flat, data.models, strict=False):
-        mine = null[null["model"] == s.model]
-        shown = [n for n in nulls if n[0] in mine and mine[n[0]].notna().any()]
+        mine = null.filter(pl.col("model") == s.model)
+        draws = {
+            n[0]: _floats(mine, n[0])[~np.isnan(_floats(mine, n[0]))]
+            for n in nulls
+            if n[0] in mine.columns
+        }
+        shown = [n for n in nulls if len(draws.get(n[0], ()))]
         if not shown or not math.isfinite(s.overlap_observed):
             _empty(ax, f"{s.model}:\nno selected bigram/optimal pair")
             continue
-        values = np.concatenate([mine[n[0]].dropna().to_numpy() for n in shown])
+        values = np.concatenate([draws[n[0]] for n in shown])
         bins = np.histogram_bin_edges(values, bins=30)
         for column, label, colour, expected, style in shown:
-            ax.hist(mine[column].dropna(), bins=bins, color=colour, alpha=0.6, label=label)
+            ax.hist(draws[column], bins=bins, color=colour, alpha=0.6, label=label)
             mean = getattr(s, expected)
             if math.isfinite(mean):
                 ax.axvline(mean, color=colour, linestyle=style, linewidth=1.2)
@@ -350,23 +378,25 @@ def rotations(data: FigureData) -> Figure:
 
 
 def covariance(data: FigureData) -> Figure:
-    table = data.tables.residual
-    table = table[table["metric"] == "covariance_similarity"]
+    table = data.tables.residual.filter(pl.col("metric") == "covariance_similarity")
     figure, axes = _figure(max(len(data.models), 1), 3, (3.0, 2.8))
-    low = float(table["value"].min()) if len(table) else 0.0
+    low = float(table["value"].min()) if len(table) else 0.0  # type: ignore[arg-type]
     image = None
     for row, s in zip(axes, data.models, strict=False):
         for ax, condition in zip(row, RESIDUAL_CONDITIONS, strict=True):
-            rows = table[(table["model"] == s.model) & (table["condition"] == condition)]
-            if rows.empty:
+            rows = table.filter((pl.col("model") == s.model) & (pl.col("condition") == condition))
+            if rows.is_empty():
                 _empty(ax, f"{s.model}: no {condition} similarities")
                 continue
-            grid = rows.pivot_table(index="layer", columns="layer_b", values="value")
-            image = ax.imshow(grid.to_numpy(), vmin=low, vmax=1.0, cmap="viridis", origin="upper")
+            grid = _grid_of(rows, "layer", "layer_b", "value")
+            others = sorted((c for c in grid.columns if c != "layer"), key=int)
+            image = ax.imshow(
+                _floats_grid(grid, others), vmin=low, vmax=1.0, cmap="viridis", origin="upper"
+            )
             ax.set(title=f"{s.model}: {condition}", xlabel="layer", ylabel="layer")
             ticks = range(len(grid))
-            ax.set_xticks(ticks, [int(v) for v in grid.columns])
-            ax.set_yticks(ticks, [int(v) for v in grid.index])
+            ax.set_xticks(ticks, [int(v) for v in others])
+            ax.set_yticks(ticks, [int(v) for v in grid["layer"]])
             ax.grid(False)
     if image is not None:
         figure.colorbar(image, ax=axes.ravel().tolist(), label="covariance similarity")
@@ -409,8 +439,11 @@ def checkpoints(data: FigureData) -> Figure:
             ax.set_axis_off()
         return figure
     for row, c in zip(axes, data.checkpoints, strict=True):
-        rows = table[(table["model"] == c.model) & table["budget"].isna()]
-        masks = rows[rows["target"] == "bigram"]
+        masks = table.filter(
+            (pl.col("model") == c.model)
+            & pl.col("budget").is_null()
+            & (pl.col("target") == "bigram")
+        )
         labels = sorted(masks["lambda"].unique(), key=float)
         palette = dict(zip(labels, sns.color_palette("crest", len(labels)), strict=True))
         r_ax, kept_ax, mlp_ax = row
@@ -456,11 +489,11 @@ def checkpoints(data: FigureData) -> Figure:
             )
         for ax, metric in ((kept_ax, "kept_fraction"), (mlp_ax, "first_mlp_share")):
             for label in labels:
-                series = masks[(masks["lambda"] == label) & (masks["metric"] == metric)]
-                series = series.sort_values("step")
+                series = masks.filter((pl.col("lambda") == label) & (pl.col("metric") == metric))
+                series = series.sort("step", maintain_order=True)
                 ax.plot(
                     where[ax](series["step"].to_numpy()),
-                    series["value"],
+                    _floats(series, "value"),
                     "o-",
                     color=palette[label],
                     label=f"λ={label}",
@@ -480,24 +513,24 @@ def training_curves(data: FigureData) -> Figure:
     history = data.tables.histories
     figure, axes = _figure(max(len(data.models), 1), 3, (4.0, 2.8))
     for row, s in zip(axes, data.models, strict=False):
-        curves = history[history["model"] == s.model]
-        if curves.empty:
+        curves = history.filter(pl.col("model") == s.model)
+        if curves.is_empty():
             _empty(row[0], f"{s.model}: no training logs")
             for ax in row[1:]:
                 ax.set_axis_off()
             continue
         labels = sorted(curves["lambda"].unique(), key=float)
         palette = dict(zip(labels, sns.color_palette("flare", len(labels)), strict=True))
-        groups = curves.groupby(["target", "lambda"])
-        for target, label in sorted(groups.groups, key=lambda key: (key[0], float(key[1]))):
-            curve = groups.get_group((target, label))
+        groups = curves.partition_by("target", "lambda", as_dict=True)
+        for target, label in sorted(groups, key=lambda key: (key[0], float(key[1]))):
+            curve = groups[(target, label)]
             style = "-" if target == "bigram" else "--"
-            attempts = int(curve["attempts"].iloc[0])
+            attempts = int(curve["attempts"][0])
             retried = f" ({attempts} attempts)" if attempts > 1 else ""
             for ax, column in zip(row, ("loss", "kept", "undecided"), strict=True):
                 ax.plot(
-                    curve["step"],
-                    curve[column],
+                    curve["step"].to_numpy(),
+                    _floats(curve, column),
                     style,
                     color=palette[label],
                     linewidth=1,

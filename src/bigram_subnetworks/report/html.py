@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from html import escape
 
-import pandas as pd
+import polars as pl
 
 VERDICT_COLUMN = "verdict"
 PAPER_VERDICT_COLUMN = "rule on the paper's numbers"
@@ -92,7 +92,7 @@ class Table:
     """A titled table of preformatted cells."""
 
     title: str
-    frame: pd.DataFrame
+    frame: pl.DataFrame  # every cell a string
     note: str = ""
     numeric: tuple[str, ...] = ()  # columns right-aligned in HTML
 
@@ -162,7 +162,7 @@ def table_html(table: Table) -> str:
             _cell(str(c), v, table.numeric) for c, v in zip(table.frame.columns, row, strict=True)
         )
         + "</tr>"
-        for row in table.frame.itertuples(index=False)
+        for row in table.frame.iter_rows()
     )
     note = f'<p class="note">{escape(table.note)}</p>' if table.note else ""
     return (
@@ -316,8 +316,7 @@ def table_markdown(table: Table) -> str:
         "|" + "|".join("---:" if c in table.numeric else "---" for c in columns) + "|",
     ]
     lines += [
-        "| " + " | ".join(_markdown_cell(v) for v in row) + " |"
-        for row in table.frame.itertuples(index=False)
+        "| " + " | ".join(_markdown_cell(v) for v in row) + " |" for row in table.frame.iter_rows()
     ]
     return "\n".join(lines)
 
@@ -326,7 +325,7 @@ def claims_markdown(section: ClaimsSection) -> str:
     """The claims at a glance as a table, then each claim's rule, thresholds and numbers."""
     glance = Table(
         section.title,
-        pd.DataFrame(
+        pl.DataFrame(
             [
                 {
                     "claim": f"{c.claim} ({c.where})",
@@ -336,7 +335,7 @@ def claims_markdown(section: ClaimsSection) -> str:
                 }
                 for c in section.claims
             ],
-            columns=["claim", "paper", "this run", "verdict"],
+            schema=dict.fromkeys(["claim", "paper", "this run", "verdict"], pl.String),
         ),
         section.note,
     )

@@ -19,7 +19,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-import pandas as pd
+import polars as pl
 import yaml
 
 from bigram_subnetworks.report.summary import CheckpointSummary, Estimate, ModelSummary
@@ -196,7 +196,7 @@ def scale_note(models: list[ModelSummary]) -> str:
     )
 
 
-def side_by_side(models: list[ModelSummary]) -> pd.DataFrame:
+def side_by_side(models: list[ModelSummary]) -> pl.DataFrame:
     """Key quantities: the paper's range next to this run's range."""
     paper = paper_evidence().models
 
@@ -225,4 +225,6 @@ def side_by_side(models: list[ModelSummary]) -> pd.DataFrame:
         }
         for name, attribute, fmt, source in rows
     ]
-    return pd.DataFrame(table, columns=["quantity", "paper", "where", "this run"])
+    return pl.DataFrame(
+        table, schema=dict.fromkeys(["quantity", "paper", "where", "this run"], pl.String)
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pandas as pd
+import polars as pl
 
 from bigram_subnetworks.artifacts import REFERENCE_OVERLAP
 from bigram_subnetworks.report.html import Table
@@ -35,27 +35,29 @@ def reference_table(path: Path | str | None) -> Table | None:
     if path is None:
         return None
     frame = read_table(Path(path), REFERENCE_OVERLAP)
-    if frame.empty:
+    if frame.is_empty():
         return None
-    frame = frame.sort_values(["model", "reference_lambda", "target", "lambda"], kind="stable")
+    frame = frame.sort(
+        ["model", "reference_lambda", "target", "lambda"], nulls_last=True, maintain_order=True
+    )
     rows = [
         {
-            "model": row.model,
-            "authors' mask (λ)": f"{row.orig_model_name or '?'} (λ {row.reference_lambda})",
-            "this run's mask": f"{row.target} λ {row['lambda']}",
+            "model": row["model"],
+            "authors' mask (λ)": f"{row['orig_model_name'] or '?'} (λ {row['reference_lambda']})",
+            "this run's mask": f"{row['target']} λ {row['lambda']}",
             "kept: this run / authors'": (
-                f"{_number(row.kept_run, '.4f')} / {_number(row.kept_reference, '.4f')}"
+                f"{_number(row['kept_run'], '.4f')} / {_number(row['kept_reference'], '.4f')}"
             ),
-            "overlap": _number(row.observed, ".4f"),
+            "overlap": _number(row["observed"], ".4f"),
             "× chance, row / uniform null": (
-                f"{_number(row.row_ratio, '.2f')} / {_number(row.ratio, '.2f')}"
+                f"{_number(row['row_ratio'], '.2f')} / {_number(row['ratio'], '.2f')}"
             ),
-            "p (uniform)": _number(row.p_value, ".2g"),
-            "share of this run's in the authors'": _number(row.share_run_in_reference, ".3f"),
-            "share of the authors' in this run's": _number(row.share_reference_in_run, ".3f"),
+            "p (uniform)": _number(row["p_value"], ".2g"),
+            "share of this run's in the authors'": _number(row["share_run_in_reference"], ".3f"),
+            "share of the authors' in this run's": _number(row["share_reference_in_run"], ".3f"),
         }
-        for _, row in frame.iterrows()
+        for row in frame.iter_rows(named=True)
     ]
     numeric = ("overlap", "p (uniform)")
     numeric += ("share of this run's in the authors'", "share of the authors' in this run's")
-    return Table(TITLE, pd.DataFrame(rows), NOTE, numeric=numeric)
+    return Table(TITLE, pl.DataFrame(rows), NOTE, numeric=numeric)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 from bigram_subnetworks.artifacts import RANDOM_BODY, model_key
 from bigram_subnetworks.errors import UserError
@@ -102,8 +102,7 @@ class Estimate:
         bootstrap replicates where given."""
 
         def number(name: str) -> float:
-            value = values.get(name)
-            return float(value) if value is not None and pd.notna(value) else NAN
+            return _float(values.get(name))
 
         return cls(
             number(metric), number(metric + LOW), number(metric + HIGH), number(unseen), draws
@@ -122,25 +121,28 @@ class Replicates:
     series: dict[ReplicateKey, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, table: pd.DataFrame | None) -> Replicates:
-        if table is None or table.empty:
+    def of(cls, table: pl.DataFrame | None) -> Replicates:
+        if table is None or table.is_empty():
             return cls()
         keys = ["model", "step", "target", "lambda", "budget", "metric"]
-        ordered = table.sort_values([*keys, "resample"], kind="stable", na_position="first")
-        series = {}
-        for key, group in ordered.groupby(keys, dropna=False, sort=False):
-            model, step, target, label, budget, metric = key
-            series[
+        series = (
+            table.sort([*keys, "resample"], maintain_order=True)
+            .group_by(keys, maintain_order=True)
+            .agg(pl.col("value").cast(pl.Float64))
+        )
+        return cls(
+            {
                 (
                     str(model),
-                    None if pd.isna(step) else int(step),
-                    None if pd.isna(target) else str(target),
-                    None if pd.isna(label) else str(label),
-                    None if pd.isna(budget) else int(budget),
+                    None if step is None else int(step),
+                    None if target is None else str(target),
+                    None if label is None else str(label),
+                    None if budget is None else int(budget),
                     str(metric),
-                )
-            ] = group["value"].to_numpy(dtype=np.float64)
-        return cls(series)
+                ): np.asarray(values, dtype=np.float64)
+                for model, step, target, label, budget, metric, values in series.iter_rows()
+            }
+        )
 
     def get(
         self,
@@ -235,29 +237,40 @@ class ModelSummary:
         return 1.0 / (self.overlap_draws + 1) if self.overlap_draws > 0 else NAN
 
 
-def _value(frame: pd.DataFrame, column: str) -> float:
+def _float(value: Any) -> float:
+    """A table value as a float; NaN when missing (None)."""
+    return NAN if value is None else float(value)
+
+
+def _value(frame: pl.DataFrame, column: str) -> float:
     """The single value of `column` in a one-row frame; NaN when absent."""
-    if frame.empty or column not in frame:
+    if frame.is_empty() or column not in frame.columns:
         return NAN
-    value = frame[column].iloc[0]
-    return float(value) if pd.notna(value) else NAN
+    return _float(frame[column][0])
 
 
-def _row(frame: pd.DataFrame) -> dict[str, Any]:
-    return frame.iloc[0].to_dict() if not frame.empty else {}
+def _row(frame: pl.DataFrame) -> dict[str, Any]:
+    return frame.row(0, named=True) if not frame.is_empty() else {}
 
 
-def _mask_row(metrics: pd.DataFrame, target: str, label: str | None) -> pd.DataFrame:
-    return metrics[(metrics["target"] == target) & (metrics["lambda"] == label)]
+def _mask_row(metrics: pl.DataFrame, target: str, label: str | None) -> pl.DataFrame:
+    if label is None:
+        return metrics.clear()
+    return metrics.filter((pl.col("target") == target) & (pl.col("lambda") == label))
 
 
-def location(blocks: pd.DataFrame) -> dict[str, Any]:
+def _by_condition(rows: pl.DataFrame, column: str) -> dict[str, float]:
+    """`column` of one model's ablation rows by condition (the last row of a repeated one)."""
+    return dict(zip(rows["condition"].to_list(), map(_float, rows[column].to_list()), strict=True))
+
+
+def location(blocks: pl.DataFrame) -> dict[str, Any]:
     """Where a mask's kept weights sit, from its per-block rows (layer, kind, kept): shares in
     layer 0's MLP, in all MLPs and in attention, the largest layer × {attention, MLP} group and
     whether layer 0's MLP holds the plurality (the same rule as the checkpoints stage's)."""
     from bigram_subnetworks.analysis.checkpoints import largest_group, location_shares
 
-    rows = blocks[["layer", "kind", "kept"]].to_dict("records") if len(blocks) else []
+    rows = blocks.select("layer", "kind", "kept").to_dicts()
     shares = location_shares(rows)
     plurality = shares.pop("first_mlp_plurality")
     return {
@@ -267,10 +280,10 @@ def location(blocks: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _best(trained: pd.DataFrame, metric: str) -> pd.DataFrame:
-    if trained.empty or metric not in trained:
+def _best(trained: pl.DataFrame, metric: str) -> pl.DataFrame:
+    if trained.is_empty() or metric not in trained.columns:
         return trained.head(0)
-    return trained.sort_values(metric, ascending=False, kind="stable").head(1)
+    return trained.sort(metric, descending=True, nulls_last=True, maintain_order=True).head(1)
 
 
 def summarise_model(tables: RunTables, model: str) -> ModelSummary:
@@ -279,12 +292,12 @@ def summarise_model(tables: RunTables, model: str) -> ModelSummary:
     if chosen is None:
         raise UserError(f"selection.json: no entry for model {model!r}; rerun the select stage")
     metrics = tables.metric_table()
-    metrics = metrics[metrics["model"] == model]
+    metrics = metrics.filter(pl.col("model") == model)
     full = _mask_row(metrics, REFERENCE, "neginf")
     empty = _mask_row(metrics, REFERENCE, "inf")
-    trained_bigram = metrics[
-        (metrics["target"] == "bigram") & metrics["lambda_value"].map(math.isfinite)
-    ]
+    trained_bigram = metrics.filter(
+        (pl.col("target") == "bigram") & pl.col("lambda_value").is_finite()
+    )
     best = _best(trained_bigram, "bigram_r")
     best_dropinf = _best(trained_bigram, "bigram_r_dropinf")
     selected_label = chosen["bigram"]["lambda"]
@@ -316,34 +329,32 @@ def summarise_model(tables: RunTables, model: str) -> ModelSummary:
     suffix, _ = regime_of(_row(full))
     sweep = [
         (float(row["kept"]), estimate(row, "bigram_r" + suffix))
-        for row in trained_bigram.sort_values("kept").to_dict("records")
-        if row.get("kept", 0) > 0
+        for row in trained_bigram.sort("kept", maintain_order=True).to_dicts()
+        if _float(row.get("kept")) > 0
     ]
 
-    pair = tables.overlap[
-        (tables.overlap["model"] == model) & tables.overlap["selected"].astype(bool)
-    ]
-    blocks = tables.blocks[
-        (tables.blocks["model"] == model)
-        & (tables.blocks["target"] == "bigram")
-        & (tables.blocks["lambda"] == selected_label)
-        & tables.blocks["head"].isna()
-    ]
+    pair = tables.overlap.filter((pl.col("model") == model) & pl.col("selected").cast(pl.Boolean))
+    blocks = tables.blocks.filter(
+        (pl.col("model") == model)
+        & (pl.col("target") == "bigram")
+        & (pl.col("lambda") == selected_label)
+        & pl.col("head").is_null()
+    )
     info = tables.model_info.get(model, {})
-    ablations = tables.ablations[tables.ablations["model"] == model].set_index("condition")
-    residual = tables.residual[tables.residual["model"] == model]
+    ablations = tables.ablations.filter(pl.col("model") == model)
+    residual = tables.residual.filter(pl.col("model") == model)
     return ModelSummary(
         model=model,
         parameters=float(info.get("parameters", NAN)),
-        masked_weights=int(_value(full, "kept")) if not full.empty else 0,
+        masked_weights=int(_value(full, "kept")) if not full.is_empty() else 0,
         eval_loss=_value(full, "lm_loss"),  # every model's, on the run's eval sequences
         bigram_baseline_loss=_value(full, "bigram_baseline_loss"),
         full_model_r=_value(full, "bigram_r"),
         lambda0_r=_value(lambda0, "bigram_r"),
         lambda0_kept_fraction=_value(lambda0, "kept_fraction"),
         best_r=_value(best, "bigram_r"),
-        best_lambda=str(best["lambda"].iloc[0]) if not best.empty else None,
-        best_dropinf_lambda=str(best_dropinf["lambda"].iloc[0]) if not best_dropinf.empty else None,
+        best_lambda=str(best["lambda"][0]) if not best.is_empty() else None,
+        best_dropinf_lambda=str(best_dropinf["lambda"][0]) if not best_dropinf.is_empty() else None,
         selected_lambda=selected_label,
         selected_kept=int(chosen["bigram"]["kept"]),
         selected_kept_fraction=_value(selected, "kept_fraction"),
@@ -354,7 +365,7 @@ def summarise_model(tables: RunTables, model: str) -> ModelSummary:
         overlap_expected=_value(pair, "expected"),
         overlap_ratio=_value(pair, "ratio"),
         overlap_p=_value(pair, "p_value"),
-        overlap_draws=int(_value(pair, "draws")) if not pair.empty else 0,
+        overlap_draws=int(_value(pair, "draws")) if not pair.is_empty() else 0,
         overlap_row_expected=_value(pair, "row_expected"),
         overlap_row_ratio=_value(pair, "row_ratio"),
         overlap_row_p=_value(pair, "row_p_value"),
@@ -365,10 +376,10 @@ def summarise_model(tables: RunTables, model: str) -> ModelSummary:
         well_estimated_min_count=int(np.nan_to_num(_value(full, "well_estimated_min_count"))),
         estimates=estimates,
         sweep=sweep,
-        ablation_mean=ablations["mean_surprisal_bits"].astype(float).to_dict(),
-        ablation_sd=ablations["sd_surprisal_bits"].astype(float).to_dict(),
+        ablation_mean=_by_condition(ablations, "mean_surprisal_bits"),
+        ablation_sd=_by_condition(ablations, "sd_surprisal_bits"),
         optimal_removal_sweep=_optimal_removal_sweep(
-            ablations, int(_value(full, "kept")) if not full.empty else 0
+            ablations, int(_value(full, "kept")) if not full.is_empty() else 0
         ),
         rotation_to_input=_per_layer(residual, "rotation_to_input"),
         rotation_to_output=_per_layer(residual, "rotation_to_output"),
@@ -376,46 +387,46 @@ def summarise_model(tables: RunTables, model: str) -> ModelSummary:
     )
 
 
-def _optimal_removal_sweep(ablations: pd.DataFrame, masked: int) -> list[tuple[float, float]]:
+def _optimal_removal_sweep(ablations: pl.DataFrame, masked: int) -> list[tuple[float, float]]:
     """(kept weights of the removed optimal mask, surprisal increase over the full model) of
-    every sweep removal in one model's ablation rows (indexed by condition); `masked` is the
-    model's masked-weight count (a removal keeps the complement)."""
+    every sweep removal in one model's ablation rows (condition, kept, mean_surprisal_bits);
+    `masked` is the model's masked-weight count (a removal keeps the complement)."""
     from bigram_subnetworks.analysis.ablate import SWEEP_CONDITION
 
-    if "full model" not in ablations.index:
+    means = _by_condition(ablations, "mean_surprisal_bits")
+    if "full model" not in means:
         return []
-    full = float(ablations.loc["full model", "mean_surprisal_bits"])
     return sorted(
-        (float(masked - row.kept), float(row.mean_surprisal_bits) - full)
-        for condition, row in ablations.iterrows()
-        if str(condition).startswith(SWEEP_CONDITION)
+        (float(masked - row["kept"]), _float(row["mean_surprisal_bits"]) - means["full model"])
+        for row in ablations.iter_rows(named=True)
+        if str(row["condition"]).startswith(SWEEP_CONDITION)
     )
 
 
-def _per_layer(residual: pd.DataFrame, metric: str) -> dict[str, dict[int, float]]:
-    rows = residual[residual["metric"] == metric]
-    return {
-        str(condition): {int(r.layer): float(r.value) for r in group.itertuples()}
-        for condition, group in rows.groupby("condition", sort=False)
-    }
+def _per_layer(residual: pl.DataFrame, metric: str) -> dict[str, dict[int, float]]:
+    out: dict[str, dict[int, float]] = {}
+    for r in residual.filter(pl.col("metric") == metric).iter_rows(named=True):
+        out.setdefault(str(r["condition"]), {})[int(r["layer"])] = _float(r["value"])
+    return out
 
 
-def _covariance_01(residual: pd.DataFrame) -> dict[str, float]:
-    rows = residual[
-        (residual["metric"] == "covariance_similarity")
-        & (residual["layer"] == 0)
-        & (residual["layer_b"] == 1)
-    ]
-    return {str(r.condition): float(r.value) for r in rows.itertuples()}
+def _covariance_01(residual: pl.DataFrame) -> dict[str, float]:
+    rows = residual.filter(
+        (pl.col("metric") == "covariance_similarity")
+        & (pl.col("layer") == 0)
+        & (pl.col("layer_b") == 1)
+    )
+    return {str(r["condition"]): _float(r["value"]) for r in rows.iter_rows(named=True)}
 
 
 def _replicates(tables: RunTables, model: str, final: bool) -> Replicates:
     """One model's replicates: the evaluate stage's (`final`) or the checkpoints stage's."""
     table = tables.replicates
-    if table is None or table.empty:
+    if table is None or table.is_empty():
         return Replicates()
-    rows = table[(table["model"] == model) & (table["step"].isna() == final)]
-    return Replicates.of(rows)
+    return Replicates.of(
+        table.filter((pl.col("model") == model) & (pl.col("step").is_null() == final))
+    )
 
 
 def summarise(tables: RunTables) -> list[ModelSummary]:
@@ -454,39 +465,40 @@ def summarise_checkpoints(tables: RunTables) -> list[CheckpointSummary]:
         return []
     table = tables.checkpoints
     summaries = []
-    for model, rows in table.groupby("model", sort=False):
-        model = str(model)
+    for rows in table.partition_by("model", maintain_order=True):
+        model = str(rows["model"][0])
         replicates = _replicates(tables, model, final=False)
         masks = wide_metrics(
-            rows[rows["budget"].isna() & rows["target"].notna()],
+            rows.filter(pl.col("budget").is_null() & pl.col("target").is_not_null()),
             ["step", "target", "lambda"],
         )
-        full = masks[(masks["target"] == REFERENCE) & (masks["lambda"] == "neginf")]
-        empty = masks[(masks["target"] == REFERENCE) & (masks["lambda"] == "inf")]
-        trained = masks[masks["target"] == "bigram"]
-        fits = rows[rows["budget"].notna()]
+        full = _mask_row(masks, REFERENCE, "neginf")
+        empty = _mask_row(masks, REFERENCE, "inf")
+        trained = masks.filter(pl.col("target") == "bigram")
+        fits = rows.filter(pl.col("budget").is_not_null())
         plurality: dict[str, dict[int, bool | None]] = {}
-        if "first_mlp_plurality" in masks:
-            for r in trained.to_dict("records"):
-                value = r["first_mlp_plurality"]
-                flag = None if value is None or pd.isna(value) else bool(value)
+        if "first_mlp_plurality" in masks.columns:
+            for r in trained.iter_rows(named=True):
+                value = _float(r["first_mlp_plurality"])
+                flag = None if math.isnan(value) else bool(value)
                 plurality.setdefault(str(r["lambda"]), {})[int(r["step"])] = flag
-        unseen = full["unseen_fraction"] if "unseen_fraction" in full else pd.Series([], float)
-        last = full.sort_values("step").tail(1).to_dict("records")
+        unseen = _value(full, "unseen_fraction")
+        last = full.sort("step", maintain_order=True).tail(1).to_dicts()
         suffix, variant = regime_of(last[0] if last else {})
         metric = "bigram_r" + suffix
 
         mask_r: dict[str, dict[int, Estimate]] = {}
         kept: dict[str, dict[int, float]] = {}
-        for label, group in trained.groupby("lambda", sort=False):
-            mask_r[str(label)] = _by_step(group, metric, replicates, model)
-            if "kept" in group:
-                kept[str(label)] = {
-                    int(r["step"]): float(r["kept"]) for r in group.to_dict("records")
+        for group in trained.partition_by("lambda", maintain_order=True):
+            label = str(group["lambda"][0])
+            mask_r[label] = _by_step(group, metric, replicates, model)
+            if "kept" in group.columns:
+                kept[label] = {
+                    int(r["step"]): _float(r["kept"]) for r in group.iter_rows(named=True)
                 }
-        quality = rows[rows["budget"].isna() & rows["target"].isna()]
-        r2 = quality[quality["metric"] == "fit_r2" + suffix]
-        points = quality[quality["metric"] == "fit_points" + suffix]
+        quality = rows.filter(pl.col("budget").is_null() & pl.col("target").is_null())
+        r2 = quality.filter(pl.col("metric") == "fit_r2" + suffix)
+        points = quality.filter(pl.col("metric") == "fit_points" + suffix)
         summaries.append(
             CheckpointSummary(
                 model=model,
@@ -495,16 +507,16 @@ def summarise_checkpoints(tables: RunTables) -> list[CheckpointSummary]:
                 lambda0_r=mask_r.get("0", {}),
                 r_at_budget=_estimates_by_budget(fits, "r_at_budget" + suffix, replicates, model),
                 extrapolated=_flags_by_budget(
-                    fits[fits["metric"] == f"r_at_budget{suffix}_extrapolated"]
+                    fits.filter(pl.col("metric") == f"r_at_budget{suffix}_extrapolated")
                 ),
                 plurality=plurality,
-                unseen_fraction=float(unseen.iloc[0]) if len(unseen) else NAN,
+                unseen_fraction=unseen,
                 r_variant=variant,
                 empty_r=_by_step(empty, metric, replicates, model),
                 mask_r=mask_r,
                 kept=kept,
-                fit_r2={int(r.step): float(r.value) for r in r2.itertuples()},
-                fit_points={int(r.step): int(r.value) for r in points.itertuples()},
+                fit_r2={int(r["step"]): _float(r["value"]) for r in r2.iter_rows(named=True)},
+                fit_points={int(r["step"]): int(r["value"]) for r in points.iter_rows(named=True)},
             )
         )
     return summaries
@@ -520,8 +532,7 @@ def regime_of(full: dict[str, Any]) -> tuple[str, str]:
     row: the drop-unseen r where clipping the unseen bigrams moves r by NEGLIGIBLE_CLIPPING or
     more (the paper counts bigrams over 1.28B tokens: few are unseen), the clipped r otherwise."""
     unseen, clipped, dropped = (
-        float(full[k]) if full.get(k) is not None and pd.notna(full[k]) else NAN
-        for k in ("unseen_fraction", "bigram_r", "bigram_r_dropinf")
+        _float(full.get(k)) for k in ("unseen_fraction", "bigram_r", "bigram_r_dropinf")
     )
     if not (unseen > 0 and math.isfinite(clipped) and math.isfinite(dropped)):
         return "", "clipped r"
@@ -531,35 +542,35 @@ def regime_of(full: dict[str, Any]) -> tuple[str, str]:
 
 
 def _by_step(
-    frame: pd.DataFrame, metric: str, replicates: Replicates, model: str
+    frame: pl.DataFrame, metric: str, replicates: Replicates, model: str
 ) -> dict[int, Estimate]:
     """One mask's (or reference's) r per step, with its replicates."""
     return {
         int(r["step"]): Estimate.of(
             r, metric, draws=replicates.get(model, metric, r["target"], r["lambda"], int(r["step"]))
         )
-        for r in frame.to_dict("records")
+        for r in frame.iter_rows(named=True)
     }
 
 
 def _estimates_by_budget(
-    fits: pd.DataFrame, metric: str, replicates: Replicates, model: str
+    fits: pl.DataFrame, metric: str, replicates: Replicates, model: str
 ) -> dict[int, dict[int, Estimate]]:
     wide = wide_metrics(fits, ["budget", "step"])
     out: dict[int, dict[int, Estimate]] = {}
-    if metric not in wide:
+    if metric not in wide.columns:
         return out
-    for r in wide.sort_values(["budget", "step"]).to_dict("records"):
+    for r in wide.sort(["budget", "step"], maintain_order=True).iter_rows(named=True):
         budget, step = int(r["budget"]), int(r["step"])
         draws = replicates.get(model, metric, step=step, budget=budget)
         out.setdefault(budget, {})[step] = Estimate.of(r, metric, draws=draws)
     return out
 
 
-def _flags_by_budget(rows: pd.DataFrame) -> dict[int, dict[int, bool]]:
+def _flags_by_budget(rows: pl.DataFrame) -> dict[int, dict[int, bool]]:
     out: dict[int, dict[int, bool]] = {}
-    for r in rows.sort_values(["budget", "step"]).itertuples():
-        out.setdefault(int(r.budget), {})[int(r.step)] = bool(r.value)
+    for r in rows.sort(["budget", "step"], maintain_order=True).iter_rows(named=True):
+        out.setdefault(int(r["budget"]), {})[int(r["step"])] = bool(r["value"])
     return out
 
 
@@ -590,9 +601,9 @@ def control_values(tables: RunTables) -> dict[str, dict[str, Estimate]]:
 
     wide = wide_metrics(tables.controls, ["model", "control", "lambda"])
     out: dict[str, dict[str, Estimate]] = {}
-    for model, rows in wide.groupby("model", sort=False):
-        model = str(model)
-        records = rows.to_dict("records")
+    for rows in wide.partition_by("model", maintain_order=True):
+        model = str(rows["model"][0])
+        records = rows.to_dicts()
         full = next((r for r in records if r["control"] == "full model"), {})
         metric = "bigram_r" + regime_of(full)[0]
         for r in records:

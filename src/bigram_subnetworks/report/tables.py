@@ -1,4 +1,4 @@
-"""Load a finished run's tables into tidy pandas frames, with one-line errors for missing files.
+"""Load a finished run's tables into tidy polars frames, with one-line errors for missing files.
 
 Every Parquet and JSON input goes through `bigram_subnetworks.io`, so a missing or damaged file
 stops the report with one line that names it. Snakemake benchmark files are optional: a stage
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import polars as pl
 
 from bigram_subnetworks import artifacts as A
 from bigram_subnetworks.config import Config
@@ -41,6 +41,20 @@ CHECKPOINT_REPLICATES = {
     "control_replicates": A.CONTROL_REPLICATES,
 }
 HISTORY_SERIES = ("loss", "penalty", "kept", "undecided", "temperature")
+HISTORY_SCHEMA = {
+    "model": pl.String,
+    "target": pl.String,
+    "lambda": pl.String,
+    "attempts": pl.Int64,
+    "step": pl.Int64,
+    **dict.fromkeys(HISTORY_SERIES, pl.Float64),
+}
+BENCHMARK_SCHEMA = {
+    "stage": pl.String,
+    "file": pl.String,
+    "seconds": pl.Float64,
+    "max_rss_mb": pl.Float64,
+}
 
 
 @dataclass(frozen=True)
@@ -48,45 +62,55 @@ class RunTables:
     """Everything the report reads from one run, as tidy frames (None: not configured)."""
 
     models: list[str]
-    mask_metrics: pd.DataFrame
-    blocks: pd.DataFrame
-    overlap: pd.DataFrame
-    overlap_null: pd.DataFrame
-    ablations: pd.DataFrame
-    generations: pd.DataFrame
-    residual: pd.DataFrame
-    checkpoints: pd.DataFrame | None
-    controls: pd.DataFrame | None
+    mask_metrics: pl.DataFrame
+    blocks: pl.DataFrame
+    overlap: pl.DataFrame
+    overlap_null: pl.DataFrame
+    ablations: pl.DataFrame
+    generations: pl.DataFrame
+    residual: pl.DataFrame
+    checkpoints: pl.DataFrame | None
+    controls: pl.DataFrame | None
     selection: dict[str, Any]
     model_info: dict[str, dict[str, Any]]
-    histories: pd.DataFrame  # model, target, lambda, attempts, step, loss, penalty, kept, ...
+    histories: pl.DataFrame  # model, target, lambda, attempts, step, loss, penalty, kept, ...
     data_info: dict[str, Any]  # bigrams.json and tokens.json of the data folder
-    benchmarks: pd.DataFrame  # stage, file, seconds, max_rss_mb
+    benchmarks: pl.DataFrame  # stage, file, seconds, max_rss_mb
     # every stage's bootstrap replicates in one frame (artifacts.REPLICATES_SCHEMA; None: none)
-    replicates: pd.DataFrame | None = None
+    replicates: pl.DataFrame | None = None
 
-    def metric_table(self) -> pd.DataFrame:
+    def metric_table(self) -> pl.DataFrame:
         """`masks` as one row per (model, target, lambda) with one column per metric."""
         return wide_metrics(self.mask_metrics, ["model", "target", "lambda", "lambda_value"])
 
 
-def wide_metrics(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """A tidy (keys…, metric, value) table pivoted to one column per metric."""
-    if table.empty:
-        return pd.DataFrame(columns=keys)
-    grouped = table.groupby([*keys, "metric"], dropna=False, sort=False)["value"].mean()
-    wide = grouped.unstack("metric")
-    wide.columns.name = None
-    return wide.reset_index()
+def wide_metrics(table: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """A tidy (keys…, metric, value) table pivoted to one column per metric (the mean of a key's
+    values, NaN and missing values left out; null where there is none). Rows are ordered by each
+    key's order of first appearance, key by key; metric columns by first appearance."""
+    if table.is_empty():
+        return pl.DataFrame(schema={key: table.schema[key] for key in keys if key in table.schema})
+    first_seen = [f"__first_{i}" for i in range(len(keys))]
+    ranked = table.with_columns(
+        pl.int_range(pl.len()).min().over(key).alias(rank)
+        for key, rank in zip(keys, first_seen, strict=True)
+    )
+    means = ranked.group_by([*keys, *first_seen, "metric"], maintain_order=True).agg(
+        pl.col("value").fill_nan(None).mean()
+    )
+    wide = means.pivot(on="metric", index=[*keys, *first_seen], values="value")
+    return wide.sort(first_seen, maintain_order=True).drop(first_seen)
 
 
-def read_table(path: Path, artifact: A.Artifact) -> pd.DataFrame:
-    """A Parquet table as a pandas frame (one-line error when missing, damaged or incomplete)."""
+def read_table(path: Path, artifact: A.Artifact) -> pl.DataFrame:
+    """A Parquet table as a polars frame (one-line error when missing, damaged or incomplete)."""
     assert artifact.schema is not None
-    return read_parquet(path, columns=artifact.schema.names).to_pandas()
+    frame = pl.from_arrow(read_parquet(path, columns=artifact.schema.names))
+    assert isinstance(frame, pl.DataFrame)
+    return frame
 
 
-def read_histories(mask_logs: list[Path]) -> pd.DataFrame:
+def read_histories(mask_logs: list[Path]) -> pl.DataFrame:
     """Per-step training curves of the given masks' training logs (the attempt that was kept)."""
     frames = []
     for log_file in mask_logs:
@@ -97,15 +121,16 @@ def read_histories(mask_logs: list[Path]) -> pd.DataFrame:
         last = attempts[-1]
         series = {name: last.get(name, []) for name in HISTORY_SERIES}
         steps = max(len(values) for values in series.values())
-        frame = pd.DataFrame({name: _padded(values, steps) for name, values in series.items()})
-        frame.insert(0, "step", range(steps))
-        frame.insert(0, "attempts", len(attempts))
-        frame.insert(0, "lambda", fields["lam"])
-        frame.insert(0, "target", fields["target"])
-        frame.insert(0, "model", fields["model"])
-        frames.append(frame)
-    columns = ["model", "target", "lambda", "attempts", "step", *HISTORY_SERIES]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+        columns = {
+            "model": [fields["model"]] * steps,
+            "target": [fields["target"]] * steps,
+            "lambda": [fields["lam"]] * steps,
+            "attempts": [len(attempts)] * steps,
+            "step": list(range(steps)),
+            **{name: _padded(values, steps) for name, values in series.items()},
+        }
+        frames.append(pl.DataFrame(columns, schema=HISTORY_SCHEMA))
+    return pl.concat(frames) if frames else pl.DataFrame(schema=HISTORY_SCHEMA)
 
 
 def _padded(values: list[float], length: int) -> list[float]:
@@ -124,7 +149,7 @@ def benchmark_stage(path: Path) -> str:
     return path.stem
 
 
-def read_benchmarks(files: list[Path] | None) -> pd.DataFrame:
+def read_benchmarks(files: list[Path] | None) -> pl.DataFrame:
     """One row per readable benchmark file: stage, file, seconds, max_rss_mb (means over
     Snakemake's repeats). Missing or unreadable files are skipped."""
     rows = []
@@ -147,7 +172,7 @@ def read_benchmarks(files: list[Path] | None) -> pd.DataFrame:
                 "max_rss_mb": max(rss),
             }
         )
-    return pd.DataFrame(rows, columns=["stage", "file", "seconds", "max_rss_mb"])
+    return pl.DataFrame(rows, schema=BENCHMARK_SCHEMA)
 
 
 def _number(text: str | None) -> float:
@@ -157,23 +182,24 @@ def _number(text: str | None) -> float:
         return math.nan
 
 
-def stage_costs(cfg: Config, benchmarks: pd.DataFrame) -> pd.DataFrame:
+def stage_costs(cfg: Config, benchmarks: pl.DataFrame) -> pl.DataFrame:
     """Wall-clock seconds per stage (sum over its jobs), jobs measured and peak memory; stages
     without a benchmark file have NaN seconds. Stages measured but not expected come last."""
     stages = [stage.name for stage in stages_for(cfg, "snakemake")]
-    stages += sorted(set(benchmarks["stage"]) - set(stages))
-    rows = []
-    for stage in stages:
-        measured = benchmarks[benchmarks["stage"] == stage]
-        rows.append(
-            {
-                "stage": stage,
-                "jobs": len(measured),
-                "seconds": float(measured["seconds"].sum()) if len(measured) else math.nan,
-                "max_rss_mb": float(measured["max_rss_mb"].max()) if len(measured) else math.nan,
-            }
-        )
-    return pd.DataFrame(rows, columns=["stage", "jobs", "seconds", "max_rss_mb"])
+    stages += sorted(set(benchmarks["stage"].to_list()) - set(stages))
+    per_stage = benchmarks.group_by("stage").agg(
+        pl.len().alias("jobs"),
+        pl.col("seconds").fill_nan(None).sum(),
+        pl.col("max_rss_mb").fill_nan(None).max(),
+    )
+    expected = pl.DataFrame({"stage": stages}, schema={"stage": pl.String})
+    costs = expected.join(per_stage, on="stage", how="left", maintain_order="left")
+    return costs.select(
+        "stage",
+        pl.col("jobs").fill_null(0).cast(pl.Int64),
+        pl.col("seconds").fill_null(math.nan).cast(pl.Float64),
+        pl.col("max_rss_mb").fill_null(math.nan).cast(pl.Float64),
+    )
 
 
 def load_run(
@@ -181,7 +207,7 @@ def load_run(
 ) -> RunTables:
     """Read every table of a finished run from the report stage's inputs (paths by name)."""
     tables = {name: read_table(inputs[name], artifact) for name, artifact in TABLES.items()}
-    optional: dict[str, pd.DataFrame | None] = dict.fromkeys(CHECKPOINT_TABLES)
+    optional: dict[str, pl.DataFrame | None] = dict.fromkeys(CHECKPOINT_TABLES)
     if cfg.checkpoints is not None:
         optional = {
             name: read_table(inputs[name], artifact) for name, artifact in CHECKPOINT_TABLES.items()
@@ -189,9 +215,8 @@ def load_run(
     replicate_tables = dict(REPLICATE_TABLES)
     if cfg.checkpoints is not None:
         replicate_tables |= CHECKPOINT_REPLICATES
-    replicates = pd.concat(
-        [read_table(inputs[name], artifact) for name, artifact in replicate_tables.items()],
-        ignore_index=True,
+    replicates = pl.concat(
+        [read_table(inputs[name], artifact) for name, artifact in replicate_tables.items()]
     )
     model_dirs = [Path(p) for p in inputs["models"]]
     bigram_meta = Path(inputs["bigram_stats"]) / A.BIGRAM_STATS.files[-1]
