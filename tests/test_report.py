@@ -19,17 +19,20 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bigram_subnetworks import artifacts as A
 from bigram_subnetworks.analysis.ablate import sweep_condition
 from bigram_subnetworks.cli import main
 from bigram_subnetworks.config import Config, lambda_value, validate_config
 from bigram_subnetworks.io import write_json, write_parquet
-from bigram_subnetworks.report.build import run_subtitle
+from bigram_subnetworks.report.build import csv_text, run_subtitle
 from bigram_subnetworks.report.claims import (
     DESCRIPTIVE,
     FAILS,
@@ -50,6 +53,7 @@ from bigram_subnetworks.report.tables import (
     load_run,
     read_benchmarks,
     stage_costs,
+    wide_metrics,
 )
 from bigram_subnetworks.stages import STAGES, arguments, benchmark_files, job_fields, stages_for
 
@@ -915,6 +919,86 @@ def test_without_checkpoints_those_claims_are_not_measured(tmp_path: Path) -> No
 
 
 # ----------------------------------------------------------- benchmarks and errors
+
+
+def _slow_wide(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+    """wide_metrics by hand: a dict per key, the mean of its metrics' finite values (None where
+    there are none), ordered by each key's first appearance, key by key."""
+    first: list[dict[Any, int]] = [{} for _ in keys]
+    for i, row in enumerate(rows):
+        for seen, key in zip(first, keys, strict=True):
+            seen.setdefault(row[key], i)
+    metrics = list(dict.fromkeys(row["metric"] for row in rows))
+    values: dict[tuple[Any, ...], dict[str, list[float]]] = {}
+    for row in rows:
+        cells = values.setdefault(tuple(row[k] for k in keys), {})
+        if row["value"] is not None and not math.isnan(row["value"]):
+            cells.setdefault(row["metric"], []).append(row["value"])
+        else:
+            cells.setdefault(row["metric"], [])
+    order = sorted(values, key=lambda key: [seen[v] for seen, v in zip(first, key, strict=True)])
+    return [
+        {
+            **dict(zip(keys, key, strict=True)),
+            **{
+                m: (sum(values[key][m]) / len(values[key][m]) if values[key].get(m) else None)
+                for m in metrics
+            },
+        }
+        for key in order
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),
+            st.one_of(st.none(), st.sampled_from(["0", "1e1", "inf"])),
+            st.sampled_from(["bigram_r", "kept", "lm_loss"]),
+            st.one_of(st.none(), st.just(math.nan), st.integers(-50, 50).map(float)),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_wide_metrics_pivots_like_a_dict_of_means(entries: list[tuple[Any, ...]]) -> None:
+    """The report's one pivot (tidy metric rows to a column per metric), against a plain-Python
+    version: rows in each key's order of first appearance, means without NaN or missing values,
+    metric columns in order of first appearance."""
+    rows = [
+        {"model": m, "lambda": label, "metric": metric, "value": value}
+        for m, label, metric, value in entries
+    ]
+    schema = {"model": pl.String, "lambda": pl.String, "metric": pl.String, "value": pl.Float64}
+    wide = wide_metrics(pl.DataFrame(rows, schema=schema), ["model", "lambda"])
+    expected = _slow_wide(rows, ["model", "lambda"])
+    assert wide.columns == ["model", "lambda", *dict.fromkeys(r["metric"] for r in rows)]
+    found = wide.to_dicts()
+    assert [(r["model"], r["lambda"]) for r in found] == [
+        (r["model"], r["lambda"]) for r in expected
+    ]
+    for got, want in zip(found, expected, strict=True):
+        assert got.keys() == want.keys()
+        for column, value in want.items():
+            assert got[column] == (pytest.approx(value) if isinstance(value, float) else value)
+
+
+def test_plot_csv_cells_are_written_as_pandas_to_csv_wrote_them() -> None:
+    """DVC's plot tables: floats to 6 significant digits, missing values empty, ints and strings
+    as they are, quoted only when they hold a comma or a quote."""
+    frame = pl.DataFrame(
+        {
+            "model": ["tiny", 'odd,"name"'],
+            "step": [0, 1200],
+            "kept": [12345678.0, None],
+            "r": [0.123456789, math.nan],
+            "edge": [-0.0, math.inf],
+        }
+    )
+    assert csv_text(frame) == (
+        'model,step,kept,r,edge\ntiny,0,1.23457e+07,0.123457,-0\n"odd,""name""",1200,,,inf\n'
+    )
 
 
 def test_benchmark_files_name_their_stage(cfg: Config, tmp_path: Path) -> None:

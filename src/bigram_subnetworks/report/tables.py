@@ -91,8 +91,8 @@ def wide_metrics(table: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     if table.is_empty():
         return pl.DataFrame(schema={key: table.schema[key] for key in keys if key in table.schema})
     first_seen = [f"__first_{i}" for i in range(len(keys))]
-    ranked = table.with_columns(
-        pl.int_range(pl.len()).min().over(key).alias(rank)
+    ranked = table.with_row_index("__row").with_columns(
+        pl.col("__row").min().over(key).alias(rank)
         for key, rank in zip(keys, first_seen, strict=True)
     )
     means = ranked.group_by([*keys, *first_seen, "metric"], maintain_order=True).agg(
