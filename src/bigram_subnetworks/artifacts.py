@@ -408,6 +408,13 @@ REPORT_FIGURES: dict[str, str] = {
     "training_curves": "Mask training: target cross-entropy, kept fraction and undecided "
     "fraction per step (the attempt that was kept) for every trained mask; solid: bigram target, "
     "dashed: full-model target.",
+    "ngrams": "The selected masks of every n-gram order (beyond the paper, which studies "
+    "bigrams). Top left: each order's kept weights per model (log scale; the ratio to the bigram "
+    "mask's above each bar). Top right: for every ordered pair of orders, the share of mask A's "
+    "kept weights that mask B keeps too (dots; 1 = A nested in B), with the share expected by "
+    "chance under the row-shuffle null (blue) and the uniform within-block null (grey). Bottom: "
+    "per model, each order's kept weights per layer × block as a share of its mask, and per "
+    "order the share in attention (Q, K, V, O) in the title.",
 }
 
 

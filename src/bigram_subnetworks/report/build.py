@@ -46,6 +46,7 @@ from bigram_subnetworks.report.html import (
     render_html,
     render_markdown,
 )
+from bigram_subnetworks.report.ngrams import ngram_tables, read_ngrams
 from bigram_subnetworks.report.paper import scale_note, side_by_side
 from bigram_subnetworks.report.reference import reference_table
 from bigram_subnetworks.report.summary import (
@@ -595,9 +596,11 @@ def build_document(
     found: list[Verdict],
     figures: dict[str, bytes],
     reference: Table | None = None,
+    beyond: list[Table] | None = None,
 ) -> Document:
     """The report's content, rendered by `render_html` and `render_markdown`; `reference`: the
-    section comparing this run's masks with the authors' (report.reference)."""
+    section comparing this run's masks with the authors' (report.reference); `beyond`: sections
+    beyond the paper's bigrams (report.ngrams)."""
     subtitle = run_subtitle(cfg, tables, len(models))
     paper_table = claims_section(found)
     numbers = Table(
@@ -613,6 +616,7 @@ def build_document(
         *(t for t in (controls_table(control_values(tables)), checkpoint_table(checkpoints)) if t),
         *(t for t in (dropped_steps_table(tables),) if t),
         *([reference] if reference is not None else []),
+        *(beyond or []),
     ]
     return Document(
         title=f"Bigram subnetworks: report of run '{cfg.run}'",
@@ -695,9 +699,12 @@ def run_stage(
 
     tables = load_run(cfg, inputs, [p for p in benchmark_files(cfg) if p.is_file()])
     models, checkpoints, found = findings(tables)
-    pngs = render_figures([p.stem for p in figures], FigureData(tables, models, checkpoints))
+    ngrams = read_ngrams(inputs.get("ngrams"))
+    data = FigureData(tables, models, checkpoints, ngrams)
+    pngs = render_figures([p.stem for p in figures], data)
     reference = reference_table(inputs.get("reference_overlap"))
-    document = build_document(cfg, tables, models, checkpoints, found, pngs, reference)
+    beyond = ngram_tables(ngrams)
+    document = build_document(cfg, tables, models, checkpoints, found, pngs, reference, beyond)
     csvs = plot_tables(tables)
     if [p.stem for p in plots] != list(csvs):
         raise UserError(

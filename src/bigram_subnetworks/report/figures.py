@@ -22,8 +22,10 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
 
 from bigram_subnetworks.report.claims import HIGH_R, OVERLAP_RATIO, SPARSE, Threshold, deciding_r
+from bigram_subnetworks.report.ngrams import NgramResults
 from bigram_subnetworks.report.paper import paper_evidence
 from bigram_subnetworks.report.summary import (
     ABLATION_CONDITIONS,
@@ -65,6 +67,7 @@ class FigureData:
     tables: RunTables
     models: list[ModelSummary]
     checkpoints: list[CheckpointSummary]
+    ngrams: NgramResults | None = None  # the n-gram orders' section (None: not configured)
 
     def colour(self, model: str) -> tuple[float, float, float]:
         palette = sns.color_palette("colorblind", max(len(self.tables.models), 1))
@@ -630,6 +633,95 @@ def claims(data: FigureData) -> Figure:
     return figure
 
 
+def ngram_figure(results: NgramResults | None, colour: Callable[[str], Any]) -> Figure:
+    """Sparsity, nesting and location of every n-gram order's selected mask (report.ngrams):
+    kept weights per order, the share of each order's mask inside another's against both nulls'
+    chance shares, and per model a layer × block heat map of each order's kept share."""
+    if results is None or results.sparsity.is_empty():
+        figure, axes = _figure(1, 1, (5.0, 2.0))
+        _empty(axes[0, 0], "no n-gram orders to compare")
+        return figure
+    models = results.models()
+    targets = list(dict.fromkeys(results.sparsity.sort("order")["target"].to_list()))
+    layers = results.location["layer"].n_unique()
+    rows, cols = _grid(len(models), 3)
+    heat_height = 0.9 + 0.28 * layers * len(targets)
+    figure = Figure(
+        figsize=(max(10.0, 4.2 * cols), 3.6 + heat_height * rows), dpi=DPI, layout="constrained"
+    )
+    FigureCanvasAgg(figure)
+    upper, lower = figure.subfigures(2, 1, height_ratios=[3.6, heat_height * rows])
+    size_ax, nest_ax = upper.subplots(1, 2, width_ratios=[1, 2])
+    width = 0.8 / len(models)
+    for i, model in enumerate(models):
+        rows_of = results.sparsity.filter(pl.col("model") == model)
+        kept = dict(zip(rows_of["target"], rows_of["kept"], strict=True))
+        ratio = dict(zip(rows_of["target"], rows_of["kept_ratio_to_bigram"], strict=True))
+        x = np.arange(len(targets)) + (i - (len(models) - 1) / 2) * width
+        heights = [kept.get(t, 0.0) for t in targets]
+        size_ax.bar(x, heights, width, color=colour(model), label=model)
+        for xi, height, t in zip(x, heights, targets, strict=True):
+            if height > 0 and math.isfinite(ratio.get(t, math.nan)):
+                size_ax.text(xi, height, f"×{ratio[t]:.2g}", ha="center", va="bottom", fontsize=7)
+    size_ax.set_yscale("log")
+    kept_any = results.sparsity.filter(pl.col("kept") > 0)["kept"]
+    if len(kept_any):  # bars from a decade below the smallest; room above for labels, legend
+        floor = 10 ** math.floor(math.log10(float(kept_any.min()) / 2))
+        size_ax.set_ylim(floor, float(kept_any.max()) * 6)
+    size_ax.set_xticks(np.arange(len(targets)), targets)
+    size_ax.set(ylabel="kept weights (selected mask)", title="size (× the bigram mask's)")
+    size_ax.legend(frameon=False, loc="upper left")
+    pairs = list(
+        dict.fromkeys(zip(results.nesting["target"], results.nesting["other_target"], strict=True))
+    )
+    for i, model in enumerate(models):
+        rows_of = results.nesting.filter(pl.col("model") == model)
+        found = {(r["target"], r["other_target"]): r for r in rows_of.iter_rows(named=True)}
+        x = np.arange(len(pairs)) + (i - (len(models) - 1) / 2) * width
+        for xi, pair in zip(x, pairs, strict=True):
+            row = found.get(pair)
+            if row is None:
+                continue
+            nest_ax.plot([xi], [row["share"]], "o", color=colour(model))
+            nest_ax.plot([xi], [row["row_expected_share"]], "_", color="tab:blue", ms=12, mew=2)
+            nest_ax.plot([xi], [row["expected_share"]], "_", color="0.55", ms=12, mew=1)
+    nest_ax.plot([], [], "o", color="0.3", label="observed share")
+    nest_ax.plot([], [], "_", color="tab:blue", ms=12, mew=2, label="chance, row-shuffle null")
+    nest_ax.plot([], [], "_", color="0.55", ms=12, mew=1, label="chance, uniform null")
+    nest_ax.set_xticks(np.arange(len(pairs)), [f"{a}\nin {b}" for a, b in pairs])
+    nest_ax.set(ylim=(0, 1.05), ylabel="share of A's kept weights in B", title="nesting: A in B")
+    nest_ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    kinds = [k for k in BLOCK_KINDS if k in set(results.location["kind"])]
+    attention = results.attention_share()
+    heat_axes = lower.subplots(rows, cols, squeeze=False)
+    for ax, model in zip(heat_axes.ravel(), models, strict=False):
+        cells = results.location.filter(pl.col("model") == model).sort(["order", "layer"])
+        label_of = [f"{row['target']} L{row['layer']}" for row in cells.iter_rows(named=True)]
+        labels = list(dict.fromkeys(label_of))
+        grid = np.full((len(labels), len(kinds)), np.nan)
+        for label, kind, share in zip(label_of, cells["kind"], cells["share"], strict=True):
+            grid[labels.index(label), kinds.index(kind)] = share
+        sns.heatmap(
+            grid, ax=ax, cmap="rocket_r", vmin=0, annot=len(labels) <= 16, fmt=".0%",
+            annot_kws={"fontsize": 6}, xticklabels=kinds, yticklabels=labels,
+            cbar_kws={"label": "share of the mask", "format": PercentFormatter(1.0, 0)},
+        )  # fmt: skip
+        ax.tick_params(axis="y", rotation=0)
+        shares = attention.filter(pl.col("model") == model)
+        text = ", ".join(
+            f"{t} {s:.0%}" for t, s in zip(shares["target"], shares["attention_share"], strict=True)
+        )
+        ax.set(title=f"{model}: attention {text}", xlabel="", ylabel="")
+    for ax in heat_axes.ravel()[len(models) :]:
+        ax.set_axis_off()
+    return figure
+
+
+def ngrams(data: FigureData) -> Figure:
+    """The n-gram orders' figure of a run (`ngram_figure`)."""
+    return ngram_figure(data.ngrams, data.colour)
+
+
 BUILDERS: dict[str, Callable[[FigureData], Figure]] = {
     "claims": claims,
     "sparsity_r": sparsity_r,
@@ -640,6 +732,7 @@ BUILDERS: dict[str, Callable[[FigureData], Figure]] = {
     "covariance": covariance,
     "checkpoints": checkpoints,
     "training_curves": training_curves,
+    "ngrams": ngrams,
 }
 
 
