@@ -32,7 +32,7 @@ from bigram_subnetworks.analysis.ablate import sweep_condition
 from bigram_subnetworks.cli import main
 from bigram_subnetworks.config import Config, lambda_value, validate_config
 from bigram_subnetworks.io import write_json, write_parquet
-from bigram_subnetworks.report.build import csv_text, run_subtitle
+from bigram_subnetworks.report.build import run_subtitle
 from bigram_subnetworks.report.claims import (
     DESCRIPTIVE,
     FAILS,
@@ -53,7 +53,6 @@ from bigram_subnetworks.report.tables import (
     load_run,
     read_benchmarks,
     stage_costs,
-    wide_metrics,
 )
 from bigram_subnetworks.stages import STAGES, arguments, benchmark_files, job_fields, stages_for
 
@@ -590,8 +589,7 @@ def test_the_subtitle_counts_train_sequences_apart_from_the_bigram_statistics(
 
 def test_every_figure_is_a_png_embedded_once_with_its_caption(cfg: Config, built: Built) -> None:
     names = A.figure_names(cfg.checkpoints is not None)
-    # checkpoints included (the config has the section); ngrams needs two n-gram orders
-    assert names == [name for name in A.REPORT_FIGURES if name != "ngrams"]
+    assert names == list(A.REPORT_FIGURES)  # checkpoints included: the config has the section
     embedded = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', built.html)
     assert len(embedded) == len(names) == built.html.count("<img")
     for name, data in zip(names, embedded, strict=True):
@@ -967,6 +965,8 @@ def test_wide_metrics_pivots_like_a_dict_of_means(entries: list[tuple[Any, ...]]
     """The report's one pivot (tidy metric rows to a column per metric), against a plain-Python
     version: rows in each key's order of first appearance, means without NaN or missing values,
     metric columns in order of first appearance."""
+    from bigram_subnetworks.report.tables import wide_metrics  # (benchmarks import this module)
+
     rows = [
         {"model": m, "lambda": label, "metric": metric, "value": value}
         for m, label, metric, value in entries
@@ -988,6 +988,8 @@ def test_wide_metrics_pivots_like_a_dict_of_means(entries: list[tuple[Any, ...]]
 def test_plot_csv_cells_are_written_as_pandas_to_csv_wrote_them() -> None:
     """DVC's plot tables: floats to 6 significant digits, missing values empty, ints and strings
     as they are, quoted only when they hold a comma or a quote."""
+    from bigram_subnetworks.report.build import csv_text  # (benchmarks import this module)
+
     frame = pl.DataFrame(
         {
             "model": ["tiny", 'odd,"name"'],
