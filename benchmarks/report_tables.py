@@ -1,6 +1,7 @@
 """Benchmark: the report stage's table work on a synthetic run, with its outputs kept for diffing.
 
-    python benchmarks/report_tables.py [--models N] [--repeat R] [--out DIR] [--json PATH]
+    python benchmarks/report_tables.py [--models N] [--repeat R] [--no-figures] [--out DIR]
+                                       [--json PATH]
 
 Writes the synthetic run of tests/test_report.py (`write_run`, the paper-like defaults) with its
 two models copied N/2 times each (default N = 2, the test's run), then times the report stage's
@@ -10,7 +11,8 @@ parts, best of R:
 * findings: `findings` (summaries, checkpoint trajectories, verdicts: the group-bys and pivots),
 * document: `build_document` + `render_html` + `render_markdown` + `plot_tables` +
   `headline_metrics` (the wide tables and their text),
-* figures: `render_figures` (all of them; matplotlib dominates).
+* figures: `render_figures` (all of them, best of R // 5; matplotlib dominates; --no-figures
+  leaves them out).
 
 With --out, writes what the stage would (index.html, summary.md, metrics.json, the DVC plot CSVs
 and the PNGs) to DIR, so two versions of the package (PYTHONPATH=<copy>/src) can be compared byte
@@ -80,6 +82,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--no-figures", action="store_true")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -105,9 +108,11 @@ def main() -> int:
 
         seconds["document"], texts = best_of(args.repeat, document)
         data = FigureData(tables, models, checkpoints)
-        seconds["figures"], pngs = best_of(
-            max(1, args.repeat // 5), lambda: render_figures(list(REPORT_FIGURES), data)
-        )
+        pngs: dict[str, bytes] = {}
+        if not args.no_figures:
+            seconds["figures"], pngs = best_of(
+                max(1, args.repeat // 5), lambda: render_figures(list(REPORT_FIGURES), data)
+            )
     seconds["tables total"] = seconds["load"] + seconds["findings"] + seconds["document"]
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
