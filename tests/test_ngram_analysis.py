@@ -28,6 +28,7 @@ from bigram_subnetworks.analysis.ngrams import (
     location_rows,
     model_rows,
     nesting_rows,
+    run_stage,
     sparsity_rows,
 )
 from bigram_subnetworks.analysis.overlap import BlockOverlap, null_overlaps
@@ -40,7 +41,7 @@ from bigram_subnetworks.models.layout import Layout, layout_of
 from bigram_subnetworks.models.loading import model_identity
 from bigram_subnetworks.report.html import Document, FigureEntry, render_html, render_markdown
 from bigram_subnetworks.report.ngrams import NgramResults, ngram_tables, p_text, read_ngrams
-from bigram_subnetworks.stages import STAGES, arguments, job_fields, stages_for
+from bigram_subnetworks.stages import STAGES, arguments, job_fields, main_masks, stages_for
 from test_overlap import random_mask, tiny_layout
 from tiny_models import tiny_lm
 
@@ -307,19 +308,13 @@ def write_masks(root: Path, cfg: Any) -> tuple[Layout, dict[tuple[str, str], dic
     layout = layout_of(tiny_lm(d=16, heads=2, ff=64))
     identity = model_identity(model_dir, info)
     made = {}
-    for i, job in enumerate(j for j in stages_for_masks(cfg)):
+    for i, job in enumerate(main_masks(cfg)):
         density = {"0": 0.4, "1e1": 0.1, "neginf": 1.0, "inf": 0.0}[job["lam"]]
         mask = random_mask(layout, np.full(len(layout.blocks()), density), seed=i)
         made[job["target"], job["lam"]] = mask
         path = root / A.MASK.render(run=cfg.run, **job)
         save_mask(path, mask, identity | {"target": job["target"], "lambda": job["lam"]})
     return layout, made
-
-
-def stages_for_masks(cfg: Any) -> list[dict[str, str]]:
-    from bigram_subnetworks.stages import main_masks
-
-    return main_masks(cfg)
 
 
 def write_selection(root: Path, cfg: Any, masks: dict[tuple[str, str], dict], label: str) -> None:
@@ -380,39 +375,32 @@ def test_the_stage_compares_the_selected_masks_of_three_orders(stage_run: dict) 
     assert stage_run["output"].read_bytes() == first
 
 
-def test_the_stage_refuses_a_stale_selection(stage_run: dict, tmp_path: Path) -> None:
+def test_the_stage_refuses_a_stale_or_incomplete_selection(stage_run: dict, tmp_path: Path) -> None:
     cfg, root = stage_run["cfg"], stage_run["root"]
-    write_selection(root, cfg, stage_run["masks"], "0")
-    selection = root / A.SELECTION.render(run=cfg.run)
+    fields = job_fields(cfg, {})
+    paths = {n: port.paths(cfg, fields) for n, port in STAGES["ngrams"].ports(cfg).items()}
+    selection = root / paths["selection"][0]
+
+    def run() -> None:
+        run_stage(
+            cfg,
+            models=[root / p for p in paths["models"]],
+            masks=[root / p for p in paths["masks"]],
+            selection=selection,
+            ngrams=tmp_path / "out.parquet",
+        )
+
     stale = json.loads(selection.read_text())
     stale["models"]["tiny"]["orders"]["trigram"]["kept"] += 1
     write_json(stale, selection)
-    with pytest.MonkeyPatch.context() as patch, pytest.raises(UserError, match="rerun"):
-        patch.chdir(root)
-        from bigram_subnetworks.analysis.ngrams import run_stage
-
-        fields = job_fields(cfg, {})
-        ports = STAGES["ngrams"].ports(cfg)
-        paths = {n: [Path(p) for p in port.paths(cfg, fields)] for n, port in ports.items()}
-        run_stage(
-            cfg,
-            models=paths["models"],
-            masks=paths["masks"],
-            selection=paths["selection"][0],
-            ngrams=tmp_path / "out.parquet",
-        )
+    with pytest.raises(UserError, match="rerun the evaluate and select stages"):
+        run()
     del stale["models"]["tiny"]["orders"]
     write_json(stale, selection)
-    with pytest.MonkeyPatch.context() as patch, pytest.raises(UserError, match="orders"):
-        patch.chdir(root)
-        run_stage(
-            cfg,
-            models=paths["models"],
-            masks=paths["masks"],
-            selection=paths["selection"][0],
-            ngrams=tmp_path / "out.parquet",
-        )
+    with pytest.raises(UserError, match="no selected unigram mask"):
+        run()
     write_selection(root, cfg, stage_run["masks"], "1e1")
+    assert not (tmp_path / "out.parquet").exists()
 
 
 def test_the_stage_and_figure_exist_only_with_two_orders() -> None:
