@@ -92,12 +92,15 @@ def read_sequences(path: Path | str) -> np.ndarray:
     column = table.column("input_ids").combine_chunks()
     if table.num_rows == 0:
         raise ArtifactError(f"{path}: no sequences; rerun the tokenize stage")
-    # Lengths from the list offsets in numpy: pyarrow.compute is slow to import (torch jobs).
-    lengths = np.diff(column.offsets.to_numpy())
+    # From the list offsets in numpy: pyarrow.compute (which `flatten` and the length kernels
+    # import) is slow to import, part of every torch job's start-up.
+    offsets = column.offsets.to_numpy()
+    lengths = np.diff(offsets)
     seq_len = int(lengths[0])
     if (lengths != seq_len).any():
         raise ArtifactError(f"{path}: sequences differ in length; rerun the tokenize stage")
-    values = column.flatten().to_numpy(zero_copy_only=False)
+    first = int(offsets[0])
+    values = column.values.slice(first, int(offsets[-1]) - first).to_numpy(zero_copy_only=False)
     return values.astype(np.uint32, copy=False).reshape(-1, seq_len)
 
 
