@@ -129,6 +129,7 @@ def ngram_schema(order: int) -> pa.Schema:
     contexts = [(f"context_{i}", pa.uint32()) for i in range(order - 1)]
     return _schema(*contexts, ("next", pa.uint32()), ("count", pa.uint64()))
 
+
 # ----------------------------------------------------------------------------- models, masks
 
 MODEL = Artifact(
