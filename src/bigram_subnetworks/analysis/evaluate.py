@@ -53,12 +53,18 @@ def run_stage(
 
     counts = read_bigram_counts(bigram_stats)
     higher = read_higher_orders(ngram_stats or [], ngram_meta or [])
-    targets = {"bigram"} | {MaskFile.of(path).target for path in masks}
-    ngram_tables = {
-        target: target_tables(target, counts, higher)
-        for target in NGRAM_ORDERS
-        if target in targets
-    }
+    # A run with n-gram targets beside the bigram scores every mask against each of them (and the
+    # bigram's context share); a bigram-only run's tables stay as they were.
+    targets = {MaskFile.of(path).target for path in masks} & set(NGRAM_ORDERS)
+    ngram_tables = (
+        {
+            target: target_tables(target, counts, higher)
+            for target in NGRAM_ORDERS
+            if target in targets | {"bigram"}
+        }
+        if targets - {"bigram"}
+        else {}
+    )
     sequences = eval_sample(read_sequences(tokens_eval), cfg.analysis.eval_sequences, cfg.seed)
     device = pick_device(cfg.device)
     index = index_masks(masks)

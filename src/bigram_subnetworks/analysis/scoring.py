@@ -14,8 +14,9 @@ With n-gram tables (`score_masks(ngram_tables=...)`: the evaluate stage passes e
 of its masks), per order T also: `<T>_r` and `<T>_r_dropinf`, the r with the order-n model's
 surprisal as the bigram r is computed (contexts never seen in train back off to the unigram;
 zero-probability tokens clipped or dropped; for the bigram these are `bigram_r` and
-`bigram_r_dropinf` themselves), `<T>_r_backoff`, the r with the back-off model the authors' n-gram
-model is (an unseen context backs off to its longest suffix seen: the (n − 1)-gram, ...), and
+`bigram_r_dropinf` themselves), for n ≥ 3 `<T>_r_backoff`, the r with the back-off model the
+authors' n-gram model is and the masks are trained towards (an unseen context backs off to its
+longest suffix seen: the (n − 1)-gram, ...; for n ≤ 2 that model is the order-n model itself), and
 `<T>_unseen_context_fraction`, the share of positions whose n − 1 tokens of context never occurred
 in train (far more at n = 3). Every r has its interval and replicates.
 
@@ -44,7 +45,7 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from bigram_subnetworks.artifacts import BLOCKS, MASK, MASK_METRICS, REPLICATES_SCHEMA
+from bigram_subnetworks.artifacts import BLOCKS, MASK, MASK_METRICS, NGRAM_ORDERS, REPLICATES_SCHEMA
 from bigram_subnetworks.config import lambda_value
 from bigram_subnetworks.data.bigrams import (
     BigramCounts,
@@ -347,24 +348,38 @@ class NgramReference:
     @classmethod
     def of(cls, target: str, tables: list[NgramCounts], sequences: np.ndarray) -> NgramReference:
         bits, seen = ngram_surprisal(tables, sequences)
-        backoff_bits, _ = ngram_surprisal(tables, sequences, backoff=True)
+        if len(tables) >= 3:
+            backoff_bits, _ = ngram_surprisal(tables, sequences, backoff=True)
+        else:  # orders 1 and 2: the back-off model is the order-n model itself
+            backoff_bits = bits
         return cls(target, bits, backoff_bits, seen)
+
+    @property
+    def has_backoff(self) -> bool:
+        """Whether back-off differs from the order-n model: only from n = 3 on (an unseen bigram
+        context already takes the unigram, and a unigram has no context)."""
+        return NGRAM_ORDERS[self.target] >= 3
 
     @property
     def r_metrics(self) -> tuple[str, ...]:
         """The r values it adds (the bigram's clipped and drop-unseen r are R_METRICS')."""
         own = () if self.target == "bigram" else (f"{self.target}_r", f"{self.target}_r_dropinf")
-        return (*own, f"{self.target}_r_backoff")
+        return (*own, f"{self.target}_r_backoff") if self.has_backoff else own
 
     def moments(self, bits: np.ndarray) -> list[np.ndarray]:
         """`sequence_moments` of the masked model's `bits` against each of `r_metrics`."""
         finite = np.isfinite(self.bits)
-        own = [
-            sequence_moments(bits, clip_infinite(self.bits)),
-            sequence_moments(bits, np.where(finite, self.bits, 0.0), finite),
-        ]
-        backoff = sequence_moments(bits, clip_infinite(self.backoff_bits))
-        return [*own, backoff] if self.target != "bigram" else [backoff]
+        own = (
+            []
+            if self.target == "bigram"
+            else [
+                sequence_moments(bits, clip_infinite(self.bits)),
+                sequence_moments(bits, np.where(finite, self.bits, 0.0), finite),
+            ]
+        )
+        if self.has_backoff:
+            own.append(sequence_moments(bits, clip_infinite(self.backoff_bits)))
+        return own
 
     def values(self, bits: np.ndarray) -> dict[str, float]:
         """Its r values for the masked model's `bits`, and the unseen-context share."""
@@ -373,7 +388,8 @@ class NgramReference:
             finite = np.isfinite(self.bits)
             values[f"{self.target}_r"] = pearson(bits, clip_infinite(self.bits))
             values[f"{self.target}_r_dropinf"] = pearson(bits[finite], self.bits[finite])
-        values[f"{self.target}_r_backoff"] = pearson(bits, clip_infinite(self.backoff_bits))
+        if self.has_backoff:
+            values[f"{self.target}_r_backoff"] = pearson(bits, clip_infinite(self.backoff_bits))
         values[f"{self.target}_unseen_context_fraction"] = float(1.0 - self.seen_context.mean())
         return values
 

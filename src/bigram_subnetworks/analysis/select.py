@@ -52,8 +52,10 @@ def _summary(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def order_metric(target: str) -> str:
-    """The r an n-gram target's masks are selected by: `<target>_r` (bigram: `bigram_r`)."""
-    return f"{target}_r"
+    """The r an n-gram target's masks are selected by: the r with the model they are trained
+    towards, `<target>_r_backoff` from n = 3 on (training backs an unseen context off to its
+    longest seen suffix), else `<target>_r` (bigram: `bigram_r`)."""
+    return f"{target}_r_backoff" if NGRAM_ORDERS[target] >= 3 else f"{target}_r"
 
 
 def choose(masks: list[dict[str, Any]], metric: str, tolerance: float) -> tuple[dict, dict]:

@@ -119,8 +119,9 @@ def sparsity_table(results: NgramResults) -> Table:
     ]
     note = (
         f"{BEYOND} Per model and n-gram order, the mask the select stage chose for that order "
-        "(the sparsest λ whose r with the order's n-gram surprisal is within the selection "
-        "tolerance of its λ = 0 mask's). Kept fraction: of the masked weights; × the bigram "
+        "(the sparsest λ whose r with the order's n-gram surprisal, backed off for unseen "
+        "contexts from n = 3 on as in training, is within the selection tolerance of its λ = 0 "
+        "mask's). Kept fraction: of the masked weights; × the bigram "
         "mask's: its kept weights over the selected bigram mask's. Attention share: the share "
         "of its kept weights in Q, K, V and O (a model can only see the token two back, as a "
         "trigram needs, through attention)."
