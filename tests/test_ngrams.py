@@ -28,10 +28,9 @@ from bigram_subnetworks.data.ngrams import (
     ngram_file_names,
     ngram_surprisal,
     read_ngram_counts,
-    read_ngram_tables,
     run_stage,
     unigram_counts,
-    write_ngram_stats,
+    write_ngram_files,
 )
 from bigram_subnetworks.errors import UserError
 from bigram_subnetworks.io import read_json, write_json, write_parquet
@@ -135,8 +134,8 @@ def test_parquet_round_trip(
     vocab, n_seq, seq_len, seed = corpus
     counts = count_ngrams(draw(vocab, n_seq, seq_len, seed), vocab, order)
     folder = tmp_path_factory.mktemp("ngrams")
-    meta = write_ngram_stats(counts, folder)
     table, meta_name = ngram_file_names(order)
+    meta = write_ngram_files(counts, folder / table, folder / meta_name)
     assert meta["n_entries"] == counts.next.size and meta["start_context_id"] == vocab
     back = read_ngram_counts(folder / table)
     assert (folder / meta_name).exists()
@@ -145,16 +144,20 @@ def test_parquet_round_trip(
     assert (back.order, back.vocab_size, back.n_sequences) == (order, vocab, n_seq)
 
 
-def test_read_ngram_tables_gives_the_chain(tmp_path: Path) -> None:
+def test_a_targets_tables_are_the_back_off_chain_of_its_order() -> None:
+    from bigram_subnetworks.masks.train import target_tables
+
     tokens = draw(7, 5, 12, 3)
-    write_bigram_stats(count_bigrams(tokens, 7), tmp_path)
-    write_ngram_stats(count_ngrams(tokens, 7, 3), tmp_path)
-    write_ngram_stats(count_ngrams(tokens, 7, 4), tmp_path)
-    tables = read_ngram_tables(tmp_path, 4)
-    assert [t.order for t in tables] == [1, 2, 3, 4]
+    bigrams = count_bigrams(tokens, 7)
+    tables = target_tables("trigram", bigrams, [count_ngrams(tokens, 7, 3)])
+    assert [t.order for t in tables] == [1, 2, 3]
     for table in tables:
         assert as_counter(table) == reference_ngrams(tokens, 7, table.order)
-    assert [t.order for t in read_ngram_tables(tmp_path, 1)] == [1]
+    assert [t.order for t in target_tables("unigram", bigrams, [])] == [1]
+    with pytest.raises(UserError, match="--ngram-stats"):
+        target_tables("trigram", bigrams, [])
+    with pytest.raises(UserError, match="another vocabulary"):
+        target_tables("trigram", bigrams, [count_ngrams(tokens, 8, 3)])
 
 
 @settings(max_examples=40, deadline=None)

@@ -36,7 +36,6 @@ from bigram_subnetworks.data.bigrams import (
     BigramCounts,
     check_tokens,
     count_packed,
-    read_bigram_counts,
 )
 from bigram_subnetworks.data.tokenize import read_sequences
 from bigram_subnetworks.errors import UserError
@@ -273,16 +272,6 @@ def ngram_file_names(order: int) -> tuple[str, str]:
     )
 
 
-def write_ngram_stats(
-    counts: NgramCounts, output_dir: Path, extra_meta: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Write ngrams-<n>.parquet and ngrams-<n>.json into `output_dir` atomically."""
-    table_name, meta_name = ngram_file_names(counts.order)
-    return write_ngram_files(
-        counts, Path(output_dir) / table_name, Path(output_dir) / meta_name, extra_meta
-    )
-
-
 def write_ngram_files(
     counts: NgramCounts, table_path: Path, meta_path: Path, extra_meta: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -309,7 +298,7 @@ def write_ngram_files(
 
 
 def read_ngram_counts(path: Path | str) -> NgramCounts:
-    """Read a table written by `write_ngram_stats` (its JSON is the .json beside it)."""
+    """Read a table written by `write_ngram_files` (its JSON is the .json beside it)."""
     path = Path(path)
     meta_path = path.with_suffix(".json")
     meta = read_json(meta_path)
@@ -349,25 +338,6 @@ def read_ngram_counts(path: Path | str) -> NgramCounts:
     if keys.size > 1 and not (keys[1:] > keys[:-1]).all():
         raise ArtifactError(f"{path}: contexts are not sorted; rerun the ngram_stats stage")
     return counts
-
-
-def read_ngram_tables(data_dir: Path | str, order: int) -> list[NgramCounts]:
-    """The back-off chain of orders 1..order: 1 and 2 from the bigram statistics, >= 3 from
-    ngrams-<n>.parquet."""
-    if order < 1:
-        raise ValueError(f"an n-gram order is at least 1, got {order}")
-    data_dir = Path(data_dir)
-    bigrams = read_bigram_counts(data_dir)
-    tables = [unigram_counts(bigrams), from_bigram_counts(bigrams)][:order]
-    for n in range(3, order + 1):
-        table = read_ngram_counts(data_dir / ngram_file_names(n)[0])
-        if table.vocab_size != bigrams.vocab_size:
-            raise ArtifactError(
-                f"{data_dir / ngram_file_names(n)[0]}: vocabulary {table.vocab_size}, bigram "
-                f"statistics {bigrams.vocab_size}; rerun the ngram_stats stage"
-            )
-        tables.append(table)
-    return tables
 
 
 # ------------------------------------------------------------------------------- the stage
