@@ -711,7 +711,7 @@ def ngram_figure(results: NgramResults | None, colour: Callable[[str], Any]) -> 
         text = ", ".join(
             f"{t} {s:.0%}" for t, s in zip(shares["target"], shares["attention_share"], strict=True)
         )
-        ax.set(title=f"{model}: attention {text}", xlabel="", ylabel="")
+        ax.set(title=f"{model}\nattention: {text}", xlabel="", ylabel="")
     for ax in heat_axes.ravel()[len(models) :]:
         ax.set_axis_off()
     return figure
