@@ -154,6 +154,8 @@ RANDOM_BODY = "random-body"  # variant: the step-0 body with the trained embeddi
 
 # -------------------------------------------------------------------------------- analyses
 
+CI_LEVEL = 0.95  # two-sided level of every bootstrap interval in the metrics tables
+
 MASK_METRICS = Artifact(
     "results/{run}/metrics/masks.parquet",
     "one row per mask × metric",

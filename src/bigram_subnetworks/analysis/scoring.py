@@ -45,7 +45,14 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from bigram_subnetworks.artifacts import BLOCKS, MASK, MASK_METRICS, NGRAM_ORDERS, REPLICATES_SCHEMA
+from bigram_subnetworks.artifacts import (
+    BLOCKS,
+    CI_LEVEL,
+    MASK,
+    MASK_METRICS,
+    NGRAM_ORDERS,
+    REPLICATES_SCHEMA,
+)
 from bigram_subnetworks.config import lambda_value
 from bigram_subnetworks.data.bigrams import (
     BigramCounts,
@@ -70,7 +77,6 @@ log = logging.getLogger(__name__)
 
 LOG2E = 1.0 / math.log(2.0)
 REFERENCE = "reference"  # target label of the full-model and empty-mask rows
-CI_LEVEL = 0.95  # two-sided level of every bootstrap interval
 LOW, HIGH = "_low", "_high"  # suffixes of an r metric's interval bounds
 R_METRICS = ("bigram_r", "bigram_r_dropinf", "full_model_r")  # the r values with intervals
 BOOTSTRAP_STREAM = 0xB007  # seeds the resamples apart from every other use of the run's seed

@@ -18,12 +18,10 @@ import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import torch
-import torch.nn.functional as F
 
 from bigram_subnetworks.artifacts import (
     BIGRAM_STATS,
@@ -48,6 +46,9 @@ from bigram_subnetworks.io import (
     write_json,
     write_parquet,
 )
+
+if TYPE_CHECKING:  # the context lookup runs in torch jobs; the ngram_stats stage needs no torch
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,9 @@ def unigram_counts(counts: BigramCounts) -> NgramCounts:
 
 def pack_input_contexts(input_ids: torch.Tensor, vocab_size: int, order: int) -> torch.Tensor:
     """The packed context key of every position of (B, T) ids: tokens t−n+2..t, start-padded."""
+    import torch
+    import torch.nn.functional as F
+
     ids = input_ids.to(torch.int64)
     if order == 1:
         return torch.zeros_like(ids)
@@ -240,6 +244,8 @@ class NgramIndex:
 
     @classmethod
     def of(cls, counts: NgramCounts) -> NgramIndex:
+        import torch
+
         return cls(counts.order, counts.vocab_size, torch.from_numpy(counts.context_keys))
 
     def to(self, device: torch.device | str) -> NgramIndex:
@@ -247,6 +253,8 @@ class NgramIndex:
 
     def rows(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The table row of each position's context (shape of `input_ids`), −1 if never seen."""
+        import torch
+
         query = pack_input_contexts(input_ids.to(self.keys.device), self.vocab_size, self.order)
         if self.keys.numel() == 0:
             return torch.full_like(query, -1)
@@ -420,6 +428,8 @@ def ngram_surprisal(
     distribution (as `bigram_surprisal`; for n = 2 both give the same numbers); with `backoff`, to
     the longest suffix context that was seen (n − 1 tokens, then n − 2, .., the unigram), as a
     back-off n-gram model does. The first positions' contexts are start-padded as in counting."""
+    import torch
+
     check_chain(tables)
     sequences = np.asarray(sequences)
     current = torch.from_numpy(sequences[:, :-1].astype(np.int64))

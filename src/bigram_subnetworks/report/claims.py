@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from bigram_subnetworks.analysis.scoring import CI_LEVEL
+from bigram_subnetworks.artifacts import CI_LEVEL
 from bigram_subnetworks.config import lambda_value
 from bigram_subnetworks.report.paper import paper_evidence, paper_numbers, stated, where
 from bigram_subnetworks.report.summary import (
