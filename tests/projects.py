@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -62,3 +63,23 @@ def chromium() -> str:
         if found := shutil.which(name):
             return found
     pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+
+
+def snakemake_jobs(project: Path, *args: str) -> list[dict[str, object]]:
+    """Rule, reason, shell command, outputs (incl. log) and inputs of every job of a dry run."""
+    text = run(["snakemake", "-n", "-p", *args], project).stdout
+    jobs: list[dict[str, object]] = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:\n)", text):
+        header = re.match(r"(?:local)?rule (\w+):\n", block)
+        if not header:
+            continue
+        job: dict[str, object] = {"rule": header.group(1), "outs": set(), "deps": set()}
+        for key, value in re.findall(r"^ {4}(input|output|log|reason): (.*)$", block, re.M):
+            if key == "reason":
+                job["reason"] = value
+            else:
+                job["deps" if key == "input" else "outs"] |= set(value.split(", "))
+        command = re.search(r"^(?:Shell command: )?(bsn .*)$", block, re.M)
+        job["cmd"] = command.group(1).strip() if command else None
+        jobs.append(job)
+    return jobs
