@@ -3,8 +3,7 @@
 `make test-cluster` starts a single-node cluster with accounting (tests/cluster/slurm.sh) and runs
 this module with BSN_REQUIRE_SLURM=1, so a missing or broken cluster fails. Without it (plain
 `make test`) the test skips, saying why, even where a cluster is reachable: it submits jobs to the
-cluster it finds (so `make test` on a real cluster's login node submits nothing, and CI can run
-the cluster test beside the suite).
+cluster it finds (so `make test` on a real cluster's login node submits nothing).
 """
 
 from __future__ import annotations
